@@ -1,0 +1,142 @@
+"""Query functions. Each takes a session first; callers own the transaction."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from db.models import Dataset, Epoch, Export, Image, Label, Prediction, Run, RunImage
+
+
+class NotFound(LookupError):
+    """A dataset, run or image the user named is not in the store."""
+
+
+def get_dataset(s: Session, name: str) -> Dataset:
+    ds = s.scalar(select(Dataset).where(Dataset.name == name))
+    if ds is None:
+        known = ", ".join(s.scalars(select(Dataset.name))) or "none"
+        raise NotFound(f"no dataset named {name!r} (known: {known}); run `aivh import DATA_DIR`")
+    return ds
+
+
+def list_datasets(s: Session) -> list[Dataset]:
+    return list(s.scalars(select(Dataset).order_by(Dataset.id)))
+
+
+def get_run(s: Session, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run {run_id}; `aivh runs` lists them")
+    return run
+
+
+def list_runs(s: Session, dataset_id: int | None = None) -> list[Run]:
+    q = select(Run).order_by(Run.id)
+    if dataset_id is not None:
+        q = q.where(Run.dataset_id == dataset_id)
+    return list(s.scalars(q))
+
+
+def existing_paths(s: Session, dataset_id: int) -> dict[str, Image]:
+    return {im.rel_path: im for im in s.scalars(select(Image).where(Image.dataset_id == dataset_id))}
+
+
+def current_labels(s: Session, dataset_id: int, *, as_of: int | None = None) -> dict[int, int]:
+    """image_id -> label, from the newest label row (at or before label id `as_of`)."""
+    newest = select(func.max(Label.id).label("lid")).join(Image, Image.id == Label.image_id)
+    newest = newest.where(Image.dataset_id == dataset_id)
+    if as_of is not None:
+        newest = newest.where(Label.id <= as_of)
+    newest = newest.group_by(Label.image_id).subquery()
+    rows = s.execute(select(Label.image_id, Label.label).join(newest, Label.id == newest.c.lid))
+    return {i: v for i, v in rows}
+
+
+def import_labels(s: Session, dataset_id: int) -> dict[int, int]:
+    """image_id -> label as first imported: immutable, so it can stratify a split."""
+    first = (
+        select(func.min(Label.id).label("lid"))
+        .join(Image, Image.id == Label.image_id)
+        .where(Image.dataset_id == dataset_id)
+        .group_by(Label.image_id)
+        .subquery()
+    )
+    rows = s.execute(select(Label.image_id, Label.label).join(first, Label.id == first.c.lid))
+    return {i: v for i, v in rows}
+
+
+def newest_label_id(s: Session, dataset_id: int) -> int | None:
+    q = select(func.max(Label.id)).join(Image, Image.id == Label.image_id)
+    return s.scalar(q.where(Image.dataset_id == dataset_id))
+
+
+def images(s: Session, dataset_id: int, split: str | None = None, *, ok_only: bool = True) -> list[Image]:
+    q = select(Image).where(Image.dataset_id == dataset_id)
+    if split is not None:
+        q = q.where(Image.split == split)
+    if ok_only:
+        q = q.where(Image.status == "ok")
+    return list(s.scalars(q.order_by(Image.split, Image.csv_row)))
+
+
+def run_image_ids(s: Session, run_id: int, role: str | None = None) -> list[int]:
+    q = select(RunImage.image_id).where(RunImage.run_id == run_id)
+    if role is not None:
+        q = q.where(RunImage.role == role)
+    return list(s.scalars(q.order_by(RunImage.image_id)))
+
+
+def set_run_images(s: Session, run_id: int, roles: dict[str, Sequence[int]]) -> None:
+    s.execute(delete(RunImage).where(RunImage.run_id == run_id))
+    rows = [{"run_id": run_id, "image_id": i, "role": r} for r, ids in roles.items() for i in ids]
+    if rows:
+        s.execute(RunImage.__table__.insert(), rows)
+
+
+def upsert_predictions(s: Session, run_id: int, pairs: Iterable[tuple[int, float]]) -> int:
+    rows = [{"run_id": run_id, "image_id": i, "prob": float(p)} for i, p in pairs]
+    if not rows:
+        return 0
+    insert = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(Prediction.__table__)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["run_id", "image_id"], set_={"prob": stmt.excluded.prob}
+    )
+    s.execute(stmt, rows)
+    return len(rows)
+
+
+def predictions(s: Session, run_id: int, image_ids: Sequence[int] | None = None) -> dict[int, float]:
+    q = select(Prediction.image_id, Prediction.prob).where(Prediction.run_id == run_id)
+    found = {i: p for i, p in s.execute(q)}
+    if image_ids is None:
+        return found
+    return {i: found[i] for i in image_ids if i in found}
+
+
+def epochs(s: Session, run_id: int) -> list[Epoch]:
+    return list(s.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
+
+
+def save_epoch(s: Session, run_id: int, **values) -> None:
+    s.merge(Epoch(run_id=run_id, **values))
+
+
+def add_export(s: Session, **values) -> Export:
+    export = Export(**values)
+    s.add(export)
+    s.flush()
+    return export
+
+
+def relabel(s: Session, image_id: int, label: int, *, author: str, note: str | None = None) -> Label:
+    if label not in (0, 1):
+        raise ValueError(f"label must be 0 or 1, not {label!r}")
+    row = Label(image_id=image_id, label=label, source="review", author=author, note=note)
+    s.add(row)
+    s.flush()
+    return row

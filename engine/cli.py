@@ -1,0 +1,274 @@
+"""The `aivh` command. Every subcommand takes --json and then prints one JSON object last."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from db import queries
+from db.store import home, session_factory
+
+SAMPLE = Path(__file__).parent / "sample"
+
+
+class UsageError(Exception):
+    """A clear one-line problem with what the user asked for."""
+
+
+def _emit(args, payload: dict | list, text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, default=str))
+    else:
+        print(text)
+
+
+# ---------------------------------------------------------------- import
+
+
+def cmd_import(args) -> None:
+    from engine.ingest import import_dataset
+
+    result = import_dataset(session_factory(), args.data_dir, args.name, progress=not args.json)
+    for r in result.rejects:
+        print(f"rejected {r}", file=sys.stderr)
+    _emit(args, result.to_json(),
+          f"dataset {result.dataset}: {result.train} train, {result.test} test images "
+          f"({result.added} new, {len(result.rejects)} rejected)")
+
+
+# ---------------------------------------------------------------- train
+
+
+def cmd_train(args) -> None:
+    from engine import jobs
+    from engine.train import TrainConfig
+
+    sessions = session_factory()
+    if args.resume is not None:
+        with sessions.begin() as s:
+            jobs.check_resumable(s, args.resume)
+        run_id = args.resume
+    else:
+        if not args.dataset:
+            raise UsageError("train needs --dataset NAME (or --resume RUN)")
+        cfg = TrainConfig(**{k: getattr(args, k) for k in (
+            "epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
+            "pretrained", "compile", "resize_mode", "patience")},
+            **({"workers": args.workers} if args.workers is not None else {}))
+        _check_config(cfg)
+        with sessions.begin() as s:
+            run_id = jobs.create_run(s, queries.get_dataset(s, args.dataset), cfg).id
+        print(f"run {run_id}: {home() / 'runs' / str(run_id)}", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    run = jobs.execute(run_id, resume=args.resume is not None, progress=not args.json)
+    with sessions() as s:
+        best = next((e for e in queries.epochs(s, run_id) if e.epoch == run.best_epoch), None)
+    payload = {"run": run_id, "status": run.status, "best_epoch": run.best_epoch,
+               "val_f1": best.val_f1 if best else None,
+               "val_best_f1": best.val_best_f1 if best else None,
+               "best_threshold": run.best_threshold, "val_auc": best.val_auc if best else None,
+               "checkpoint": run.checkpoint}
+    _emit(args, payload, f"run {run_id} {run.status}: best epoch {run.best_epoch}, "
+          f"val F1@0.5 {payload['val_f1']}, best F1 {payload['val_best_f1']} at "
+          f"{payload['best_threshold']}, AUC {payload['val_auc']}\ncheckpoint {run.checkpoint}")
+
+
+def _check_config(cfg) -> None:
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.img_size < 16:
+        raise UsageError("--epochs and --batch-size must be >= 1 and --img-size >= 16")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise UsageError("--val-fraction must be between 0 and 1")
+    if cfg.pretrained not in (None, "imagenet") and not Path(cfg.pretrained).is_file():
+        raise UsageError(f"--pretrained {cfg.pretrained}: file not found")
+
+
+# ---------------------------------------------------------------- predict / export / runs
+
+
+def cmd_predict(args) -> None:
+    from engine.predict import predict_run
+
+    result = predict_run(session_factory(), args.run, args.split, batch_size=args.batch_size,
+                         device=args.device, workers=args.workers, progress=not args.json)
+    for msg in result.pop("skipped_files"):
+        print(f"skipped {msg}", file=sys.stderr)
+    _emit(args, result, f"run {args.run}: {result['images']} {args.split} predictions stored "
+          f"in {result['seconds']} s ({result['skipped']} skipped)")
+
+
+def cmd_export(args) -> None:
+    from engine.export import export_run
+
+    result = export_run(session_factory(), args.run, Path(args.out), args.threshold)
+    _emit(args, result, f"wrote {result['rows']} rows to {result['path']} (threshold "
+          f"{result['threshold']:.4f} [{result['threshold_source']}], {result['positive_rate']:.1%} AI)")
+
+
+def cmd_runs(args) -> None:
+    from engine.jobs import reap_stale
+
+    sessions = session_factory()
+    with sessions.begin() as s:
+        reap_stale(s)
+        names = {d.id: d.name for d in queries.list_datasets(s)}
+        rows = []
+        for run in queries.list_runs(s):
+            best = next((e for e in queries.epochs(s, run.id) if e.epoch == run.best_epoch), None)
+            rows.append({"run": run.id, "dataset": names.get(run.dataset_id), "status": run.status,
+                         "epochs": run.config.get("epochs"), "img_size": run.config.get("img_size"),
+                         "best_epoch": run.best_epoch, "val_f1": best.val_f1 if best else None,
+                         "val_best_f1": best.val_best_f1 if best else None,
+                         "val_auc": best.val_auc if best else None, "error": run.error})
+    head = f"{'run':>4}  {'dataset':<16} {'status':<10} {'best':>4} {'F1@0.5':>7} {'bestF1':>7} {'AUC':>7}"
+    lines = [head] + [
+        f"{r['run']:>4}  {str(r['dataset'])[:16]:<16} {r['status']:<10} {str(r['best_epoch'] or '-'):>4} "
+        f"{_fmt(r['val_f1'])} {_fmt(r['val_best_f1'])} {_fmt(r['val_auc'])}" for r in rows]
+    _emit(args, rows, "\n".join(lines) if rows else "no runs yet")
+
+
+def _fmt(x) -> str:
+    return f"{x:7.4f}" if isinstance(x, float) else f"{'-':>7}"
+
+
+# ---------------------------------------------------------------- serve / demo
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    import dashboard
+
+    app = Path(dashboard.__file__).parent / "app.py"
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true",
+            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+
+
+def cmd_serve(args) -> None:
+    cmd = serve_command(args.host, args.port)
+    print(f"dashboard on http://{args.host}:{args.port} (store: {home()})", file=sys.stderr)
+    raise SystemExit(subprocess.call(cmd))
+
+
+def cmd_demo(args) -> None:
+    from engine import jobs
+    from engine.export import export_run
+    from engine.ingest import import_dataset
+    from engine.predict import predict_run
+    from engine.train import TrainConfig
+
+    ws = Path(args.workspace).expanduser().resolve()
+    if ws.exists() and (ws / ".aivh-demo").exists():
+        shutil.rmtree(ws)  # only ever a folder this command made
+    elif ws.exists() and any(ws.iterdir()):
+        raise UsageError(f"{ws} exists and is not an aivh demo workspace; pick --workspace")
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / ".aivh-demo").touch()
+    os.environ["AIVH_HOME"] = str(ws)
+    os.environ.pop("AIVH_DB_URL", None)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    sessions = session_factory()
+    say = (lambda m: print(m, file=sys.stderr))
+    imported = import_dataset(sessions, SAMPLE, "cifake-sample", progress=not args.json)
+    say(f"imported {imported.train} train / {imported.test} test images from the bundled sample")
+    cfg = TrainConfig(epochs=args.epochs, img_size=64, batch_size=32, lr=2e-3, device="cpu",
+                      workers=min(2, os.cpu_count() or 1), patience=args.epochs)
+    with sessions.begin() as s:
+        run_id = jobs.create_run(s, queries.get_dataset(s, "cifake-sample"), cfg).id
+    say(f"training run {run_id}: {cfg.epochs} epochs at {cfg.img_size} px on the CPU")
+    run = jobs.execute(run_id, progress=not args.json)
+    pred = predict_run(sessions, run_id, "test", device="cpu", workers=cfg.workers,
+                       progress=not args.json)
+    export = export_run(sessions, run_id, ws / "submission.csv")
+    payload = {"workspace": str(ws), "run": run_id, "status": run.status,
+               "test_predictions": pred["images"], "submission": export["path"]}
+    _emit(args, payload, f"demo workspace {ws}: run {run_id} {run.status}, "
+          f"{pred['images']} test predictions, submission {export['path']}")
+    if not args.no_serve:
+        print(f"dashboard on http://{args.host}:{args.port}  (AIVH_HOME={ws})", file=sys.stderr)
+        raise SystemExit(subprocess.call(serve_command(args.host, args.port)))
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aivh", description="Review lab for AI-generated image detectors.")
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    c = sub.add_parser("import", parents=[common], help="import a Kaggle-layout folder")
+    c.add_argument("data_dir")
+    c.add_argument("--name", help="dataset name (default: the folder's name)")
+    c.set_defaults(func=cmd_import)
+
+    c = sub.add_parser("train", parents=[common], help="train EfficientNet-B3")
+    c.add_argument("--dataset")
+    c.add_argument("--resume", type=int, metavar="RUN", help="continue a run that died")
+    c.add_argument("--epochs", type=int, default=12)
+    c.add_argument("--img-size", type=int, default=300)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--val-fraction", type=float, default=0.1)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    c.add_argument("--limit", type=int, help="train on a stratified subset of N images")
+    c.add_argument("--pretrained", help="PATH of a torchvision B3 state dict, or 'imagenet'")
+    c.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    c.add_argument("--compile", action="store_true", help="torch.compile the model")
+    c.add_argument("--resize-mode", choices=("resize", "crop"), default="resize")
+    c.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
+    c.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("predict", parents=[common], help="store probabilities for a split")
+    c.add_argument("--run", type=int, required=True)
+    c.add_argument("--split", choices=("test", "val", "train", "all"), default="test")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--device", default="auto")
+    c.add_argument("--workers", type=int)
+    c.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("export", parents=[common], help="write a Kaggle submission CSV")
+    c.add_argument("--run", type=int, required=True)
+    c.add_argument("--threshold", type=float)
+    c.add_argument("--out", default="submission.csv")
+    c.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("runs", parents=[common], help="list runs")
+    c.set_defaults(func=cmd_runs)
+
+    for name, func, helptext in (("serve", cmd_serve, "start the dashboard"),
+                                 ("demo", cmd_demo, "bundled sample -> CPU run -> dashboard")):
+        c = sub.add_parser(name, parents=[common], help=helptext)
+        c.add_argument("--host", default="127.0.0.1", help="bind address (default: local only)")
+        c.add_argument("--port", type=int, default=8501)
+        c.set_defaults(func=func)
+    c.add_argument("--workspace", default="aivh-demo", help="fresh workspace folder")
+    c.add_argument("--epochs", type=int, default=3)
+    c.add_argument("--no-serve", action="store_true", help="stop before starting the dashboard")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # CsvError, ExportRefused and WeightsError are ValueErrors: no heavy imports needed here
+    known = (UsageError, queries.NotFound, FileNotFoundError, ValueError, PermissionError,
+             RuntimeError)
+    try:
+        args.func(args)
+    except known as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"aivh: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aivh: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

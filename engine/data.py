@@ -1,0 +1,250 @@
+"""Kaggle-layout CSV reading and validation, image probing, the Dataset and its transforms."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+TRAIN_CSV, TEST_CSV = "train.csv", "test.csv"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CsvError(ValueError):
+    """The CSV itself is unusable (missing file or column): nothing is imported."""
+
+
+@dataclass(frozen=True)
+class Row:
+    csv: str  # train.csv | test.csv
+    line: int  # physical line number in the file (header is line 1)
+    index: int  # 0-based data row: the order export keeps
+    file_name: str
+    label: int | None  # None for test rows
+
+
+@dataclass(frozen=True)
+class Reject:
+    csv: str
+    line: int
+    file_name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.csv}:{self.line}: {self.file_name or '<empty>'}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    bytes: int
+    sha1: str
+
+
+def _parse_label(text: str) -> int | None:
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value in (0.0, 1.0) else None
+
+
+def _read_rows(path: Path, *, need: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    if not path.is_file():
+        raise CsvError(f"{path}: file not found (the Kaggle layout has train.csv and test.csv)")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise CsvError(f"{path}: empty file, expected a header with {', '.join(need)}")
+        header = [h.strip() for h in header]
+        missing = [c for c in need if c not in header]
+        if missing:
+            raise CsvError(f"{path}: missing column {', '.join(missing)} (header is {','.join(header)})")
+        cols = {c: header.index(c) for c in need}
+        for values in reader:
+            if not any(v.strip() for v in values):
+                continue
+            row = {c: values[i] if i < len(values) else "" for c, i in cols.items()}
+            yield reader.line_num, row
+
+
+def read_kaggle_csvs(root: Path) -> tuple[list[Row], list[Reject]]:
+    """Both CSVs' rows that pass the text checks (label, path, duplicates), plus the rejects.
+
+    Raises CsvError before yielding anything if either CSV or a needed column is missing,
+    so a broken folder writes nothing.
+    """
+    train = list(_read_rows(root / TRAIN_CSV, need=("file_name", "label")))
+    test = list(_read_rows(root / TEST_CSV, need=("id",)))
+    rows: list[Row] = []
+    rejects: list[Reject] = []
+    seen: dict[str, str] = {}
+    sources = [(TRAIN_CSV, line, r["file_name"], r["label"]) for line, r in train]
+    sources += [(TEST_CSV, line, r["id"], None) for line, r in test]
+    counters = {TRAIN_CSV: 0, TEST_CSV: 0}
+    for name, line, file_name, label_text in sources:
+        file_name = file_name.strip()
+        index = counters[name]
+        counters[name] += 1
+        reason = path_problem(root, file_name)
+        label = None
+        if reason is None and label_text is not None:
+            label = _parse_label(label_text)
+            if label is None:
+                reason = f"label {label_text.strip()!r} is not 0 or 1"
+        if reason is None and file_name in seen:
+            reason = f"duplicate id (first seen at {seen[file_name]})"
+        if reason is not None:
+            rejects.append(Reject(name, line, file_name, reason))
+            continue
+        seen[file_name] = f"{name}:{line}"
+        rows.append(Row(name, line, index, file_name, label))
+    return rows, rejects
+
+
+def path_problem(root: Path, file_name: str) -> str | None:
+    """Why a CSV path may not be used, or None. Paths must stay inside the dataset root."""
+    if not file_name:
+        return "empty file name"
+    if os.path.isabs(file_name) or file_name.startswith(("/", "\\")) or ":" in file_name[:3]:
+        return "absolute path (paths must be relative to DATA_DIR)"
+    if ".." in Path(file_name.replace("\\", "/")).parts:
+        return "path escapes DATA_DIR"
+    return None
+
+
+def resolve_inside(root: Path, rel_path: str) -> Path:
+    """The file for a stored path; refuses anything (symlinks too) that leaves the root."""
+    root = root.resolve()
+    path = (root / rel_path).resolve()
+    if not path.is_relative_to(root):
+        raise PermissionError(f"{rel_path}: path escapes the dataset root {root}")
+    return path
+
+
+def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
+    """Size, byte count and sha1 from the header and bytes, without decoding pixels."""
+    try:
+        path = resolve_inside(root, rel_path)
+    except PermissionError:
+        return "path escapes DATA_DIR"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "missing file"
+    except OSError as e:
+        return f"unreadable file ({e.strerror or e})"
+    if not data:
+        return "unreadable: empty file"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except Exception as e:  # PIL raises many types for non-images and bombs
+        return f"not an image ({type(e).__name__}: {e})".split("\n")[0][:200]
+    return ImageInfo(width, height, len(data), hashlib.sha1(data).hexdigest())
+
+
+# ---------------------------------------------------------------- decoding and transforms
+
+
+def load_rgb(path: Path, size: int) -> Image.Image:
+    """Decode as RGB; JPEG draft mode decodes at the smallest scale still >= size."""
+    im = Image.open(path)
+    if im.format == "JPEG":
+        im.draft("RGB", (size, size))
+    im = ImageOps.exif_transpose(im)
+    return im.convert("RGB")
+
+
+def _short_side_to(im: Image.Image, size: int) -> Image.Image:
+    w, h = im.size
+    if min(w, h) >= size:
+        return im
+    scale = size / min(w, h)
+    return im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+
+
+def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random.Random) -> Image.Image:
+    """Resize (whole image) or crop (native resolution, keeps generator traces)."""
+    if mode == "crop":
+        im = _short_side_to(im, size)
+        w, h = im.size
+        if train:
+            x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+        else:
+            x, y = (w - size) // 2, (h - size) // 2
+        im = im.crop((x, y, x + size, y + size))
+    elif train:
+        # mild random-resized crop: keeps most of the image and its aspect
+        w, h = im.size
+        scale = rng.uniform(0.7, 1.0)
+        cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        im = im.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+    else:
+        im = im.resize((size, size), Image.BICUBIC)
+    if train and rng.random() < 0.5:
+        im = im.transpose(Image.FLIP_LEFT_RIGHT)
+    return im
+
+
+class ImageDataset:
+    """A map-style dataset (torch is imported lazily: `aivh import` never needs it). Yields (uint8 (3, S, S) tensor, label, position) or None for a file that fails to decode."""
+
+    def __init__(self, root: Path, rel_paths: list[str], labels: list[int] | None, *,
+                 size: int, train: bool, mode: str = "resize", seed: int = 0):
+        self.root, self.rel_paths, self.labels = Path(root), rel_paths, labels
+        self.size, self.train, self.mode, self.seed = size, train, mode, seed
+        self.epoch = 0  # set by the trainer so augmentation differs per epoch but is repeatable
+
+    def __len__(self) -> int:
+        return len(self.rel_paths)
+
+    def __getitem__(self, i: int):
+        rng = random.Random(hash((self.seed, self.epoch, i)))
+        try:
+            im = load_rgb(resolve_inside(self.root, self.rel_paths[i]), self.size)
+            im = transform(im, self.size, train=self.train, mode=self.mode, rng=rng)
+        except Exception as e:  # a file deleted, replaced or corrupt after import
+            return (None, i, f"{self.rel_paths[i]}: {type(e).__name__}: {e}")
+        import torch
+
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        y = float(self.labels[i]) if self.labels is not None else -1.0
+        return (x, i, y)
+
+
+def collate(items):
+    """Stack decodable items; report the others as (position, message)."""
+    import torch
+
+    good = [it for it in items if it[0] is not None]
+    failed = [(it[1], it[2]) for it in items if it[0] is None]
+    if not good:
+        return None, None, None, failed
+    x = torch.stack([it[0] for it in good])  # (B, 3, S, S) uint8
+    idx = torch.tensor([it[1] for it in good])
+    y = torch.tensor([it[2] for it in good], dtype=torch.float32)
+    return x, y, idx, failed
+
+
+def normalize(x, device, *, channels_last: bool = False):
+    """uint8 (B, 3, S, S) on host -> normalized float on the device."""
+    import torch
+
+    x = x.to(device, non_blocking=True).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

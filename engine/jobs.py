@@ -1,0 +1,231 @@
+"""The one place that ties a run row to a training process.
+
+`python -m engine.jobs --run-id N` runs a queued run (the dashboard launches it with
+`start_new_session=True`); `aivh train` calls `execute` in-process.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import Dataset, Epoch, Prediction, Run
+from db.store import run_dir, session_factory
+from engine.train import Callbacks, Cancelled, EpochResult, TrainConfig, TrainData, train
+
+log = logging.getLogger("aivh.jobs")
+HEARTBEAT_S = 5.0  # seconds between heartbeats while training
+STALE_S = 60.0  # a running run silent this long is dead
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def split_images(keys: dict[int, str], strata: dict[int, int], *, val_fraction: float,
+                 seed: int, limit: int | None = None) -> tuple[list[int], list[int]]:
+    """(train ids, val ids): a pure function of stable keys, the seed and the import labels.
+
+    Each class is ordered by sha1(seed:key); the first `val_fraction` of it is validation.
+    Import labels never change, so a relabel never moves an image between splits.
+    """
+    def rank(i: int) -> str:
+        return hashlib.sha1(f"{seed}:{keys[i]}".encode()).hexdigest()
+
+    total = len(keys)
+    train_ids, val_ids = [], []
+    for cls in sorted(set(strata.values())):
+        members = sorted((i for i in keys if strata[i] == cls), key=rank)
+        if limit is not None and limit < total:
+            members = members[: max(2, round(limit * len(members) / total))]
+        n_val = max(1, round(val_fraction * len(members))) if val_fraction > 0 else 0
+        val_ids += members[:n_val]
+        train_ids += members[n_val:]
+    return sorted(train_ids), sorted(val_ids)
+
+
+def create_run(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
+    run = Run(dataset_id=dataset.id, kind="train", status="queued", config=cfg.to_dict(),
+              labels_as_of=queries.newest_label_id(s, dataset.id))
+    s.add(run)
+    s.flush()
+    return run
+
+
+class StoreCallbacks(Callbacks):
+    """Writes progress, heartbeat, epochs and best validation predictions; obeys Cancel."""
+
+    def __init__(self, sessions: sessionmaker[Session], run_id: int, val_ids: list[int]):
+        self.sessions, self.run_id, self.val_ids = sessions, run_id, val_ids
+        self.last_beat = 0.0
+
+    def on_batch(self, epoch: int, batch: int, batches: int, images_per_s: float) -> None:
+        if time.monotonic() - self.last_beat < HEARTBEAT_S and batch < batches:
+            return
+        self.last_beat = time.monotonic()
+        with self.sessions.begin() as s:
+            run = queries.get_run(s, self.run_id)
+            if run.cancel_requested:
+                raise Cancelled()
+            run.heartbeat_at = now()
+            run.progress = {**(run.progress or {}), "epoch": epoch, "batch": batch,
+                            "batches": batches, "images_per_s": round(images_per_s, 2)}
+
+    def on_epoch(self, result: EpochResult, *, is_best: bool, val_probs: np.ndarray,
+                 checkpoint: Path) -> None:
+        values = {k: v for k, v in vars(result).items() if k != "skipped"}
+        values = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in values.items()}
+        with self.sessions.begin() as s:
+            s.merge(Epoch(run_id=self.run_id, **values))
+            run = queries.get_run(s, self.run_id)
+            run.heartbeat_at = now()
+            if is_best:
+                run.best_epoch, run.checkpoint = result.epoch, str(checkpoint)
+                run.best_threshold = result.val_best_threshold
+                _store_val_predictions(s, self.run_id, self.val_ids, val_probs)
+
+
+def _store_val_predictions(s: Session, run_id: int, val_ids: list[int], probs: np.ndarray) -> None:
+    s.execute(delete(Prediction).where(Prediction.run_id == run_id,
+                                       Prediction.image_id.in_(val_ids)))
+    queries.upsert_predictions(s, run_id, [(i, p) for i, p in zip(val_ids, probs) if not np.isnan(p)])
+
+
+def _train_data(s: Session, run: Run) -> tuple[TrainData, list[int], list[int]]:
+    """The run's split: recorded once, read back on resume so nothing moves."""
+    cfg = TrainConfig.from_dict(run.config)
+    ds = s.get(Dataset, run.dataset_id)
+    ims = {im.id: im for im in queries.images(s, ds.id, "train")}
+    train_ids = queries.run_image_ids(s, run.id, "train")
+    val_ids = queries.run_image_ids(s, run.id, "val")
+    if not train_ids:
+        strata = {i: v for i, v in queries.import_labels(s, ds.id).items() if i in ims}
+        keys = {i: ims[i].rel_path for i in strata}
+        train_ids, val_ids = split_images(keys, strata, val_fraction=cfg.val_fraction,
+                                          seed=cfg.seed, limit=cfg.limit)
+        if not train_ids or not val_ids:
+            raise ValueError(f"dataset {ds.name!r} has too few labelled images to train "
+                             f"({len(train_ids)} train, {len(val_ids)} validation)")
+        queries.set_run_images(s, run.id, {"train": train_ids, "val": val_ids})
+    labels = queries.current_labels(s, ds.id, as_of=run.labels_as_of)
+    data = TrainData(Path(ds.root), [ims[i].rel_path for i in train_ids],
+                     [labels[i] for i in train_ids], [ims[i].rel_path for i in val_ids],
+                     [labels[i] for i in val_ids])
+    return data, train_ids, val_ids
+
+
+def execute(run_id: int, *, resume: bool = False, progress: bool = True,
+            sessions: sessionmaker[Session] | None = None) -> Run:
+    """Run (or resume) a run to its end, recording every step; returns the finished row."""
+    sessions = sessions or session_factory()
+    out = run_dir(run_id)
+    handler = logging.FileHandler(out / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("aivh").addHandler(handler)
+    logging.getLogger("aivh").setLevel(logging.INFO)
+    try:
+        with sessions.begin() as s:
+            run = queries.get_run(s, run_id)
+            if resume and not (out / "last.pt").is_file():
+                raise FileNotFoundError(f"run {run_id} has no checkpoint to resume from ({out / 'last.pt'})")
+            if resume:
+                check_resumable(s, run_id)
+            elif run.status != "queued":
+                raise ValueError(f"run {run_id} is {run.status}, not queued; use --resume {run_id}")
+            cfg = TrainConfig.from_dict(run.config)
+            data, _train_ids, val_ids = _train_data(s, run)
+            run.status, run.pid, run.heartbeat_at, run.error = "running", os.getpid(), now(), None
+            run.started_at = run.started_at or now()
+            run.cancel_requested = False
+            run.progress = {"epoch": 0, "epochs": cfg.epochs, "batch": 0, "batches": 0,
+                            "train_images": len(data.train_paths), "val_images": len(val_ids)}
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        log.info("run %d %s on %d train / %d val images", run_id, "resumed" if resume else "started",
+                 len(data.train_paths), len(val_ids))
+        train(cfg, data, out, StoreCallbacks(sessions, run_id, val_ids),
+              resume=out / "last.pt" if resume else None, progress=progress)
+        return _finish(sessions, run_id, "succeeded")
+    except Cancelled:
+        log.info("run %d cancelled", run_id)
+        return _finish(sessions, run_id, "cancelled")
+    except BaseException as e:
+        log.exception("run %d failed", run_id)
+        _finish(sessions, run_id, "failed", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        logging.getLogger("aivh").removeHandler(handler)
+        handler.close()
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale(s: Session) -> list[int]:
+    """Mark running runs whose heartbeat stopped as failed; returns their ids."""
+    reaped = []
+    for run in s.scalars(select(Run).where(Run.status == "running")):
+        beat = run.heartbeat_at
+        if beat is not None and beat.tzinfo is None:
+            beat = beat.replace(tzinfo=timezone.utc)  # SQLite returns naive datetimes
+        if beat is None or (now() - beat).total_seconds() > STALE_S:
+            run.status, run.finished_at = "failed", now()
+            run.error = f"process {run.pid} stopped (no heartbeat since {beat:%Y-%m-%d %H:%M:%S} UTC)" \
+                if beat else f"process {run.pid} stopped"
+            reaped.append(run.id)
+    return reaped
+
+
+def check_resumable(s: Session, run_id: int) -> None:
+    """A run may resume if it died: failed, cancelled, or 'running' with its process gone."""
+    reap_stale(s)
+    run = queries.get_run(s, run_id)
+    if run.status == "succeeded":
+        raise ValueError(f"run {run_id} already succeeded; nothing to resume")
+    if run.status == "running" and _alive(run.pid):
+        raise ValueError(f"run {run_id} is still running (pid {run.pid})")
+    if run.status == "queued":
+        raise ValueError(f"run {run_id} has not started yet")
+
+
+def _finish(sessions: sessionmaker[Session], run_id: int, status: str, error: str | None = None) -> Run:
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        run.status, run.finished_at, run.error, run.pid = status, now(), error, None
+        return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.jobs", description=__doc__)
+    parser.add_argument("--run-id", type=int, required=True)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        run = execute(args.run_id, resume=args.resume, progress=False)
+    except Exception as e:
+        print(f"aivh: error: {e}", file=sys.stderr)
+        return 1
+    return 0 if run.status == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

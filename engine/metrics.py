@@ -1,0 +1,102 @@
+"""Binary classification metrics in pure numpy (probabilities of label 1 in, floats out)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _check(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(np.int64).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"labels and scores differ in length: {y.size} vs {p.size}")
+    return y, p
+
+
+def confusion(y, p, threshold: float = 0.5) -> np.ndarray:
+    """[[tn, fp], [fn, tp]] with prediction = p >= threshold."""
+    y, p = _check(y, p)
+    pred = p >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    tn = int(np.sum(~pred & (y == 0)))
+    return np.array([[tn, fp], [fn, tp]])
+
+
+def f1_at(y, p, threshold: float = 0.5) -> float:
+    (_, fp), (fn, tp) = confusion(y, p, threshold)
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    thresholds: np.ndarray  # (K,) descending distinct scores: predict 1 when p >= t
+    precision: np.ndarray  # (K,)
+    recall: np.ndarray  # (K,)
+    f1: np.ndarray  # (K,)
+    fpr: np.ndarray  # (K,)
+    positive_rate: np.ndarray  # (K,) share of images called 1
+
+
+def sweep(y, p) -> Sweep:
+    """Every distinct score as a threshold, in one sort."""
+    y, p = _check(y, p)
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), ps.size - 1]  # last index of each distinct score
+    tp = np.cumsum(ys)[last]
+    fp = (last + 1) - tp
+    pos, neg = max(int(y.sum()), 0), y.size - int(y.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
+        recall = tp / pos if pos else np.zeros_like(tp, dtype=float)
+        fpr = fp / neg if neg else np.zeros_like(fp, dtype=float)
+        f1 = np.where(tp > 0, 2 * tp / (tp + fp + pos), 0.0)
+    return Sweep(ps[last], precision, recall, f1, fpr, (last + 1) / y.size)
+
+
+def best_threshold(y, p) -> tuple[float, float]:
+    """(threshold, F1) maximising F1; the midpoint to the next lower score, so it generalises."""
+    s = sweep(y, p)
+    if s.thresholds.size == 0:
+        return 0.5, 0.0
+    k = int(np.argmax(s.f1))
+    lower = s.thresholds[k + 1] if k + 1 < s.thresholds.size else 0.0
+    return float((s.thresholds[k] + lower) / 2), float(s.f1[k])
+
+
+def roc_auc(y, p) -> float:
+    """Area under ROC via the rank-sum (Mann-Whitney U) with ties averaged; nan if one class."""
+    y, p = _check(y, p)
+    pos = int(y.sum())
+    neg = y.size - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(p.size)
+    sorted_p = p[order]
+    # average ranks over ties
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_p)) + 1]
+    ends = np.r_[starts[1:], p.size]
+    avg = (starts + ends + 1) / 2.0  # 1-based mean rank of each tie block
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def average_precision(y, p) -> float:
+    """Step-wise area under the PR curve (as scikit-learn's average_precision_score)."""
+    s = sweep(y, p)
+    recall = np.r_[0.0, s.recall]
+    return float(np.sum(np.diff(recall) * s.precision))
+
+
+def summary(y, p, threshold: float = 0.5) -> dict[str, float]:
+    t, best = best_threshold(y, p)
+    return {
+        "f1": f1_at(y, p, threshold),
+        "best_f1": best,
+        "best_threshold": t,
+        "auc": roc_auc(y, p),
+    }

@@ -1,0 +1,258 @@
+"""The training loop: a config and data in, checkpoints and per-epoch metrics out.
+
+It knows nothing of the store: `engine.jobs` ties a run row to it through callbacks.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import RandomSampler
+from tqdm import tqdm
+
+from engine import metrics
+from engine.data import normalize
+from engine.model import build_model
+from engine.predict import autocast, infer, make_loader, prepare, resolve_device
+
+log = logging.getLogger("aivh.train")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12  # upper bound; early stopping usually ends sooner
+    img_size: int = 300  # B3's native resolution
+    batch_size: int = 32  # fits B3 at 300 px on a 16 GB GPU in bf16
+    lr: float = 1e-3  # OneCycle peak for AdamW
+    weight_decay: float = 1e-2  # AdamW's default decoupled decay
+    val_fraction: float = 0.1  # share of each class held out, by stable hash
+    seed: int = 0  # model init, split, shuffling and augmentation
+    device: str = "auto"  # auto picks CUDA when present
+    limit: int | None = None  # train on a stratified subset of this many images
+    pretrained: str | None = None  # None, "imagenet" or a local state-dict path
+    workers: int = min(4, os.cpu_count() or 1)  # decoding processes
+    compile: bool = False  # torch.compile the model (CUDA; fixed shapes)
+    resize_mode: str = "resize"  # resize the whole image, or "crop" at native resolution
+    patience: int = 3  # epochs without a better validation F1 before stopping
+    bn_batches: int = 20  # training batches that re-estimate BatchNorm statistics before validation
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainData:
+    root: Path
+    train_paths: list[str]
+    train_labels: list[int]
+    val_paths: list[str]
+    val_labels: list[int]
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_f1: float  # at 0.5
+    val_best_f1: float
+    val_best_threshold: float
+    val_auc: float
+    lr: float
+    images_per_s: float
+    seconds: float
+    skipped: int  # images that failed to decode this epoch
+
+
+@dataclass
+class TrainResult:
+    best: EpochResult | None
+    history: list[EpochResult] = field(default_factory=list)
+    best_val_probs: np.ndarray | None = None  # (n_val,) at the best epoch
+    checkpoint: Path | None = None
+
+
+class Cancelled(Exception):
+    """Raised by a callback between batches to stop the run."""
+
+
+class Callbacks:
+    """Override what you need; the trainer calls these and nothing else."""
+
+    def on_batch(self, epoch: int, batch: int, batches: int, images_per_s: float) -> None: ...
+
+    def on_epoch(self, result: EpochResult, *, is_best: bool, val_probs: np.ndarray,
+                 checkpoint: Path) -> None: ...
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write then rename: a kill mid-write leaves the previous file intact."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks | None = None,
+          *, resume: Path | None = None, progress: bool = True) -> TrainResult:
+    """Train B3 with BCE on one logit; keep last.pt every epoch and best.pt by validation F1."""
+    cb = callbacks or Callbacks()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = prepare(build_model(None if resume else cfg.pretrained), device)
+    loader_args = dict(size=cfg.img_size, batch_size=cfg.batch_size, workers=cfg.workers,
+                       device=device, mode=cfg.resize_mode, seed=cfg.seed)
+    sampler_gen = torch.Generator()
+    train_loader = make_loader(data.root, data.train_paths, data.train_labels, train=True,
+                               sampler=RandomSampler(range(len(data.train_paths)), generator=sampler_gen),
+                               **loader_args)
+    val_loader = make_loader(data.root, data.val_paths, data.val_labels, **loader_args)
+    n_bn = min(len(data.train_paths), cfg.bn_batches * cfg.batch_size)
+    bn_loader = make_loader(data.root, data.train_paths[:n_bn], None, **loader_args)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # sized in batches and stepped per batch (the notebook's bug was per-epoch stepping)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * len(train_loader)), pct_start=0.15)
+    result = TrainResult(best=None)
+    start, bad_epochs = 1, 0
+    if resume is not None:
+        start, bad_epochs = _restore(resume, model, opt, sched, result)
+    step_model = torch.compile(model) if cfg.compile else model
+    loss_fn = nn.BCEWithLogitsLoss()
+    val_y = np.asarray(data.val_labels)
+    for epoch in range(start, cfg.epochs + 1):
+        sampler_gen.manual_seed(cfg.seed * 100_003 + epoch)  # same order on resume
+        train_loader.dataset.epoch = epoch
+        t0 = time.perf_counter()
+        train_loss, seen, skipped = _train_epoch(step_model, train_loader, opt, sched, loss_fn,
+                                                 device, epoch, cfg.epochs, cb, progress)
+        _recalibrate_bn(step_model, bn_loader, device)
+        probs, val_loss, val_skipped = _validate(step_model, val_loader, device, val_y, loss_fn)
+        seconds = time.perf_counter() - t0
+        keep = ~np.isnan(probs)
+        summary = metrics.summary(val_y[keep], probs[keep]) if keep.any() else {}
+        er = EpochResult(epoch, train_loss, val_loss, summary.get("f1", 0.0),
+                         summary.get("best_f1", 0.0), summary.get("best_threshold", 0.5),
+                         summary.get("auc", float("nan")), sched.get_last_lr()[0],
+                         seen / max(seconds, 1e-9), seconds, skipped + val_skipped)
+        result.history.append(er)
+        is_best = result.best is None or _rank(er) > _rank(result.best)
+        bad_epochs = 0 if is_best else bad_epochs + 1
+        if is_best:
+            result.best, result.best_val_probs = er, probs
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
+                 "config": cfg.to_dict(), "history": [asdict(h) for h in result.history],
+                 "best_val_probs": torch.from_numpy(result.best_val_probs).float(),
+                 "rng": torch.get_rng_state()}
+        save_atomic(state, out_dir / "last.pt")
+        if is_best:
+            save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch},
+                        out_dir / "best.pt")
+        result.checkpoint = out_dir / "best.pt"
+        log.info("epoch %d/%d train_loss %.4f val_loss %.4f f1@0.5 %.4f best_f1 %.4f@%.3f auc %.4f "
+                 "%.1f img/s%s", epoch, cfg.epochs, er.train_loss, er.val_loss, er.val_f1,
+                 er.val_best_f1, er.val_best_threshold, er.val_auc, er.images_per_s,
+                 f" skipped {er.skipped}" if er.skipped else "")
+        cb.on_epoch(er, is_best=is_best, val_probs=probs, checkpoint=out_dir / "best.pt")
+        if bad_epochs >= cfg.patience:
+            log.info("early stop: no better validation F1 for %d epochs", bad_epochs)
+            break
+    return result
+
+
+def _rank(e: EpochResult) -> tuple[float, float]:
+    """Best checkpoint by validation F1 (at its best threshold), ties broken by AUC."""
+    return (e.val_best_f1, -1.0 if np.isnan(e.val_auc) else e.val_auc)
+
+
+@torch.no_grad()
+def _recalibrate_bn(model: nn.Module, loader, device) -> None:
+    """Re-estimate BatchNorm running statistics from training images (precise BN).
+
+    Early in training, and in short runs from scratch, the running averages lag far behind
+    the weights and eval-mode outputs collapse to one value; a plain average over a few
+    batches with the current weights fixes that. Dropout and stochastic depth stay off.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    model.eval()
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+        bn.train()
+    for x, _y, _idx, _failed in loader:
+        if x is not None:
+            with autocast(device):
+                model(normalize(x, device, channels_last=device.type == "cuda"))
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+    model.eval()
+
+
+def _restore(path: Path, model, opt, sched, result: TrainResult) -> tuple[int, int]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    result.history = [EpochResult(**h) for h in state["history"]]
+    result.best = max(result.history, key=_rank, default=None)
+    result.best_val_probs = state["best_val_probs"].numpy()
+    result.checkpoint = path.parent / "best.pt"
+    return state["epoch"] + 1, state["bad_epochs"]
+
+
+def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, progress):
+    model.train()
+    total, seen, skipped = 0.0, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
+               leave=False, mininterval=0.5)
+    for b, (x, y, _idx, failed) in enumerate(bar, 1):
+        skipped += len(failed)
+        for _pos, msg in failed:
+            log.warning("skipped %s", msg)
+        if x is not None:
+            x = normalize(x, device, channels_last=device.type == "cuda")  # (B, 3, S, S)
+            y = y.to(device, non_blocking=True)
+            with autocast(device):
+                logits = model(x).squeeze(1)  # (B,)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * y.numel()
+            seen += y.numel()
+        sched.step()
+        ips = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", img_s=f"{ips:.1f}")
+        cb.on_batch(epoch, b, len(loader), ips)
+    return total / max(seen, 1), seen, skipped
+
+
+def _validate(model, loader, device, val_y, loss_fn) -> tuple[np.ndarray, float, int]:
+    """Probabilities aligned with the validation list; undecodable images get NaN."""
+    logits = torch.full((len(val_y),), float("nan"))
+    skipped = 0
+    for idx, out, failed in infer(model, loader, device):
+        logits[idx] = out
+        skipped += len(failed)
+    ok = ~torch.isnan(logits)
+    if not ok.any():
+        return np.full(len(val_y), np.nan), float("nan"), skipped
+    loss = loss_fn(logits[ok], torch.as_tensor(val_y, dtype=torch.float32)[ok]).item()
+    return torch.sigmoid(logits).numpy(), loss, skipped  # NaN stays NaN: metrics skip them

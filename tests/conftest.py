@@ -1,0 +1,84 @@
+"""Shared fixtures: a fresh workspace per test, the bundled sample, drawn images."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from db import store
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "engine" / "sample"
+
+
+@pytest.fixture()
+def workspace(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("AIVH_HOME", str(home))
+    monkeypatch.delenv("AIVH_DB_URL", raising=False)
+    store.get_engine.cache_clear()
+    yield home
+    store.get_engine.cache_clear()
+
+
+@pytest.fixture()
+def sessions(workspace):
+    return store.session_factory()
+
+
+def draw_jpeg(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> None:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, fmt)
+
+
+def write_kaggle(root: Path, train: list[tuple[str, object]], test: list[str]) -> Path:
+    """train.csv with its unnamed index column and test.csv, exactly as Kaggle ships them."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "train.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["", "file_name", "label"])
+        for i, (name, label) in enumerate(train):
+            w.writerow([i, name, label])
+    with open(root / "test.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["id"])
+        w.writerows([t] for t in test)
+    return root
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path) -> Path:
+    """A drawn Kaggle-layout folder: 8 train images (4 per class) and 3 test images."""
+    root = tmp_path / "tiny"
+    train = [(f"train_data/{i:032x}.jpg", i % 2) for i in range(8)]
+    test = [f"test_data_v2/{100 + i:032x}.jpg" for i in range(3)]
+    for i, (name, _) in enumerate(train):
+        draw_jpeg(root / name, i)
+    for i, name in enumerate(test):
+        draw_jpeg(root / name, 100 + i)
+    return write_kaggle(root, train, test)
+
+
+def aivh(*args: str, env_home: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real command line, as a user runs it."""
+    env = {**os.environ, "AIVH_HOME": str(env_home)}
+    env.pop("AIVH_DB_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"aivh {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def copy_sample(dst: Path) -> Path:
+    shutil.copytree(SAMPLE, dst)
+    return dst

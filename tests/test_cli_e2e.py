@@ -1,0 +1,84 @@
+"""The real command line on the bundled sample: import -> train -> predict -> export."""
+import csv
+import json
+
+from sqlalchemy import create_engine, text
+
+from tests.conftest import SAMPLE, aivh
+
+
+def _last_json(proc):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_train_predict_export(workspace, tmp_path):
+    imp = _last_json(aivh("import", str(SAMPLE), "--name", "sample", "--json", env_home=workspace))
+    assert (imp["train"], imp["test"], imp["rejected"]) == (300, 100, 0)
+
+    tr = _last_json(aivh("train", "--dataset", "sample", "--epochs", "2", "--img-size", "32",
+                         "--batch-size", "16", "--limit", "120", "--workers", "1", "--json",
+                         env_home=workspace))
+    assert tr["status"] == "succeeded" and tr["best_epoch"] in (1, 2)
+    assert 0.0 <= tr["val_best_f1"] <= 1.0 and tr["checkpoint"].endswith("best.pt")
+
+    db = create_engine(f"sqlite:///{workspace / 'aivh.db'}")
+    with db.connect() as c:
+        run = c.execute(text("select config, labels_as_of from runs where id=:r"), {"r": tr["run"]}).one()
+        assert json.loads(run.config)["img_size"] == 32 and run.labels_as_of is not None
+        roles = dict(c.execute(text("select role, count(*) from run_images where run_id=:r group by role"),
+                               {"r": tr["run"]}).all())
+        assert roles["train"] + roles["val"] == 120 and roles["val"] == 12
+        assert c.execute(text("select count(*) from epochs where run_id=:r"), {"r": tr["run"]}).scalar() == 2
+        val_preds = c.execute(text(
+            "select count(*) from predictions p join run_images ri on ri.image_id=p.image_id "
+            "and ri.run_id=p.run_id where p.run_id=:r and ri.role='val'"), {"r": tr["run"]}).scalar()
+        assert val_preds == 12
+
+    refused = aivh("export", "--run", str(tr["run"]), "--out", str(tmp_path / "s.csv"),
+                   env_home=workspace, check=False)
+    assert refused.returncode == 1 and "no prediction for 100 of 100 test images" in refused.stderr
+    assert not (tmp_path / "s.csv").exists()
+
+    pr = _last_json(aivh("predict", "--run", str(tr["run"]), "--split", "test", "--json",
+                         env_home=workspace))
+    assert (pr["split"], pr["images"]) == ("test", 100)
+
+    out = tmp_path / "submission.csv"
+    ex = _last_json(aivh("export", "--run", str(tr["run"]), "--threshold", "0.5", "--out", str(out),
+                         "--json", env_home=workspace))
+    assert ex["rows"] == 100 and ex["threshold"] == 0.5
+    rows = list(csv.reader(out.open()))
+    test_ids = [r[0] for r in csv.reader((SAMPLE / "test.csv").open())][1:]
+    assert rows[0] == ["id", "label"]
+    assert [r[0] for r in rows[1:]] == test_ids  # every id once, in test.csv's order
+    assert {r[1] for r in rows[1:]} <= {"0", "1"}
+    assert ex["positive_rate"] == sum(r[1] == "1" for r in rows[1:]) / 100
+
+    from engine.export import validate_submission
+    assert validate_submission(out, test_ids) == []
+
+    default = _last_json(aivh("export", "--run", str(tr["run"]), "--out", str(tmp_path / "d.csv"),
+                              "--json", env_home=workspace))
+    assert default["threshold_source"] == "best_val_f1"
+    assert default["threshold"] == tr["best_threshold"]
+    runs = _last_json(aivh("runs", "--json", env_home=workspace))
+    assert [r["run"] for r in runs] == [tr["run"]] and runs[0]["status"] == "succeeded"
+
+
+def test_validator_catches_what_kaggle_rejects(tmp_path):
+    from engine.export import validate_submission
+    ids = ["a.jpg", "b.jpg"]
+    cases = {"id,label\na.jpg,1\n": "ids differ", "id,label\nb.jpg,1\na.jpg,0\n": "ids differ",
+             "id,label\na.jpg,1.0\nb.jpg,0\n": "label not an int", "file,label\na.jpg,1\nb.jpg,0\n": "header"}
+    for body, problem in cases.items():
+        path = tmp_path / "x.csv"
+        path.write_text(body)
+        assert any(problem in p for p in validate_submission(path, ids)), body
+
+
+def test_bad_commands_give_one_line_errors(workspace):
+    for args in (["train", "--dataset", "nope"], ["predict", "--run", "9"], ["export", "--run", "9"],
+                 ["train", "--resume", "9"]):
+        proc = aivh(*args, env_home=workspace, check=False)
+        assert proc.returncode == 1, args
+        assert proc.stderr.strip().startswith("aivh: error:") and proc.stderr.strip().count("\n") == 0, proc.stderr
