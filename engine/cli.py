@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -150,7 +149,14 @@ def serve_command(host: str, port: int) -> list[str]:
 def cmd_serve(args) -> None:
     cmd = serve_command(args.host, args.port)
     print(f"dashboard on http://{args.host}:{args.port} (store: {home()})", file=sys.stderr)
-    raise SystemExit(subprocess.call(cmd))
+    _become(cmd)
+
+
+def _become(cmd: list[str]) -> None:
+    """Replace this process with the server, so a signal to `aivh serve` reaches it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
 
 
 def cmd_demo(args) -> None:
@@ -189,7 +195,7 @@ def cmd_demo(args) -> None:
           f"{pred['images']} test predictions, submission {export['path']}")
     if not args.no_serve:
         print(f"dashboard on http://{args.host}:{args.port}  (AIVH_HOME={ws})", file=sys.stderr)
-        raise SystemExit(subprocess.call(serve_command(args.host, args.port)))
+        _become(serve_command(args.host, args.port))
 
 
 # ---------------------------------------------------------------- parser

@@ -74,6 +74,12 @@ class EpochResult:
     seconds: float
     skipped: int  # images that failed to decode this epoch
 
+    def __post_init__(self) -> None:
+        # plain Python numbers: the history goes into a weights_only checkpoint and JSON
+        for f in fields(self):
+            cast = int if f.name in ("epoch", "skipped") else float
+            setattr(self, f.name, cast(getattr(self, f.name)))
+
 
 @dataclass
 class TrainResult:
