@@ -41,8 +41,10 @@ def list_runs(s: Session, dataset_id: int | None = None) -> list[Run]:
     return list(s.scalars(q))
 
 
-def existing_paths(s: Session, dataset_id: int) -> dict[str, Image]:
-    return {im.rel_path: im for im in s.scalars(select(Image).where(Image.dataset_id == dataset_id))}
+def existing_paths(s: Session, dataset_id: int) -> dict[str, tuple[int, str]]:
+    """rel_path -> (image id, status), without loading ORM objects (80k rows stay fast)."""
+    q = select(Image.rel_path, Image.id, Image.status).where(Image.dataset_id == dataset_id)
+    return {path: (i, status) for path, i, status in s.execute(q)}
 
 
 def current_labels(s: Session, dataset_id: int, *, as_of: int | None = None) -> dict[int, int]:
@@ -81,6 +83,12 @@ def images(s: Session, dataset_id: int, split: str | None = None, *, ok_only: bo
     if ok_only:
         q = q.where(Image.status == "ok")
     return list(s.scalars(q.order_by(Image.split, Image.csv_row)))
+
+
+def count_images(s: Session, dataset_id: int, split: str) -> int:
+    q = select(func.count(Image.id)).where(Image.dataset_id == dataset_id, Image.split == split,
+                                           Image.status == "ok")
+    return s.scalar(q) or 0
 
 
 def run_image_ids(s: Session, run_id: int, role: str | None = None) -> list[int]:

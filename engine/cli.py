@@ -125,7 +125,7 @@ def cmd_runs(args) -> None:
                          "val_auc": best.val_auc if best else None, "error": run.error})
     head = f"{'run':>4}  {'dataset':<16} {'status':<10} {'best':>4} {'F1@0.5':>7} {'bestF1':>7} {'AUC':>7}"
     lines = [head] + [
-        f"{r['run']:>4}  {str(r['dataset'])[:16]:<16} {r['status']:<10} {str(r['best_epoch'] or '-'):>4} "
+        f"{r['run']:>4}  {str(r['dataset'])[:16]:<16} {r['status']:<10} {r['best_epoch'] or '-'!s:>4} "
         f"{_fmt(r['val_f1'])} {_fmt(r['val_best_f1'])} {_fmt(r['val_auc'])}" for r in rows]
     _emit(args, rows, "\n".join(lines) if rows else "no runs yet")
 

@@ -150,7 +150,7 @@ def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
-    except Exception as e:  # PIL raises many types for non-images and bombs
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for non-images and bombs
         return f"not an image ({type(e).__name__}: {e})".split("\n")[0][:200]
     return ImageInfo(width, height, len(data), hashlib.sha1(data).hexdigest())
 
@@ -216,7 +216,7 @@ class ImageDataset:
         try:
             im = load_rgb(resolve_inside(self.root, self.rel_paths[i]), self.size)
             im = transform(im, self.size, train=self.train, mode=self.mode, rng=rng)
-        except Exception as e:  # a file deleted, replaced or corrupt after import
+        except Exception as e:  # noqa: BLE001 - a file deleted, replaced or corrupt after import
             return (None, i, f"{self.rel_paths[i]}: {type(e).__name__}: {e}")
         import torch
 

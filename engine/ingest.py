@@ -49,7 +49,7 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
     with sessions.begin() as s:
         ds = _dataset(s, name, root)
         known = queries.existing_paths(s, ds.id)
-        todo = [r for r in rows if r.file_name not in known or known[r.file_name].status != "ok"]
+        todo = [r for r in rows if r.file_name not in known or known[r.file_name][1] != "ok"]
         infos = _probe_all(root, todo, progress=progress)
         result = ImportResult(name, rejects=rejects)
         new_images, new_rows, recovered = [], [], []
@@ -62,14 +62,14 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
                 new_images.append(values)
                 new_rows.append(row)
             elif not isinstance(info, str):
-                recovered.append({"id": old.id, **values})
+                recovered.append({"id": old[0], **values})
         _insert(s, new_images, new_rows)
         if recovered:  # a file missing last time is there now
             s.execute(update(Image), recovered)
         result.added = len(new_images)
         result.rejects.sort(key=lambda r: (r.csv != TRAIN_CSV, r.line))
         for split in ("train", "test"):
-            setattr(result, split, len(queries.images(s, ds.id, split)))
+            setattr(result, split, queries.count_images(s, ds.id, split))
     return result
 
 
@@ -100,8 +100,8 @@ def _insert(s: Session, values: list[dict], rows: list[Row]) -> None:
     if not values:
         return
     s.execute(Image.__table__.insert(), values)
-    ids = {im.rel_path: im.id for im in queries.existing_paths(s, values[0]["dataset_id"]).values()}
-    labels = [{"image_id": ids[r.file_name], "label": r.label, "source": "import", "author": "import"}
+    ids = queries.existing_paths(s, values[0]["dataset_id"])
+    labels = [{"image_id": ids[r.file_name][0], "label": r.label, "source": "import", "author": "import"}
               for r in rows if r.label is not None]
     if labels:
         s.execute(Label.__table__.insert(), labels)

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ STALE_S = 60.0  # a running run silent this long is dead
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def split_images(keys: dict[int, str], strata: dict[int, int], *, val_fraction: float,
@@ -70,7 +70,8 @@ class StoreCallbacks(Callbacks):
         self.sessions, self.run_id, self.val_ids = sessions, run_id, val_ids
         self.last_beat = 0.0
 
-    def on_batch(self, epoch: int, batch: int, batches: int, images_per_s: float) -> None:
+    def on_batch(self, epoch: int, batch: int, batches: int, images_per_s: float,
+                 phase: str = "train") -> None:
         if time.monotonic() - self.last_beat < HEARTBEAT_S and batch < batches:
             return
         self.last_beat = time.monotonic()
@@ -79,8 +80,11 @@ class StoreCallbacks(Callbacks):
             if run.cancel_requested:
                 raise Cancelled()
             run.heartbeat_at = now()
-            run.progress = {**(run.progress or {}), "epoch": epoch, "batch": batch,
-                            "batches": batches, "images_per_s": round(images_per_s, 2)}
+            progress = {**(run.progress or {}), "epoch": epoch, "phase": phase, "batch": batch,
+                        "batches": batches}
+            if phase == "train":
+                progress["images_per_s"] = round(images_per_s, 2)
+            run.progress = progress
 
     def on_epoch(self, result: EpochResult, *, is_best: bool, val_probs: np.ndarray,
                  checkpoint: Path) -> None:
@@ -186,7 +190,7 @@ def reap_stale(s: Session) -> list[int]:
     for run in s.scalars(select(Run).where(Run.status == "running")):
         beat = run.heartbeat_at
         if beat is not None and beat.tzinfo is None:
-            beat = beat.replace(tzinfo=timezone.utc)  # SQLite returns naive datetimes
+            beat = beat.replace(tzinfo=UTC)  # SQLite returns naive datetimes
         if beat is None or (now() - beat).total_seconds() > STALE_S:
             run.status, run.finished_at = "failed", now()
             run.error = f"process {run.pid} stopped (no heartbeat since {beat:%Y-%m-%d %H:%M:%S} UTC)" \
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run = execute(args.run_id, resume=args.resume, progress=False)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the process entry point reports any failure
         print(f"aivh: error: {e}", file=sys.stderr)
         return 1
     return 0 if run.status == "succeeded" else 1

@@ -29,14 +29,19 @@ def build_model(pretrained: str | None = None) -> nn.Module:
     return model
 
 
-def read_weights(path: Path) -> dict:
-    """A state dict or an aivh checkpoint, loaded without unpickling arbitrary objects."""
+def _load(path: Path) -> object:
+    """torch.load without unpickling arbitrary objects; any unusable file is a WeightsError."""
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a WeightsError
         raise WeightsError(f"{path}: not a PyTorch weights file ({type(e).__name__})") from None
+
+
+def read_weights(path: Path, obj: object = None) -> dict:
+    """The state dict in a torchvision weights file or an aivh checkpoint."""
+    obj = _load(path) if obj is None else obj
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -57,12 +62,9 @@ def load_backbone(model: nn.Module, path: Path) -> None:
 
 def load_trained(path: Path) -> tuple[nn.Module, dict]:
     """A model from an aivh checkpoint, with the config it was trained with."""
-    if not path.is_file():
-        raise WeightsError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"{path}: not an aivh checkpoint ({type(e).__name__})") from None
+    ckpt = _load(path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise WeightsError(f"{path}: not an aivh checkpoint (no config inside)")
     model = build_model(None)
-    model.load_state_dict(read_weights(path))
-    return model, ckpt.get("config", {})
+    model.load_state_dict(read_weights(path, ckpt))
+    return model, ckpt["config"]

@@ -96,7 +96,8 @@ class Cancelled(Exception):
 class Callbacks:
     """Override what you need; the trainer calls these and nothing else."""
 
-    def on_batch(self, epoch: int, batch: int, batches: int, images_per_s: float) -> None: ...
+    def on_batch(self, epoch: int, batch: int, batches: int, images_per_s: float,
+                 phase: str = "train") -> None: ...
 
     def on_epoch(self, result: EpochResult, *, is_best: bool, val_probs: np.ndarray,
                  checkpoint: Path) -> None: ...
@@ -117,8 +118,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = prepare(build_model(None if resume else cfg.pretrained), device)
-    loader_args = dict(size=cfg.img_size, batch_size=cfg.batch_size, workers=cfg.workers,
-                       device=device, mode=cfg.resize_mode, seed=cfg.seed)
+    loader_args = {"size": cfg.img_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
+                   "device": device, "mode": cfg.resize_mode, "seed": cfg.seed}
     sampler_gen = torch.Generator()
     train_loader = make_loader(data.root, data.train_paths, data.train_labels, train=True,
                                sampler=RandomSampler(range(len(data.train_paths)), generator=sampler_gen),
@@ -143,8 +144,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
         t0 = time.perf_counter()
         train_loss, seen, skipped = _train_epoch(step_model, train_loader, opt, sched, loss_fn,
                                                  device, epoch, cfg.epochs, cb, progress)
-        _recalibrate_bn(step_model, bn_loader, device)
-        probs, val_loss, val_skipped = _validate(step_model, val_loader, device, val_y, loss_fn)
+        _recalibrate_bn(model, bn_loader, device)  # the eager module: no recompiles for BN mode
+        probs, val_loss, val_skipped = _validate(step_model, val_loader, device, val_y, loss_fn,
+                                                 lambda b, n, e=epoch: cb.on_batch(e, b, n, 0.0, "val"))
         seconds = time.perf_counter() - t0
         keep = ~np.isnan(probs)
         summary = metrics.summary(val_y[keep], probs[keep]) if keep.any() else {}
@@ -250,13 +252,14 @@ def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, 
     return total / max(seen, 1), seen, skipped
 
 
-def _validate(model, loader, device, val_y, loss_fn) -> tuple[np.ndarray, float, int]:
+def _validate(model, loader, device, val_y, loss_fn, on_batch) -> tuple[np.ndarray, float, int]:
     """Probabilities aligned with the validation list; undecodable images get NaN."""
     logits = torch.full((len(val_y),), float("nan"))
     skipped = 0
-    for idx, out, failed in infer(model, loader, device):
+    for b, (idx, out, failed) in enumerate(infer(model, loader, device), 1):
         logits[idx] = out
         skipped += len(failed)
+        on_batch(b, len(loader))
     ok = ~torch.isnan(logits)
     if not ok.any():
         return np.full(len(val_y), np.nan), float("nan"), skipped

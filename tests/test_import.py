@@ -124,3 +124,16 @@ def test_cli_reports_rejects_and_json(workspace, tmp_path):
     assert "train.csv:4: train_data/c.jpg: missing file" in proc.stderr
     bad = aivh("import", str(tmp_path / "nowhere"), env_home=workspace, check=False)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "aivh: error" in bad.stderr
+
+
+def test_a_file_missing_at_first_import_is_picked_up_later(sessions, tiny_dataset):
+    moved = tiny_dataset / "train_data" / f"{3:032x}.jpg"
+    moved.rename(moved.with_suffix(".bak"))
+    first = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    assert first.train == 7 and [r.reason for r in first.rejects] == ["missing file"]
+    moved.with_suffix(".bak").rename(moved)
+    second = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    assert (second.train, second.added, second.rejects) == (8, 0, [])
+    with sessions() as s:
+        labels = queries.current_labels(s, queries.get_dataset(s, "tiny").id)
+        assert len(labels) == 8  # its label was kept from the first import

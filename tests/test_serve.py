@@ -23,7 +23,9 @@ def _listening_addresses(port: int) -> set[str]:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         if not os.path.exists(table):
             continue
-        for line in open(table).read().splitlines()[1:]:
+        with open(table) as f:
+            lines = f.read().splitlines()[1:]
+        for line in lines:
             local, state = line.split()[1], line.split()[3]
             addr, hexport = local.split(":")
             if state == "0A" and int(hexport, 16) == port:

@@ -1,0 +1,66 @@
+"""Model weights loading and the validation split's guarantees."""
+import pytest
+import torch
+from torchvision.models import efficientnet_b3
+
+from engine.jobs import split_images
+from engine.model import WeightsError, build_model
+
+
+def test_single_logit_head_and_no_sigmoid():
+    model = build_model(None).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 1)
+    assert not any(isinstance(m, torch.nn.Sigmoid) for m in model.classifier.modules())
+
+
+def test_pretrained_state_dict_is_loaded_except_the_head(tmp_path):
+    torch.manual_seed(1)
+    source = efficientnet_b3(weights=None)  # a torchvision B3 with its 1000-class head
+    path = tmp_path / "b3.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model(str(path))
+    assert torch.equal(model.features[0][0].weight, source.features[0][0].weight)
+    assert model.classifier[1].out_features == 1
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_a_wrong_weights_file_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "w.pth"
+    if content is not None:
+        path.write_bytes(content)
+    else:
+        torch.save({"fc.weight": torch.zeros(2, 2)}, path)  # some other network's weights
+    with pytest.raises(WeightsError, match=str(path)):
+        build_model(str(path))
+
+
+def _data(n=400):
+    keys = {i: f"train_data/{i:032x}.jpg" for i in range(n)}
+    strata = {i: int(i % 4 == 0) for i in range(n)}  # 25% positives
+    return keys, strata
+
+
+def test_split_is_stratified_deterministic_and_seeded():
+    keys, strata = _data()
+    train, val = split_images(keys, strata, val_fraction=0.2, seed=0)
+    assert sorted(train + val) == list(range(400)) and not set(train) & set(val)
+    assert sum(strata[i] for i in val) == 20 and len(val) == 80  # 20% of each class
+    assert (train, val) == split_images(keys, strata, val_fraction=0.2, seed=0)
+    assert val != split_images(keys, strata, val_fraction=0.2, seed=1)[1]
+
+
+def test_split_depends_on_paths_not_on_database_ids_or_order():
+    keys, strata = _data()
+    shifted_keys = {i + 1000: k for i, k in keys.items()}
+    shifted_strata = {i + 1000: s for i, s in strata.items()}
+    _, val = split_images(keys, strata, val_fraction=0.1, seed=3)
+    _, val2 = split_images(shifted_keys, shifted_strata, val_fraction=0.1, seed=3)
+    assert [v + 1000 for v in val] == val2
+
+
+def test_limit_takes_a_stratified_subset():
+    keys, strata = _data()
+    train, val = split_images(keys, strata, val_fraction=0.25, seed=0, limit=100)
+    assert len(train) + len(val) == 100 and sum(strata[i] for i in train + val) == 25
