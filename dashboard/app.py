@@ -2,5 +2,11 @@
 import streamlit as st
 
 st.set_page_config(page_title="aivh", layout="wide")
-pages = [st.Page("pages/runs.py", title="Runs", default=True)]
+pages = [
+    st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:", default=True),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+    st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+]
 st.navigation(pages).run()

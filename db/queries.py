@@ -148,3 +148,84 @@ def relabel(s: Session, image_id: int, label: int, *, author: str, note: str | N
     s.add(row)
     s.flush()
     return row
+
+
+# ---------------------------------------------------------------- review and evaluation
+
+
+def _newest_labels(dataset_id: int):
+    newest = (select(Label.image_id, func.max(Label.id).label("lid"))
+              .join(Image, Image.id == Label.image_id)
+              .where(Image.dataset_id == dataset_id).group_by(Label.image_id).subquery())
+    reviews = (select(Label.image_id, func.count(Label.id).label("n"))
+               .join(Image, Image.id == Label.image_id)
+               .where(Image.dataset_id == dataset_id, Label.source == "review")
+               .group_by(Label.image_id).subquery())
+    return newest, reviews
+
+
+def prediction_rows(s: Session, run: Run, split: str) -> list[tuple]:
+    """(image_id, rel_path, prob, label or None, reviews) for a run's predictions on a split.
+
+    split: "val" / "train" (the run's own roles) or "test".
+    """
+    newest, reviews = _newest_labels(run.dataset_id)
+    q = (select(Image.id, Image.rel_path, Prediction.prob, Label.label,
+                func.coalesce(reviews.c.n, 0))
+         .join(Prediction, (Prediction.image_id == Image.id) & (Prediction.run_id == run.id))
+         .outerjoin(newest, newest.c.image_id == Image.id)
+         .outerjoin(Label, Label.id == newest.c.lid)
+         .outerjoin(reviews, reviews.c.image_id == Image.id))
+    if split in ("val", "train"):
+        q = q.join(RunImage, (RunImage.image_id == Image.id) & (RunImage.run_id == run.id)
+                   & (RunImage.role == split))
+    else:
+        q = q.where(Image.split == split)
+    return [tuple(r) for r in s.execute(q.order_by(Image.id))]
+
+
+def label_history(s: Session, image_id: int) -> list[Label]:
+    return list(s.scalars(select(Label).where(Label.image_id == image_id).order_by(Label.id)))
+
+
+def undo_last_review(s: Session, image_id: int, *, author: str) -> Label | None:
+    """Append a row that restores the label before the newest review; history stays whole."""
+    history = label_history(s, image_id)
+    if len(history) < 2 or history[-1].source != "review":
+        return None
+    last, before = history[-1], history[-2]
+    return relabel(s, image_id, before.label, author=author, note=f"undo of #{last.id}")
+
+
+def exports(s: Session) -> list[Export]:
+    return list(s.scalars(select(Export).order_by(Export.id.desc())))
+
+
+def label_version(s: Session) -> int:
+    """Changes whenever any label is added: a cache key for label-dependent views."""
+    return s.scalar(select(func.max(Label.id))) or 0
+
+
+def image(s: Session, image_id: int) -> Image:
+    im = s.get(Image, image_id)
+    if im is None:
+        raise NotFound(f"no image {image_id}")
+    return im
+
+
+def epochs_for_runs(s: Session, run_ids: Sequence[int]) -> list[Epoch]:
+    q = select(Epoch).where(Epoch.run_id.in_(list(run_ids))).order_by(Epoch.run_id, Epoch.epoch)
+    return list(s.scalars(q))
+
+
+def dataset_counts(s: Session) -> list[tuple[str, str, int, int, int]]:
+    """(name, root, train images, test images, runs) per dataset."""
+    out = []
+    for ds in list_datasets(s):
+        runs = s.scalar(select(func.count(Run.id)).where(Run.dataset_id == ds.id)) or 0
+        out.append((ds.name, ds.root, count_images(s, ds.id, "train"), count_images(s, ds.id, "test"), runs))
+    return out
+
+
+def set_chosen_threshold(s: Session, run_id: int, threshold: float | None) -> None:
+    get_run(s, run_id).chosen_threshold = threshold

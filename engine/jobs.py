@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -152,7 +154,8 @@ def execute(run_id: int, *, resume: bool = False, progress: bool = True,
             run.status, run.pid, run.heartbeat_at, run.error = "running", os.getpid(), now(), None
             run.started_at = run.started_at or now()
             run.cancel_requested = False
-            run.progress = {"epoch": 0, "epochs": cfg.epochs, "batch": 0, "batches": 0,
+            run.progress = {"host": socket.gethostname(), "epoch": 0, "epochs": cfg.epochs,
+                            "batch": 0, "batches": 0, "batch_size": cfg.batch_size,
                             "train_images": len(data.train_paths), "val_images": len(val_ids)}
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         log.info("run %d %s on %d train / %d val images", run_id, "resumed" if resume else "started",
@@ -181,7 +184,10 @@ def _alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a finished child of a long-lived parent (the dashboard) lingers as a zombie
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
 
 
 def reap_stale(s: Session) -> list[int]:
@@ -191,12 +197,28 @@ def reap_stale(s: Session) -> list[int]:
         beat = run.heartbeat_at
         if beat is not None and beat.tzinfo is None:
             beat = beat.replace(tzinfo=UTC)  # SQLite returns naive datetimes
-        if beat is None or (now() - beat).total_seconds() > STALE_S:
+        here = (run.progress or {}).get("host") == socket.gethostname()
+        if beat is None or (now() - beat).total_seconds() > STALE_S or (here and not _alive(run.pid)):
             run.status, run.finished_at = "failed", now()
             run.error = f"process {run.pid} stopped (no heartbeat since {beat:%Y-%m-%d %H:%M:%S} UTC)" \
                 if beat else f"process {run.pid} stopped"
             reaped.append(run.id)
     return reaped
+
+
+def launch(run_id: int, *, resume: bool = False) -> int:
+    """Start a run as its own process (its own session: it outlives the caller), logging to log.txt."""
+    out = run_dir(run_id)
+    cmd = [sys.executable, "-m", "engine.jobs", "--run-id", str(run_id)] + (["--resume"] if resume else [])
+    with open(out / "process.txt", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    return proc.pid
+
+
+def request_cancel(s: Session, run_id: int) -> None:
+    """The job checks this flag between batches."""
+    queries.get_run(s, run_id).cancel_requested = True
 
 
 def check_resumable(s: Session, run_id: int) -> None:

@@ -100,3 +100,24 @@ def summary(y, p, threshold: float = 0.5) -> dict[str, float]:
         "best_threshold": t,
         "auc": roc_auc(y, p),
     }
+
+
+def reliability(y, p, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean predicted probability, observed share of 1s, count) per equal-width bin."""
+    y, p = _check(y, p)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(which, weights=p, minlength=bins) / count
+        frac = np.bincount(which, weights=y, minlength=bins) / count
+    keep = count > 0
+    return mean_p[keep], frac[keep], count[keep]
+
+
+def threshold_for_rate(p, rate: float) -> float:
+    """The threshold at which a share `rate` of the scores is called 1 (p >= t)."""
+    p = np.sort(np.asarray(p, dtype=np.float64))[::-1]
+    if p.size == 0 or rate <= 0:
+        return 1.0
+    k = min(p.size, max(1, round(rate * p.size)))
+    return float(p[k - 1])

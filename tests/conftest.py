@@ -82,3 +82,38 @@ def aivh(*args: str, env_home: Path, check: bool = True, timeout: float = 600) -
 def copy_sample(dst: Path) -> Path:
     shutil.copytree(SAMPLE, dst)
     return dst
+
+
+def finished_run(sessions, *, name: str = "sample", seed: int = 0) -> int:
+    """The bundled sample imported and a succeeded run recorded as training would record it:
+    split, two epochs, best threshold, validation and test predictions (seeded scores that
+    separate the classes imperfectly). For dashboard tests, which need no real training."""
+    from db import queries
+    from db.models import Epoch, Run
+    from engine.ingest import import_dataset
+    from engine.jobs import split_images
+    from engine.train import TrainConfig
+
+    import_dataset(sessions, SAMPLE, name, progress=False)
+    rng = np.random.default_rng(seed)
+    with sessions.begin() as s:
+        ds = queries.get_dataset(s, name)
+        ims = {im.id: im for im in queries.images(s, ds.id)}
+        labels = queries.current_labels(s, ds.id)
+        train_ids, val_ids = split_images({i: ims[i].rel_path for i in labels}, labels,
+                                          val_fraction=0.2, seed=0)
+        run = Run(dataset_id=ds.id, status="succeeded", config=TrainConfig(epochs=2, img_size=32).to_dict(),
+                  labels_as_of=queries.newest_label_id(s, ds.id), checkpoint="/nonexistent/best.pt",
+                  best_epoch=2, best_threshold=0.5)
+        s.add(run)
+        s.flush()
+        queries.set_run_images(s, run.id, {"train": train_ids, "val": val_ids})
+        for e in (1, 2):
+            s.add(Epoch(run_id=run.id, epoch=e, train_loss=0.7 - 0.1 * e, val_loss=0.7 - 0.05 * e,
+                        val_f1=0.6 + 0.05 * e, val_best_f1=0.65 + 0.05 * e, val_best_threshold=0.5,
+                        val_auc=0.7 + 0.05 * e, lr=1e-3, images_per_s=30.0, seconds=10.0))
+        scored = [(i, float(np.clip(rng.normal(0.3 + 0.4 * labels[i], 0.2), 0.001, 0.999)))
+                  for i in val_ids]
+        scored += [(i, float(rng.uniform())) for i, im in ims.items() if im.split == "test"]
+        queries.upsert_predictions(s, run.id, scored)
+        return run.id

@@ -1,0 +1,113 @@
+"""What every page shares: the store, cached loaders, pickers and the reviewer's name.
+
+Pages hold no SQL: loaders here call `db.queries` and return plain frames and values.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import Run
+from db.store import db_url, home, session_factory
+
+OUTCOMES = ("false positive", "false negative", "true positive", "true negative")
+
+
+@st.cache_resource
+def _sessions(url: str) -> sessionmaker[Session]:
+    return session_factory(url)
+
+
+def sessions() -> sessionmaker[Session]:
+    return _sessions(db_url())
+
+
+def runs_by_id() -> dict[int, Run]:
+    with sessions()() as s:
+        from engine.jobs import reap_stale
+
+        with s.begin():
+            reap_stale(s)
+        return {r.id: r for r in queries.list_runs(s)}
+
+
+def dataset_names() -> dict[int, str]:
+    with sessions()() as s:
+        return {d.id: d.name for d in queries.list_datasets(s)}
+
+
+def dataset_root(dataset_id: int) -> str:
+    with sessions()() as s:
+        return next(d.root for d in queries.list_datasets(s) if d.id == dataset_id)
+
+
+def run_label(run: Run, names: dict[int, str]) -> str:
+    cfg = run.config
+    return f"#{run.id} {names.get(run.dataset_id, '?')} · {run.status} · {cfg.get('img_size')} px"
+
+
+def pick_run(runs: dict[int, Run], *, key: str = "run", only_with_checkpoint: bool = True) -> Run | None:
+    """A run selector whose choice lives in the URL (?run=N), so links and reloads keep it."""
+    names = dataset_names()
+    usable = [r for r in runs.values() if r.checkpoint or not only_with_checkpoint]
+    if not usable:
+        st.info("No trained run yet. Start one on the Train page or with `aivh train`.")
+        return None
+    ids = [r.id for r in reversed(usable)]
+    wanted = st.query_params.get(key)
+    index = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
+    chosen = st.selectbox("Run", ids, index=index, format_func=lambda i: run_label(runs[i], names), key=key)
+    st.query_params[key] = str(chosen)
+    return runs[chosen]
+
+
+def label_version() -> int:
+    with sessions()() as s:
+        return queries.label_version(s)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _prediction_frame(url: str, run_id: int, split: str, version: int) -> pd.DataFrame:
+    with _sessions(url)() as s:
+        rows = queries.prediction_rows(s, queries.get_run(s, run_id), split)
+    df = pd.DataFrame(rows, columns=["image_id", "rel_path", "prob", "label", "reviews"])
+    df["label"] = df["label"].astype("Int64")
+    return df
+
+
+def prediction_frame(run_id: int, split: str) -> pd.DataFrame:
+    """A run's predictions on a split with current labels; cached until a label changes."""
+    return _prediction_frame(db_url(), run_id, split, label_version())
+
+
+def outcome(df: pd.DataFrame, threshold: float) -> np.ndarray:
+    called = df["prob"].to_numpy() >= threshold
+    label = df["label"].to_numpy(dtype=float, na_value=np.nan)
+    out = np.full(len(df), "unlabelled", dtype=object)
+    out[(label == 1) & called] = "true positive"
+    out[(label == 0) & called] = "false positive"
+    out[(label == 1) & ~called] = "false negative"
+    out[(label == 0) & ~called] = "true negative"
+    return out
+
+
+def run_threshold(run: Run) -> float:
+    from engine.export import default_threshold
+
+    return float(default_threshold(run)[0])
+
+
+def reviewer() -> str:
+    """Asked once in the sidebar and remembered in the URL (?reviewer=...)."""
+    name = st.sidebar.text_input("Reviewer", value=st.query_params.get("reviewer", ""),
+                                 placeholder="your name", key="reviewer_name")
+    if name:
+        st.query_params["reviewer"] = name
+    return name.strip()
+
+
+def workspace_caption() -> None:
+    st.caption(f"store: {home()}")

@@ -1,0 +1,137 @@
+"""Review: a paginated grid of a run's predictions, most confidently wrong first; relabel and undo."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import common
+from db import queries
+from db.store import home
+from engine.thumbs import thumbnail
+
+PAGE_SIZE = 24
+COLS = 6
+LABELS = {1: "AI-generated", 0: "human-made"}
+
+
+def filters_ui(run) -> dict:
+    qp = st.query_params
+    c1, c2, c3 = st.columns([1, 2, 2])
+    splits = ["val", "train", "test"]
+    split = c1.selectbox("Split", splits, index=splits.index(qp["split"]) if qp.get("split") in splits else 0)
+    default_outcomes = [qp["outcome"]] if qp.get("outcome") in common.OUTCOMES else list(common.OUTCOMES[:2])
+    outcomes = c2.multiselect("Outcome", list(common.OUTCOMES), default=default_outcomes,
+                              disabled=split == "test")
+    lo, hi = c3.slider("Probability of AI-generated", 0.0, 1.0, (0.0, 1.0), step=0.01)
+    c4, c5 = st.columns([1, 1])
+    try:
+        t = float(qp.get("threshold", common.run_threshold(run)))
+    except ValueError:
+        t = common.run_threshold(run)
+    t = c4.number_input("Threshold", 0.0, 1.0, value=round(t, 4), step=0.01, format="%.4f")
+    relabelled = c5.selectbox("Relabelled", ["any", "only relabelled", "not relabelled"])
+    return {"split": split, "outcomes": outcomes, "range": (lo, hi), "threshold": t, "relabelled": relabelled}
+
+
+def filtered(df: pd.DataFrame, f: dict) -> pd.DataFrame:
+    out = df.assign(outcome=common.outcome(df, f["threshold"]))
+    keep = out["prob"].between(*f["range"]).to_numpy().copy()
+    if f["split"] != "test":
+        keep &= out["outcome"].isin(f["outcomes"]).to_numpy()
+    if f["relabelled"] != "any":
+        keep &= (out["reviews"] > 0).to_numpy() == (f["relabelled"] == "only relabelled")
+    out = out[keep]
+    # most confidently wrong first: distance from the current label; test: most AI-like first
+    label = out["label"].to_numpy(dtype=float, na_value=np.nan)
+    wrongness = np.where(np.isnan(label), out["prob"], np.abs(out["prob"] - np.nan_to_num(label)))
+    return out.assign(wrongness=wrongness).sort_values(["wrongness", "image_id"], ascending=[False, True])
+
+
+def show_image(root: str, image_id: int, rel_path: str, size: int, caption: str | None = None) -> None:
+    with common.sessions()() as s:
+        sha1 = queries.image(s, image_id).sha1
+    try:
+        st.image(str(thumbnail(home() / "cache", root, rel_path, sha1, size)), caption=caption)
+    except (FileNotFoundError, PermissionError, OSError) as e:
+        st.warning(f"{rel_path}: cannot show the image ({e})")
+
+
+def grid_ui(page: pd.DataFrame, root: str) -> None:
+    rows = [page.iloc[i : i + COLS] for i in range(0, len(page), COLS)]
+    for chunk in rows:
+        cols = st.columns(COLS)
+        for col, (_, r) in zip(cols, chunk.iterrows()):
+            with col:
+                label = "?" if pd.isna(r["label"]) else LABELS[int(r["label"])]
+                show_image(root, int(r["image_id"]), r["rel_path"], 192,
+                           f"p={r['prob']:.3f} · {label}" + (" · relabelled" if r["reviews"] else ""))
+                if st.button("Open", key=f"open_{r['image_id']}", use_container_width=True):
+                    st.session_state["selected_image"] = int(r["image_id"])
+
+
+def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str) -> None:
+    row = df[df["image_id"] == image_id]
+    if row.empty:
+        return
+    r = row.iloc[0]
+    st.divider()
+    left, right = st.columns([1, 2])
+    with left:
+        show_image(root, image_id, r["rel_path"], 512)
+    with right:
+        st.subheader(r["rel_path"])
+        with common.sessions()() as s:
+            history = queries.label_history(s, image_id)
+        current = history[-1].label if history else None
+        st.metric("Probability of AI-generated", f"{r['prob']:.4f}")
+        st.write(f"Current label: **{LABELS.get(current, 'none (test image)')}**")
+        relabel_ui(image_id, current, who)
+        if history:
+            st.dataframe(pd.DataFrame([{
+                "when": h.created_at, "who": h.author, "source": h.source,
+                "old → new": f"{LABELS.get(history[i - 1].label) if i else '—'} → {LABELS[h.label]}",
+                "note": h.note or ""} for i, h in enumerate(history)]), hide_index=True)
+
+
+def relabel_ui(image_id: int, current: int | None, who: str) -> None:
+    if not who:
+        st.info("Enter your name in the sidebar to relabel.")
+        return
+    note = st.text_input("Note (optional)", key=f"note_{image_id}")
+    c1, c2, c3 = st.columns(3)
+    for col, value in ((c1, 1), (c2, 0)):
+        if col.button(f"Label {LABELS[value]}", key=f"relabel_{value}_{image_id}",
+                      type="primary" if value != current else "secondary"):
+            with common.sessions().begin() as s:
+                queries.relabel(s, image_id, value, author=who, note=note or None)
+            st.toast(f"Labelled {LABELS[value]}")
+            st.rerun()
+    if c3.button("Undo last review", key=f"undo_{image_id}"):
+        with common.sessions().begin() as s:
+            undone = queries.undo_last_review(s, image_id, author=who)
+        st.toast("Undone" if undone else "Nothing to undo: the newest label is not a review")
+        st.rerun()
+
+
+st.title("Review")
+who = common.reviewer()
+runs = common.runs_by_id()
+run = common.pick_run(runs)
+if run is not None:
+    f = filters_ui(run)
+    df = common.prediction_frame(run.id, f["split"])
+    if df.empty:
+        st.info(f"Run #{run.id} has no predictions on the {f['split']} split yet.")
+    else:
+        view = filtered(df, f)
+        reviewed = int((view["reviews"] > 0).sum())
+        st.caption(f"{len(view):,} images match · {reviewed:,} of them reviewed")
+        pages = max(1, -(-len(view) // PAGE_SIZE))
+        page_no = st.number_input(f"Page (of {pages})", 1, pages, value=1, step=1)
+        page = view.iloc[(page_no - 1) * PAGE_SIZE : page_no * PAGE_SIZE]
+        root = common.dataset_root(run.dataset_id)
+        grid_ui(page, root)
+        selected = st.session_state.get("selected_image")
+        if selected is None and not page.empty:
+            selected = int(page.iloc[0]["image_id"])
+        if selected is not None:
+            detail_ui(df, root, selected, who)

@@ -1,0 +1,34 @@
+"""Thumbnails made once and cached on disk, read only from inside a dataset root."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image as PILImage
+
+from engine.data import load_rgb, resolve_inside
+
+
+def thumbnail(cache: Path, root: str | Path, rel_path: str, sha1: str | None, size: int = 192) -> Path:
+    """Path of a JPEG thumbnail (longest side `size`), made on first use.
+
+    Raises FileNotFoundError for a missing image and PermissionError for a path outside
+    the root, so a crafted path in the store cannot read other files.
+    """
+    source = resolve_inside(Path(root), rel_path)
+    key = sha1 or f"{abs(hash((str(root), rel_path))):x}"
+    out = cache / "thumbs" / f"{key}_{size}.jpg"
+    if out.is_file():
+        return out
+    if not source.is_file():
+        raise FileNotFoundError(f"{rel_path}: image file is missing")
+    im = load_rgb(source, size)
+    if max(im.size) < size:  # small images (CIFAKE is 32 px) are shown enlarged, crisp
+        scale = size // max(im.size)
+        im = im.resize((im.width * scale, im.height * scale), PILImage.NEAREST)
+    im.thumbnail((size, size))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    im.save(tmp, "JPEG", quality=88)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,101 @@
+"""Each page file under AppTest against a temporary store with a finished run."""
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from db import queries
+from db.models import Label
+from tests.conftest import ROOT, finished_run
+
+PAGES = ROOT / "dashboard" / "pages"
+
+
+def page(name: str, **query) -> AppTest:
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+@pytest.fixture()
+def run_id(sessions):
+    return finished_run(sessions)
+
+
+@pytest.mark.parametrize("name", ["runs", "train", "evaluate", "review", "export"])
+def test_empty_store_gives_a_message_not_a_traceback(sessions, name):
+    at = page(name)
+    assert not at.exception
+    assert at.info, "an empty store should explain itself"
+
+
+def test_runs_page_lists_the_run_and_its_curves(run_id):
+    at = page("runs")
+    assert not at.exception
+    assert len(at.dataframe) >= 3  # datasets, runs, comparison
+    assert at.multiselect[0].value == [run_id]
+
+
+def test_evaluate_threshold_changes_the_numbers(run_id):
+    at = page("evaluate", run=str(run_id))
+    assert not at.exception
+    f1 = {m.label: m.value for m in at.metric}
+    slider = at.slider[0]
+    assert slider.value == pytest.approx(0.5)
+    slider.set_value(0.8).run()
+    assert not at.exception
+    f1_high = {m.label: m.value for m in at.metric}
+    assert f1["F1"] != f1_high["F1"] and f1["Called AI"] != f1_high["Called AI"]
+    # saving the threshold stores it on the run
+    next(b for b in at.button if b.label.startswith("Save")).click().run()
+    with queries_session(at) as s:
+        assert queries.get_run(s, run_id).chosen_threshold == pytest.approx(0.8)
+
+
+def test_evaluate_test_split_sets_threshold_from_a_target_rate(run_id):
+    at = page("evaluate", run=str(run_id), split="test")
+    assert not at.exception
+    at.number_input[0].set_value(20.0).run()
+    next(b for b in at.button if b.label.startswith("Set threshold")).click().run()
+    assert not at.exception
+    called = next(m for m in at.metric if m.label.startswith("Test images called AI"))
+    assert called.value == "20 of 100"
+
+
+def test_review_relabel_and_undo_add_history_rows(run_id, sessions):
+    at = page("review", run=str(run_id), reviewer="ana")
+    assert not at.exception
+    assert any("images match" in c.value for c in at.caption)
+
+    def label_rows():
+        with sessions() as s:
+            return s.scalar(select(func.count(Label.id)))
+
+    before = label_rows()
+    relabel = next(b for b in at.button if b.label.startswith("Label "))
+    relabel.click().run()
+    assert not at.exception
+    assert label_rows() == before + 1
+    with sessions() as s:
+        newest = s.scalars(select(Label).order_by(Label.id.desc())).first()
+        assert (newest.source, newest.author) == ("review", "ana")
+    next(b for b in at.button if b.label == "Undo last review").click().run()
+    assert label_rows() == before + 2
+    with sessions() as s:
+        history = queries.label_history(s, newest.image_id)
+        assert history[-1].label == history[0].label and history[-1].note.startswith("undo of")
+
+
+def test_export_writes_a_submission_and_lists_it(run_id, sessions):
+    at = page("export", run=str(run_id))
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Rows"] == "100"
+    next(b for b in at.button if b.label == "Write submission").click().run()
+    assert not at.exception
+    with sessions() as s:
+        assert [e.rows for e in queries.exports(s)] == [100]
+
+
+def queries_session(at):
+    from db.store import session_factory
+    return session_factory()()
