@@ -143,7 +143,8 @@ def serve_command(host: str, port: int) -> list[str]:
     app = Path(dashboard.__file__).parent / "app.py"
     return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host,
             "--server.port", str(port), "--server.headless", "true",
-            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+            "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer"]
 
 
 def cmd_serve(args) -> None:
