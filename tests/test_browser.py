@@ -76,7 +76,7 @@ def open_page(page, url: str) -> None:
                                           ("review", "Review"), ("export", "Export a Kaggle submission")])
 def test_every_page_renders(server, page, path, heading):
     open_page(page, f"{server['url']}/{path}?run={server['run']}&reviewer=ana")
-    expect(page.get_by_role("heading", name=heading)).to_be_visible()
+    expect(page.get_by_role("heading", name=heading, level=1)).to_be_visible()
     assert page.locator("[data-testid='stException']").count() == 0
 
 
