@@ -18,10 +18,10 @@ def thumbnail(cache: Path, root: str | Path, rel_path: str, sha1: str | None, si
     source = resolve_inside(Path(root), rel_path)
     key = sha1 or f"{abs(hash((str(root), rel_path))):x}"
     out = cache / "thumbs" / f"{key}_{size}.jpg"
+    if not source.is_file():  # checked even when cached: a deleted image must not look present
+        raise FileNotFoundError(f"{rel_path}: image file is missing")
     if out.is_file():
         return out
-    if not source.is_file():
-        raise FileNotFoundError(f"{rel_path}: image file is missing")
     im = load_rgb(source, size)
     if max(im.size) < size:  # small images (CIFAKE is 32 px) are shown enlarged, crisp
         scale = size // max(im.size)

@@ -84,7 +84,7 @@ def copy_sample(dst: Path) -> Path:
     return dst
 
 
-def finished_run(sessions, *, name: str = "sample", seed: int = 0) -> int:
+def finished_run(sessions, *, name: str = "sample", seed: int = 0, source: Path = SAMPLE) -> int:
     """The bundled sample imported and a succeeded run recorded as training would record it:
     split, two epochs, best threshold, validation and test predictions (seeded scores that
     separate the classes imperfectly). For dashboard tests, which need no real training."""
@@ -94,7 +94,7 @@ def finished_run(sessions, *, name: str = "sample", seed: int = 0) -> int:
     from engine.jobs import split_images
     from engine.train import TrainConfig
 
-    import_dataset(sessions, SAMPLE, name, progress=False)
+    import_dataset(sessions, source, name, progress=False)
     rng = np.random.default_rng(seed)
     with sessions.begin() as s:
         ds = queries.get_dataset(s, name)

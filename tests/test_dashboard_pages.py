@@ -1,4 +1,7 @@
 """Each page file under AppTest against a temporary store with a finished run."""
+import os
+import socket
+
 import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
@@ -99,3 +102,55 @@ def test_export_writes_a_submission_and_lists_it(run_id, sessions):
 def queries_session(at):
     from db.store import session_factory
     return session_factory()()
+
+
+def test_a_failed_run_and_a_missing_image_show_clear_messages(sessions, tmp_path):
+    from tests.conftest import copy_sample
+    data = copy_sample(tmp_path / "copy")
+    run_id = finished_run(sessions, source=data)
+    with sessions.begin() as s:
+        from db.models import Run
+        failed = Run(dataset_id=queries.get_run(s, run_id).dataset_id, status="failed", config={"epochs": 1},
+                     error="RuntimeError: out of memory")
+        s.add(failed)
+    at = page("runs")
+    assert not at.exception
+    assert any("out of memory" in e.value for e in at.error)
+
+    # the first image the review grid shows is deleted after import
+    first = page("review", run=str(run_id))
+    shown = next(c.value for c in first.caption if "images match" in c.value)
+    assert shown
+    with sessions() as s:
+        run = queries.get_run(s, run_id)
+        rows = queries.prediction_rows(s, run, "val")
+    for _, rel, *_ in rows:
+        (data / rel).unlink()
+    at = page("review", run=str(run_id))
+    assert not at.exception
+    assert any("image file is missing" in w.value for w in at.warning)
+
+
+def test_train_page_cancel_sets_the_flag_and_a_dead_process_shows_failed(sessions):
+    run_id = finished_run(sessions)
+    from db.models import Run
+    from engine.jobs import now
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        live = Run(dataset_id=run.dataset_id, status="running", config={"epochs": 3}, pid=os.getpid(),
+                   heartbeat_at=now(), progress={"host": socket.gethostname(), "epoch": 1, "batch": 2,
+                                                 "batches": 10, "images_per_s": 20.0, "train_images": 100})
+        dead = Run(dataset_id=run.dataset_id, status="running", config={"epochs": 3}, pid=2**22 + 12345,
+                   heartbeat_at=now(), progress={"host": socket.gethostname()})
+        s.add_all([live, dead])
+        s.flush()
+        live_id, dead_id = live.id, dead.id
+    at = AppTest.from_file(str(PAGES / "train.py"), default_timeout=60)
+    at.query_params["watch"] = str(live_id)
+    at.run()
+    assert not at.exception
+    next(b for b in at.button if b.label == "Cancel run").click().run()
+    with sessions() as s:
+        assert queries.get_run(s, live_id).cancel_requested
+        gone = queries.get_run(s, dead_id)
+        assert gone.status == "failed" and "stopped" in gone.error
