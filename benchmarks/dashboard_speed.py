@@ -29,7 +29,8 @@ def build_store(home: Path, n: int) -> int:
     from sqlalchemy import insert
 
     from db import queries
-    from db.models import Dataset, Image as ImageRow, Label, Run
+    from db.models import Dataset, Label, Run
+    from db.models import Image as ImageRow
     from db.store import session_factory
     from engine.jobs import split_images
     from engine.train import TrainConfig

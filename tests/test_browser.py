@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -106,7 +107,7 @@ def test_export_download_is_a_valid_submission(server, page):
     expect(button).to_be_visible(timeout=30_000)
     with page.expect_download() as info:
         button.click()
-    body = open(info.value.path()).read()
+    body = Path(info.value.path()).read_text()
     rows = list(csv.reader(io.StringIO(body)))
     with server["sessions"]() as s:
         run = queries.get_run(s, server["run"])

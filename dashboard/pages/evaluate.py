@@ -52,7 +52,7 @@ def confusion_ui(y, p, t, run_id: int, split: str) -> None:
 
 
 def metrics_ui(y, p, t) -> None:
-    (tn, fp), (fn, tp) = metrics.confusion(y, p, t)
+    (_, fp), (fn, tp) = metrics.confusion(y, p, t)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     best_t, best_f1 = metrics.best_threshold(y, p)
