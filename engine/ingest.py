@@ -1,7 +1,10 @@
 """`aivh import`: a Kaggle-layout folder into the store, in one transaction."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from multiprocessing import get_context
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +15,9 @@ from tqdm import tqdm
 from db import queries
 from db.models import Dataset, Image, Label
 from engine.data import TRAIN_CSV, ImageInfo, Reject, Row, probe_image, read_kaggle_csvs
+
+
+SERIAL_BELOW = 2000  # rows: below this, starting worker processes costs more than it saves
 
 
 @dataclass
@@ -32,11 +38,16 @@ class ImportResult:
 
 
 def _probe_all(root: Path, rows: list[Row], *, progress: bool) -> list[ImageInfo | str]:
-    # file reads and sha1 release the GIL, so threads keep both cores busy
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = pool.map(lambda r: probe_image(root, r.file_name), rows, chunksize=64)
-        return list(tqdm(results, total=len(rows), desc="probing images", unit="img",
-                         disable=not progress, mininterval=0.5))
+    """Header, size and sha1 of every file. Processes, not threads: PIL's header parsing holds
+    the GIL, and threads measured slower than one loop (390 vs 200 us per file)."""
+    names = [r.file_name for r in rows]
+    bar = {"total": len(rows), "desc": "probing images", "unit": "img", "disable": not progress,
+           "mininterval": 0.5}
+    workers = 2 * (os.cpu_count() or 1)  # twice the cores: cold reads wait on the disk
+    if len(rows) < SERIAL_BELOW:
+        return list(tqdm((probe_image(root, n) for n in names), **bar))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return list(tqdm(pool.map(partial(probe_image, root), names, chunksize=256), **bar))
 
 
 def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: str | None = None,
