@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -15,7 +15,6 @@ from tqdm import tqdm
 from db import queries
 from db.models import Dataset, Image, Label
 from engine.data import TRAIN_CSV, ImageInfo, Reject, Row, probe_image, read_kaggle_csvs
-
 
 SERIAL_BELOW = 2000  # rows: below this, starting worker processes costs more than it saves
 
