@@ -229,3 +229,7 @@ def dataset_counts(s: Session) -> list[tuple[str, str, int, int, int]]:
 
 def set_chosen_threshold(s: Session, run_id: int, threshold: float | None) -> None:
     get_run(s, run_id).chosen_threshold = threshold
+
+
+def image_by_path(s: Session, dataset_id: int, rel_path: str) -> Image | None:
+    return s.scalar(select(Image).where(Image.dataset_id == dataset_id, Image.rel_path == rel_path))

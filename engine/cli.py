@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from db import queries
@@ -134,6 +136,22 @@ def _fmt(x) -> str:
     return f"{x:7.4f}" if isinstance(x, float) else f"{'-':>7}"
 
 
+def cmd_saliency(args) -> None:
+    from engine import saliency
+
+    settings = saliency.Settings(args.method, steps=args.steps, baseline=args.baseline,
+                                 samples=args.samples)
+    t0 = time.perf_counter()
+    att, _ = saliency.explain_run_image(session_factory(), args.run, args.image.strip(), settings)
+    seconds = time.perf_counter() - t0
+    out = saliency.render(att, Path(args.out), opacity=args.opacity)
+    payload = {"run": args.run, "image": args.image, "method": args.method, "prob": round(att.prob, 6),
+               "settings": dataclasses.asdict(settings), "delta": att.delta,
+               "mass": saliency.mass_summary(att.map), "seconds": round(seconds, 3), "path": str(out)}
+    _emit(args, payload, f"{args.image}: p(AI) = {att.prob:.4f}; {args.method} map written to {out} "
+          f"(image | overlay | heatmap) in {seconds:.2f} s")
+
+
 # ---------------------------------------------------------------- serve / demo
 
 
@@ -245,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="submission.csv")
     c.set_defaults(func=cmd_export)
 
+    from engine.saliency_choices import BASELINES, METHODS
+
+    c = sub.add_parser("saliency", parents=[common], help="why the model called an image AI-generated")
+    c.add_argument("--run", type=int, required=True)
+    c.add_argument("--image", required=True, help="the image's name as in the CSV")
+    c.add_argument("--method", choices=METHODS, required=True)
+    c.add_argument("--out", required=True, help="PNG: image | overlay | heatmap")
+    c.add_argument("--steps", type=int, default=32, help="integrated gradients: path steps")
+    c.add_argument("--baseline", choices=BASELINES, default="mean", help="integrated gradients baseline")
+    c.add_argument("--samples", type=int, default=16, help="smoothgrad: noisy copies")
+    c.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity over the image")
+    c.set_defaults(func=cmd_saliency)
+
     c = sub.add_parser("runs", parents=[common], help="list runs")
     c.set_defaults(func=cmd_runs)
 
@@ -263,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # CsvError, ExportRefused and WeightsError are ValueErrors: no heavy imports needed here
-    known = (UsageError, queries.NotFound, FileNotFoundError, ValueError, PermissionError,
+    known = (UsageError, LookupError, FileNotFoundError, ValueError, PermissionError,
              RuntimeError)
     try:
         args.func(args)

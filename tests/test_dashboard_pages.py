@@ -154,3 +154,10 @@ def test_train_page_cancel_sets_the_flag_and_a_dead_process_shows_failed(session
         assert queries.get_run(s, live_id).cancel_requested
         gone = queries.get_run(s, dead_id)
         assert gone.status == "failed" and "stopped" in gone.error
+
+
+def test_review_saliency_without_a_checkpoint_is_a_message(run_id):
+    at = page("review", run=str(run_id), reviewer="ana")
+    at.toggle[0].set_value(True).run()
+    assert not at.exception
+    assert any("No saliency map" in w.value and "checkpoint not found" in w.value for w in at.warning)

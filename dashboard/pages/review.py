@@ -1,4 +1,6 @@
 """Review: a paginated grid of a run's predictions, most confidently wrong first; relabel and undo."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -68,7 +70,7 @@ def grid_ui(page: pd.DataFrame, root: str) -> None:
                     st.session_state["selected_image"] = int(r["image_id"])
 
 
-def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str) -> None:
+def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int) -> None:
     row = df[df["image_id"] == image_id]
     if row.empty:
         return
@@ -85,11 +87,56 @@ def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str) -> None:
         st.metric("Probability of AI-generated", f"{r['prob']:.4f}")
         st.write(f"Current label: **{LABELS.get(current, 'none (test image)')}**")
         relabel_ui(image_id, current, who)
+        saliency_ui(run_id, r["rel_path"])
         if history:
             st.dataframe(pd.DataFrame([{
                 "when": h.created_at, "who": h.author, "source": h.source,
                 "old → new": f"{LABELS.get(history[i - 1].label) if i else '—'} → {LABELS[h.label]}",
                 "note": h.note or ""} for i, h in enumerate(history)]), hide_index=True)
+
+
+@st.cache_resource(max_entries=2)
+def _model(checkpoint: str, key: str):
+    """One model per checkpoint, with a lock: Captum's hooks must not interleave across sessions."""
+    import threading
+
+    from engine.model import load_trained
+
+    return load_trained(Path(checkpoint))[0], threading.Lock()
+
+
+def saliency_ui(run_id: int, rel_path: str) -> None:
+    from engine import saliency
+
+    with st.expander("Why? Saliency map"):
+        c1, c2, c3 = st.columns(3)
+        method = c1.selectbox("Method", saliency.METHODS, key="sal_method")
+        opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.5, key="sal_opacity")
+        steps = c3.number_input("IG steps", 2, 256, 32, key="sal_steps",
+                                disabled=method != "integrated_gradients")
+        baseline = c3.selectbox("IG baseline", saliency.BASELINES, key="sal_baseline",
+                                disabled=method != "integrated_gradients")
+        if not st.toggle("Show the map", key=f"sal_show_{run_id}"):
+            return
+        run = common.runs_by_id()[run_id]
+        settings = saliency.Settings(method, steps=int(steps), baseline=baseline)
+        try:
+            key = saliency.checkpoint_key(Path(run.checkpoint))
+            model, lock = _model(run.checkpoint, key)
+            with lock, st.spinner(f"Computing {method} (cached after the first time)..."):
+                att, _ = saliency.explain_run_image(common.sessions(), run_id, rel_path, settings, model=model)
+        except (OSError, ValueError, LookupError) as e:
+            st.warning(f"No saliency map: {e}")
+            return
+        left, right = st.columns([1, 2])
+        left.image(saliency.overlay(att.image, att.map, opacity), caption=f"{method} over the image",
+                   use_container_width=True)
+        right.image(np.concatenate([att.image, saliency.colorize(att.map)], axis=1),
+                    caption="what the model saw | attribution", use_container_width=True)
+        mass = saliency.mass_summary(att.map)
+        st.caption(f"p(AI) = {att.prob:.4f} · {settings} · centre of mass at "
+                   f"{mass.get('center')} (x, y as fractions)"
+                   + (f" · IG convergence delta {att.delta:.2e}" if att.delta is not None else ""))
 
 
 def relabel_ui(image_id: int, current: int | None, who: str) -> None:
@@ -134,4 +181,4 @@ if run is not None:
         if selected is None and not page.empty:
             selected = int(page.iloc[0]["image_id"])
         if selected is not None:
-            detail_ui(df, root, selected, who)
+            detail_ui(df, root, selected, who, run.id)

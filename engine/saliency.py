@@ -1,0 +1,243 @@
+"""Captum attributions for one image: why the model called it AI-generated.
+
+Methods (all on the single logit, model in eval mode, in-place activations switched off
+because Captum's hooks see corrupted gradients through them):
+
+- saliency: plain input gradients |d logit / d x|
+- integrated_gradients: path integral from a baseline (black, mean or blur), batched
+- smoothgrad: saliency averaged over noisy copies (NoiseTunnel)
+- gradcam: Grad-CAM on the last convolutional block, upsampled to the image
+- occlusion: logit drop when a sliding grey window hides a region
+
+Every map is (H, W), non-negative, at the size the model saw, over the same pixels as
+prediction (same decode, resize and normalisation).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from engine.data import load_rgb, normalize, transform
+from engine.saliency_choices import BASELINES, METHODS
+
+
+@dataclass(frozen=True)
+class Settings:
+    method: str
+    steps: int = 32  # integrated gradients: points on the path
+    baseline: str = "mean"  # integrated gradients: dataset-mean grey, black, or the blurred input
+    batch: int = 8  # integrated gradients / smoothgrad / occlusion: forward passes per batch
+    samples: int = 16  # smoothgrad: noisy copies
+    noise: float = 0.15  # smoothgrad: noise std in normalised units
+    window: int = 0  # occlusion: window side in pixels (0: an eighth of the image)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown saliency method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+        if self.steps < 2 or self.samples < 1 or self.batch < 1:
+            raise ValueError("steps must be >= 2, samples and batch >= 1")
+
+
+@dataclass
+class Attribution:
+    image: np.ndarray  # (H, W, 3) uint8: the pixels the model saw
+    map: np.ndarray  # (H, W) float32, >= 0
+    prob: float  # probability of AI-generated
+    settings: Settings
+    delta: float | None = None  # integrated gradients: Captum's convergence delta
+
+
+def for_captum(model: nn.Module) -> nn.Module:
+    """Eval mode, gradients on, and no in-place activation (torchvision's B3 has 79)."""
+    model.eval()
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    return model
+
+
+def preprocess(path: Path, size: int, mode: str = "resize") -> tuple[np.ndarray, torch.Tensor]:
+    """The exact prediction preprocessing: (H, W, 3) uint8 and the (1, 3, S, S) model input."""
+    im = transform(load_rgb(path, size), size, train=False, mode=mode, rng=None)
+    pixels = np.asarray(im, dtype=np.uint8).copy()
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    return pixels, normalize(x, torch.device("cpu"))
+
+
+def _logit(model: nn.Module, sign: float = 1.0):
+    """(B,) one logit per image, signed so that it is the evidence for the predicted class."""
+    return lambda x: sign * model(x)[:, 0]
+
+
+def _baseline(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "mean":
+        return torch.zeros_like(x)  # normalised zero = the ImageNet mean colour
+    if kind == "blur":
+        k = max(3, x.shape[-1] // 8) | 1
+        return torch.nn.functional.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+    black = torch.zeros(1, 3, *x.shape[-2:], dtype=torch.uint8)
+    return normalize(black, x.device)
+
+
+def attribute(model: nn.Module, x: torch.Tensor, settings: Settings) -> tuple[np.ndarray, float | None]:
+    """(H, W) non-negative map for input x (1, 3, H, W), and IG's convergence delta."""
+    from captum.attr import (
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        NoiseTunnel,
+        Occlusion,
+        Saliency,
+    )
+
+    with torch.no_grad():
+        sign = 1.0 if float(model(x)[0, 0]) >= 0 else -1.0  # explain the class the model called
+    forward, s, delta = _logit(model, sign), settings, None
+    x = x.detach().clone().requires_grad_(True)
+    if s.method == "saliency":
+        attr = Saliency(forward).attribute(x, abs=True)
+    elif s.method == "integrated_gradients":
+        attr, d = IntegratedGradients(forward).attribute(
+            x, baselines=_baseline(x.detach(), s.baseline), n_steps=s.steps,
+            internal_batch_size=s.batch, return_convergence_delta=True)
+        delta = float(d.abs().max())
+        attr = attr.abs()
+    elif s.method == "smoothgrad":
+        attr = NoiseTunnel(Saliency(forward)).attribute(
+            x, nt_type="smoothgrad", nt_samples=s.samples, nt_samples_batch_size=s.batch, stdevs=s.noise,
+            abs=True)
+    elif s.method == "gradcam":
+        cam = LayerGradCam(forward, model.features[-1]).attribute(x, relu_attributions=True)
+        attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    else:  # occlusion: how much the logit moves when a window is hidden, either way
+        w = s.window or max(2, x.shape[-1] // 8)
+        stride = max(1, w // 2)
+        attr = Occlusion(forward).attribute(
+            x, sliding_window_shapes=(3, w, w), strides=(3, stride, stride), baselines=0.0,
+            perturbations_per_eval=s.batch).abs()
+    heat = attr.detach().float().sum(dim=1)[0].clamp_min(0)  # (H, W)
+    return heat.numpy().astype(np.float32), delta
+
+
+def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode: str = "resize",
+            cache: Path | None = None, cache_key: str = "") -> Attribution:
+    """Attribution for one image file, from the on-disk cache when it was computed before."""
+    pixels, x = preprocess(path, size, mode)
+    file = None
+    if cache is not None:
+        digest = hashlib.sha1(json.dumps([cache_key, str(path), size, mode, asdict(settings)],
+                                         sort_keys=True).encode()).hexdigest()
+        file = cache / "saliency" / f"{digest}.npz"
+        if file.is_file():
+            saved = np.load(file, allow_pickle=False)
+            delta = float(saved["delta"]) if saved["delta"].size else None
+            return Attribution(pixels, saved["map"], float(saved["prob"]), settings, delta)
+    model = for_captum(model)
+    with torch.no_grad():
+        prob = float(torch.sigmoid(model(x)[0, 0]))
+    heat, delta = attribute(model, x, settings)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, map=heat, prob=np.float32(prob), delta=np.array([] if delta is None else [delta]))
+        os.replace(tmp, file)
+    return Attribution(pixels, heat, prob, settings, delta)
+
+
+def mass_summary(heat: np.ndarray) -> dict:
+    """Where the attribution mass lies: centre of mass, a 3x3 grid of shares, and the
+    smallest box holding half of the mass of the top pixels."""
+    h, w = heat.shape
+    total = float(heat.sum())
+    if total <= 0:
+        return {"total": 0.0}
+    p = heat / total
+    ys, xs = np.mgrid[0:h, 0:w]
+    grid = [[float(p[i * h // 3:(i + 1) * h // 3, j * w // 3:(j + 1) * w // 3].sum()) for j in range(3)]
+            for i in range(3)]
+    order = np.argsort(p, axis=None)[::-1]
+    top = order[: max(1, int(np.searchsorted(np.cumsum(p.ravel()[order]), 0.5)) + 1)]
+    ty, tx = np.unravel_index(top, p.shape)
+    return {"center": [round(float((p * xs).sum()) / w, 4), round(float((p * ys).sum()) / h, 4)],
+            "grid_3x3": [[round(v, 4) for v in row] for row in grid],
+            "half_mass_box": [int(tx.min()), int(ty.min()), int(tx.max()) + 1, int(ty.max()) + 1],
+            "half_mass_pixels_share": round(len(top) / (h * w), 4)}
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    """(H, W) -> (H, W, 3) uint8 with a perceptual colour map (matplotlib's inferno)."""
+    from matplotlib import colormaps
+
+    low, top = float(heat.min()), float(np.percentile(heat, 99.5))
+    scaled = np.clip((heat - low) / (top - low), 0, 1) if top > low else np.zeros_like(heat)
+    return (colormaps["inferno"](scaled)[..., :3] * 255).astype(np.uint8)
+
+
+def overlay(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    return (pixels * (1 - opacity) + colorize(heat) * opacity).astype(np.uint8)
+
+
+def render(att: Attribution, out: Path, *, opacity: float = 0.5, scale: int = 0) -> Path:
+    """Image | overlay | heatmap side by side, written through a temporary file."""
+    panels = np.concatenate([att.image, overlay(att.image, att.map, opacity), colorize(att.map)], axis=1)
+    im = Image.fromarray(panels)
+    scale = scale or max(1, 256 // att.image.shape[0])
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    im.save(tmp, format="PNG")
+    os.replace(tmp, out)
+    return out
+
+
+
+def checkpoint_key(path: Path) -> str:
+    """Identifies a checkpoint's content cheaply: a rewritten file gets new cache entries."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found at {path}")
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def explain_run_image(sessions, run_id: int, rel_path: str, settings: Settings, *,
+                      model: nn.Module | None = None) -> tuple[Attribution, Path]:
+    """Attribution for an image of a run's dataset, named as in the CSV. Returns it and the file.
+
+    Raises ValueError for a run without a checkpoint, LookupError for an image not in the
+    dataset, FileNotFoundError for a missing file, PermissionError for a path outside the root.
+    """
+    from db import queries
+    from db.models import Dataset
+    from db.store import home
+    from engine.data import resolve_inside
+    from engine.model import load_trained
+
+    with sessions() as s:
+        run = queries.get_run(s, run_id)
+        if not run.checkpoint:
+            raise ValueError(f"run {run_id} has no checkpoint (status {run.status})")
+        ds = s.get(Dataset, run.dataset_id)
+        if queries.image_by_path(s, ds.id, rel_path) is None:
+            raise LookupError(f"no image {rel_path!r} in dataset {ds.name!r} (name it as in the CSV)")
+        checkpoint, cfg = Path(run.checkpoint), run.config
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"run {run_id}: checkpoint not found at {checkpoint}")
+    path = resolve_inside(Path(ds.root), rel_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{rel_path}: image file is missing")
+    if model is None:
+        model, _ = load_trained(checkpoint)
+    att = explain(model, path, cfg["img_size"], settings, mode=cfg.get("resize_mode", "resize"),
+                  cache=home() / "cache", cache_key=checkpoint_key(checkpoint))
+    return att, path

@@ -1,0 +1,158 @@
+"""Saliency maps that mean something: planted evidence, model randomization, completeness.
+
+One small B3 run is trained (two to three minutes on 2 CPU cores) on drawn images whose class
+is decided only by the colour of a 32x32 patch in the top-left corner.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+from PIL import Image
+
+from engine import saliency
+from engine.model import build_model, load_trained
+from engine.train import TrainConfig, TrainData, train
+from tests.conftest import SAMPLE, aivh, finished_run
+
+S, P = 96, 32  # image side, patch side: the patch is 1/9 of the area
+EXPLAINED = range(320, 328)  # held-out images, both classes
+
+
+def draw(i: int, rng) -> tuple[np.ndarray, int]:
+    yy, xx = np.mgrid[0:S, 0:S] / S
+    c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
+    img = c0 + (c1 - c0) * (xx if i % 3 else yy)[..., None] + rng.normal(0, 6, (S, S, 3))
+    y = i % 2
+    img[:P, :P] = 40
+    img[:P, :P, 0 if y else 2] = 220  # red patch: AI-generated; blue: human-made
+    img[:P, :P] += rng.normal(0, 6, (P, P, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), y
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for i in range(max(EXPLAINED) + 1):
+        img, y = draw(i, rng)
+        Image.fromarray(img).save(root / f"{i}.png")
+        paths.append(f"{i}.png")
+        labels.append(y)
+    data = TrainData(root, paths[:280], labels[:280], paths[280:320], labels[280:320])
+    cfg = TrainConfig(epochs=5, img_size=S, batch_size=16, lr=2e-3, workers=0, patience=9)
+    result = train(cfg, data, root / "run", progress=False)
+    assert result.best.val_auc > 0.99, "the planted model did not learn the patch"
+    model, _ = load_trained(root / "run" / "best.pt")
+    return root, model
+
+
+def patch_ratio(heat: np.ndarray) -> float:
+    """Share of attribution mass inside the patch over the patch's share of the area."""
+    return float(heat[:P, :P].sum() / heat.sum()) / (P * P / (S * S))
+
+
+@pytest.mark.parametrize("method", [
+    "saliency", "integrated_gradients", "smoothgrad", "occlusion",
+    pytest.param("gradcam", marks=pytest.mark.xfail(strict=True, reason=(
+        "Grad-CAM on B3's last block is a 3x3 map at 96 px whose receptive fields cover the whole "
+        "image; for this from-scratch model it is centre-heavy, not on the patch (ratio about 0.8)"))),
+])
+def test_planted_evidence_draws_the_attribution_mass(planted, method):
+    root, model = planted
+    ratios = [patch_ratio(saliency.explain(model, root / f"{i}.png", S, saliency.Settings(method)).map)
+              for i in EXPLAINED]
+    # the patch holds at least twice its share of the mass on average, and never less than its share
+    assert np.mean(ratios) >= 2.0 and min(ratios) >= 1.0, np.round(ratios, 2)
+
+
+def _rank(a: np.ndarray) -> np.ndarray:
+    r = np.empty(a.size)
+    r[np.argsort(a, axis=None)] = np.arange(a.size)
+    return r
+
+
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients", "smoothgrad", "occlusion"])
+def test_maps_change_when_the_weights_are_randomized(planted, method):
+    """Adebayo et al. (2018): a map that survives re-initialised weights explains nothing."""
+    root, model = planted
+    torch.manual_seed(1)
+    random_model = build_model(None)
+    corr = []
+    for i in list(EXPLAINED)[:4]:
+        trained = saliency.explain(model, root / f"{i}.png", S, saliency.Settings(method)).map
+        rand = saliency.explain(random_model, root / f"{i}.png", S, saliency.Settings(method)).map
+        corr.append(np.corrcoef(_rank(trained), _rank(rand))[0, 1])
+    assert max(corr) < 0.8, np.round(corr, 2)
+
+
+@pytest.mark.parametrize("baseline", saliency.BASELINES)
+def test_integrated_gradients_completeness(planted, baseline):
+    root, model = planted
+    model = saliency.for_captum(model)
+    _, x = saliency.preprocess(root / "321.png", S)
+    base = saliency._baseline(x, baseline)
+    attr, delta = IntegratedGradients(lambda z: model(z)[:, 0]).attribute(
+        x, baselines=base, n_steps=64, internal_batch_size=16, return_convergence_delta=True)
+    with torch.no_grad():
+        diff = float(model(x)[0, 0] - model(base)[0, 0])
+    total = float(attr.sum())
+    assert abs(total - diff) <= abs(float(delta)) + 1e-4 * max(1.0, abs(diff))
+    assert abs(float(delta)) < 0.05 * max(1.0, abs(diff)), (total, diff, float(delta))
+
+
+def test_no_inplace_activation_survives(planted):
+    _, model = planted
+    saliency.for_captum(model)
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
+    assert not model.training
+
+
+def test_results_are_cached_on_disk(planted, tmp_path, monkeypatch):
+    root, model = planted
+    settings = saliency.Settings("saliency")
+    first = saliency.explain(model, root / "320.png", S, settings, cache=tmp_path, cache_key="k")
+    monkeypatch.setattr(saliency, "attribute", lambda *a, **k: pytest.fail("recomputed"))
+    again = saliency.explain(model, root / "320.png", S, settings, cache=tmp_path, cache_key="k")
+    assert np.array_equal(first.map, again.map) and first.prob == again.prob
+    assert len(list((tmp_path / "saliency").glob("*.npz"))) == 1
+
+
+def test_bad_input_gives_clear_errors(workspace, sessions, tmp_path):
+    with pytest.raises(ValueError, match="unknown saliency method 'lime'"):
+        saliency.Settings("lime")
+    run_id = finished_run(sessions)  # recorded run whose checkpoint file does not exist
+    image = (SAMPLE / "test.csv").read_text().split()[1]
+    cases = [(["--run", str(run_id), "--image", image, "--method", "lime"], "invalid choice"),
+             (["--run", str(run_id), "--image", "test_data_v2/none.jpg", "--method", "saliency"],
+              "no image 'test_data_v2/none.jpg'"),
+             (["--run", str(run_id), "--image", image, "--method", "saliency"], "checkpoint not found"),
+             (["--run", "99", "--image", image, "--method", "saliency"], "no run 99")]
+    for args, message in cases:
+        proc = aivh("saliency", *args, "--out", str(tmp_path / "x.png"), env_home=workspace, check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)
+    with sessions.begin() as s:
+        from db import queries
+        queries.get_run(s, run_id).checkpoint = None
+    proc = aivh("saliency", *cases[0][0][:4], "--method", "saliency", "--out", str(tmp_path / "x.png"),
+                env_home=workspace, check=False)
+    assert proc.returncode == 1 and "has no checkpoint" in proc.stderr
+
+
+def test_cli_writes_the_map_and_reports_the_mass(workspace, tmp_path):
+    """A real tiny run on the bundled sample, then `aivh saliency --json`."""
+    aivh("import", str(SAMPLE), "--name", "sample", env_home=workspace)
+    aivh("train", "--dataset", "sample", "--epochs", "1", "--img-size", "32", "--limit", "40",
+         "--batch-size", "16", "--workers", "0", env_home=workspace)
+    image = (SAMPLE / "test.csv").read_text().split()[1]
+    out = tmp_path / "map.png"
+    proc = aivh("saliency", "--run", "1", "--image", image, "--method", "gradcam", "--out", str(out),
+                "--json", env_home=workspace)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["prob"] <= 1.0 and result["method"] == "gradcam"
+    assert abs(sum(map(sum, result["mass"]["grid_3x3"])) - 1.0) < 1e-3
+    assert Image.open(out).size[0] == 3 * Image.open(out).size[1]  # image | overlay | heatmap
+    assert Path(result["path"]) == out
