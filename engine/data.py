@@ -6,7 +6,6 @@ import hashlib
 import io
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,24 +58,29 @@ def _parse_label(text: str) -> int | None:
     return int(value) if value in (0.0, 1.0) else None
 
 
-def _read_rows(path: Path, *, need: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+def _read_rows(path: Path, *, need: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     if not path.is_file():
         raise CsvError(f"{path}: file not found (the Kaggle layout has train.csv and test.csv)")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise CsvError(f"{path}: empty file, expected a header with {', '.join(need)}")
-        header = [h.strip() for h in header]
-        missing = [c for c in need if c not in header]
-        if missing:
-            raise CsvError(f"{path}: missing column {', '.join(missing)} (header is {','.join(header)})")
-        cols = {c: header.index(c) for c in need}
-        for values in reader:
-            if not any(v.strip() for v in values):
-                continue
-            row = {c: values[i] if i < len(values) else "" for c, i in cols.items()}
-            yield reader.line_num, row
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise CsvError(f"{path}: empty file, expected a header with {', '.join(need)}")
+            header = [h.strip() for h in header]
+            missing = [c for c in need if c not in header]
+            if missing:
+                raise CsvError(f"{path}: missing column {', '.join(missing)} (header is {','.join(header)})")
+            cols = {c: header.index(c) for c in need}
+            rows = []
+            for values in reader:
+                if any(v.strip() for v in values):
+                    rows.append((reader.line_num, {c: values[i] if i < len(values) else ""
+                                                   for c, i in cols.items()}))
+        except UnicodeDecodeError as e:
+            raise CsvError(f"{path}: not UTF-8 text after line {reader.line_num} ({e.reason} at byte "
+                           f"{e.start})") from None
+    return rows
 
 
 def read_kaggle_csvs(root: Path) -> tuple[list[Row], list[Reject]]:

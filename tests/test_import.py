@@ -137,3 +137,38 @@ def test_a_file_missing_at_first_import_is_picked_up_later(sessions, tiny_datase
     with sessions() as s:
         labels = queries.current_labels(s, queries.get_dataset(s, "tiny").id)
         assert len(labels) == 8  # its label was kept from the first import
+
+
+def test_csv_variants_are_read_or_refused_clearly(sessions, tmp_path):
+    root = tmp_path / "variants"
+    draw_jpeg(root / "train_data/a,b.jpg", 0)  # a comma in the path: quoted in the CSV
+    draw_jpeg(root / "train_data/c.jpg", 1)
+    draw_jpeg(root / "test_data_v2/t.jpg", 2)
+    # BOM, CRLF, reordered and extra columns, a quoted path, "1.0" as a label
+    (root / "train.csv").write_bytes(
+        b'\xef\xbb\xbflabel,extra,file_name\r\n0,x,"train_data/a,b.jpg"\r\n1.0,y,train_data/c.jpg\r\n')
+    (root / "test.csv").write_bytes(b"id\r\ntest_data_v2/t.jpg\r\n")
+    result = import_dataset(sessions, root, "variants", progress=False)
+    assert (result.train, result.test, result.rejects) == (2, 1, [])
+
+    (root / "train.csv").write_bytes(b",file_name,label\n0,train_data/\xff\xfe.jpg,1\n")
+    with pytest.raises(CsvError, match="train.csv: not UTF-8"):
+        import_dataset(sessions, root, "other", progress=False)
+
+
+def test_prediction_skips_a_file_deleted_after_import_and_export_refuses(workspace, tmp_path):
+    import json
+
+    from tests.conftest import aivh, copy_sample
+    data = copy_sample(tmp_path / "copy")
+    aivh("import", str(data), "--name", "s", env_home=workspace)
+    aivh("train", "--dataset", "s", "--epochs", "1", "--img-size", "32", "--limit", "40",
+         "--batch-size", "16", "--workers", "0", env_home=workspace)
+    gone = (data / "test.csv").read_text().split()[5]
+    (data / gone).unlink()
+    proc = aivh("predict", "--run", "1", "--json", "--workers", "0", env_home=workspace)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (out["images"], out["skipped"]) == (99, 1) and gone in proc.stderr
+    refused = aivh("export", "--run", "1", "--out", str(tmp_path / "s.csv"), env_home=workspace, check=False)
+    assert refused.returncode == 1 and "no prediction for 1 of 100 test images" in refused.stderr
+    assert gone in refused.stderr
