@@ -130,10 +130,6 @@ def epochs(s: Session, run_id: int) -> list[Epoch]:
     return list(s.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
 
 
-def save_epoch(s: Session, run_id: int, **values) -> None:
-    s.merge(Epoch(run_id=run_id, **values))
-
-
 def add_export(s: Session, **values) -> Export:
     export = Export(**values)
     s.add(export)

@@ -86,6 +86,3 @@ def export_run(sessions: sessionmaker[Session], run_id: int, out: Path,
     return {"path": str(out), "rows": len(rows), "positive_rate": round(rate, 6),
             "threshold": threshold, "threshold_source": source}
 
-
-def kaggle_test_ids(s: Session, dataset_id: int) -> list[str]:
-    return [im.rel_path for im in queries.images(s, dataset_id, "test", ok_only=False)]

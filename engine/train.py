@@ -147,27 +147,14 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
         _recalibrate_bn(model, bn_loader, device)  # the eager module: no recompiles for BN mode
         probs, val_loss, val_skipped = _validate(step_model, val_loader, device, val_y, loss_fn,
                                                  lambda b, n, e=epoch: cb.on_batch(e, b, n, 0.0, "val"))
-        seconds = time.perf_counter() - t0
-        keep = ~np.isnan(probs)
-        summary = metrics.summary(val_y[keep], probs[keep]) if keep.any() else {}
-        er = EpochResult(epoch, train_loss, val_loss, summary.get("f1", 0.0),
-                         summary.get("best_f1", 0.0), summary.get("best_threshold", 0.5),
-                         summary.get("auc", float("nan")), sched.get_last_lr()[0],
-                         seen / max(seconds, 1e-9), seconds, skipped + val_skipped)
+        er = _epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0], seen,
+                           time.perf_counter() - t0, skipped + val_skipped)
         result.history.append(er)
         is_best = result.best is None or _rank(er) > _rank(result.best)
         bad_epochs = 0 if is_best else bad_epochs + 1
         if is_best:
             result.best, result.best_val_probs = er, probs
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
-                 "config": cfg.to_dict(), "history": [asdict(h) for h in result.history],
-                 "best_val_probs": torch.from_numpy(result.best_val_probs).float(),
-                 "rng": torch.get_rng_state()}
-        save_atomic(state, out_dir / "last.pt")
-        if is_best:
-            save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch},
-                        out_dir / "best.pt")
+        _save_checkpoints(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, is_best=is_best)
         result.checkpoint = out_dir / "best.pt"
         log.info("epoch %d/%d train_loss %.4f val_loss %.4f f1@0.5 %.4f best_f1 %.4f@%.3f auc %.4f "
                  "%.1f img/s%s", epoch, cfg.epochs, er.train_loss, er.val_loss, er.val_f1,
@@ -178,6 +165,28 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
             log.info("early stop: no better validation F1 for %d epochs", bad_epochs)
             break
     return result
+
+
+def _epoch_result(epoch, train_loss, val_loss, val_y, probs, lr, seen, seconds, skipped) -> EpochResult:
+    keep = ~np.isnan(probs)  # undecodable validation images are left out of the metrics
+    s = metrics.summary(val_y[keep], probs[keep]) if keep.any() else {}
+    return EpochResult(epoch, train_loss, val_loss, s.get("f1", 0.0), s.get("best_f1", 0.0),
+                       s.get("best_threshold", 0.5), s.get("auc", float("nan")), lr,
+                       seen / max(seconds, 1e-9), seconds, skipped)
+
+
+def _save_checkpoints(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: TrainResult,
+                      epoch: int, bad_epochs: int, *, is_best: bool) -> None:
+    """last.pt holds everything --resume needs; best.pt only what prediction needs."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
+             "config": cfg.to_dict(), "history": [asdict(h) for h in result.history],
+             "best_val_probs": torch.from_numpy(result.best_val_probs).float(),
+             "rng": torch.get_rng_state()}
+    save_atomic(state, out_dir / "last.pt")
+    if is_best:
+        save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch},
+                    out_dir / "best.pt")
 
 
 def _rank(e: EpochResult) -> tuple[float, float]:
