@@ -15,10 +15,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import saliency  # noqa: E402
-from engine.model import build_model, load_trained  # noqa: E402
-from engine.train import TrainConfig, TrainData, train  # noqa: E402
-from tests.test_saliency import EXPLAINED, S, _rank, draw, patch_ratio  # noqa: E402
+from engine import saliency
+from engine.model import build_model, load_trained
+from engine.train import TrainConfig, TrainData, train
+from tests.test_saliency import EXPLAINED, S, _rank, draw, patch_ratio
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import saliency  # noqa: E402
-from engine.model import build_model  # noqa: E402
+from engine import saliency
+from engine.model import build_model
 
 
 def main() -> None:
