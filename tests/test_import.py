@@ -172,3 +172,19 @@ def test_prediction_skips_a_file_deleted_after_import_and_export_refuses(workspa
     refused = aivh("export", "--run", "1", "--out", str(tmp_path / "s.csv"), env_home=workspace, check=False)
     assert refused.returncode == 1 and "no prediction for 1 of 100 test images" in refused.stderr
     assert gone in refused.stderr
+
+
+def test_training_skips_and_counts_a_file_deleted_after_import(workspace, tmp_path):
+    import json
+
+    from tests.conftest import aivh, copy_sample
+    data = copy_sample(tmp_path / "copy")
+    aivh("import", str(data), "--name", "s", env_home=workspace)
+    gone = [line.split(",")[1] for line in (data / "train.csv").read_text().split()[1:3]]
+    for name in gone:
+        (data / name).unlink()
+    proc = aivh("train", "--dataset", "s", "--epochs", "1", "--img-size", "32", "--batch-size", "32",
+                "--workers", "0", "--json", env_home=workspace)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["status"] == "succeeded"
+    log = (workspace / "runs" / "1" / "log.txt").read_text()
+    assert "skipped 2" in log and all(name in log for name in gone)
