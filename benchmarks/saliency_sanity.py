@@ -11,30 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import saliency
-from engine.model import build_model, load_trained
-from engine.train import TrainConfig, TrainData, train
-from tests.test_saliency import EXPLAINED, S, _rank, draw, patch_ratio
+from engine.model import build_model
+from tests.test_saliency import EXPLAINED, S, _rank, patch_ratio, train_planted
 
 
 def main() -> None:
     root = Path(tempfile.mkdtemp())
-    rng = np.random.default_rng(0)
-    paths, labels = [], []
-    for i in range(max(EXPLAINED) + 1):
-        img, y = draw(i, rng)
-        Image.fromarray(img).save(root / f"{i}.png")
-        paths.append(f"{i}.png")
-        labels.append(y)
-    data = TrainData(root, paths[:280], labels[:280], paths[280:320], labels[280:320])
-    res = train(TrainConfig(epochs=5, img_size=S, batch_size=16, lr=2e-3, workers=0, patience=9),
-                data, root / "run", progress=False)
+    res, model = train_planted(root)
     print(f"planted model: validation AUC {res.best.val_auc:.4f}")
-    model, _ = load_trained(root / "run" / "best.pt")
     torch.manual_seed(1)
     random_model = build_model(None)
     for m in saliency.METHODS:

@@ -47,28 +47,28 @@ def existing_paths(s: Session, dataset_id: int) -> dict[str, tuple[int, str]]:
     return {path: (i, status) for path, i, status in s.execute(q)}
 
 
+def _label_rows(dataset_id: int, pick=func.max, as_of: int | None = None):
+    """Subquery (image_id, lid): per image, the newest (max) or first (min) label row id."""
+    q = (select(Label.image_id, pick(Label.id).label("lid")).join(Image, Image.id == Label.image_id)
+         .where(Image.dataset_id == dataset_id))
+    if as_of is not None:
+        q = q.where(Label.id <= as_of)
+    return q.group_by(Label.image_id).subquery()
+
+
+def _labels_by(s: Session, rows) -> dict[int, int]:
+    found = s.execute(select(Label.image_id, Label.label).join(rows, Label.id == rows.c.lid))
+    return {image_id: label for image_id, label in found}
+
+
 def current_labels(s: Session, dataset_id: int, *, as_of: int | None = None) -> dict[int, int]:
     """image_id -> label, from the newest label row (at or before label id `as_of`)."""
-    newest = select(func.max(Label.id).label("lid")).join(Image, Image.id == Label.image_id)
-    newest = newest.where(Image.dataset_id == dataset_id)
-    if as_of is not None:
-        newest = newest.where(Label.id <= as_of)
-    newest = newest.group_by(Label.image_id).subquery()
-    rows = s.execute(select(Label.image_id, Label.label).join(newest, Label.id == newest.c.lid))
-    return {i: v for i, v in rows}
+    return _labels_by(s, _label_rows(dataset_id, func.max, as_of))
 
 
 def import_labels(s: Session, dataset_id: int) -> dict[int, int]:
     """image_id -> label as first imported: immutable, so it can stratify a split."""
-    first = (
-        select(func.min(Label.id).label("lid"))
-        .join(Image, Image.id == Label.image_id)
-        .where(Image.dataset_id == dataset_id)
-        .group_by(Label.image_id)
-        .subquery()
-    )
-    rows = s.execute(select(Label.image_id, Label.label).join(first, Label.id == first.c.lid))
-    return {i: v for i, v in rows}
+    return _labels_by(s, _label_rows(dataset_id, func.min))
 
 
 def newest_label_id(s: Session, dataset_id: int) -> int | None:
@@ -150,9 +150,7 @@ def relabel(s: Session, image_id: int, label: int, *, author: str, note: str | N
 
 
 def _newest_labels(dataset_id: int):
-    newest = (select(Label.image_id, func.max(Label.id).label("lid"))
-              .join(Image, Image.id == Label.image_id)
-              .where(Image.dataset_id == dataset_id).group_by(Label.image_id).subquery())
+    newest = _label_rows(dataset_id, func.max)
     reviews = (select(Label.image_id, func.count(Label.id).label("n"))
                .join(Image, Image.id == Label.image_id)
                .where(Image.dataset_id == dataset_id, Label.source == "review")

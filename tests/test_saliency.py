@@ -32,9 +32,8 @@ def draw(i: int, rng) -> tuple[np.ndarray, int]:
     return np.clip(img, 0, 255).astype(np.uint8), y
 
 
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("planted")
+def train_planted(root: Path):
+    """Draw the images into root and train the planted run: (training result, model)."""
     rng = np.random.default_rng(0)
     paths, labels = [], []
     for i in range(max(EXPLAINED) + 1):
@@ -45,8 +44,14 @@ def planted(tmp_path_factory):
     data = TrainData(root, paths[:280], labels[:280], paths[280:320], labels[280:320])
     cfg = TrainConfig(epochs=5, img_size=S, batch_size=16, lr=2e-3, workers=0, patience=9)
     result = train(cfg, data, root / "run", progress=False)
+    return result, load_trained(root / "run" / "best.pt")[0]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    result, model = train_planted(root)
     assert result.best.val_auc > 0.99, "the planted model did not learn the patch"
-    model, _ = load_trained(root / "run" / "best.pt")
     return root, model
 
 
