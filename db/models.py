@@ -92,6 +92,10 @@ class Run(Base):
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     best_threshold: Mapped[float | None] = mapped_column(Float)  # best validation-F1 threshold
     chosen_threshold: Mapped[float | None] = mapped_column(Float)  # set by a reviewer
+    # added in migration 0002
+    audit_id: Mapped[int | None] = mapped_column(ForeignKey("audits.id"))
+    fold: Mapped[int | None] = mapped_column(Integer)  # 0-based fold of an audit's k-fold runs
+    like_run_id: Mapped[int | None] = mapped_column(Integer)  # config copied from this run
 
 
 class Epoch(Base):
@@ -136,3 +140,54 @@ class Export(Base):
     rows: Mapped[int] = mapped_column(Integer)
     positive_rate: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Audit(Base):
+    """k fold runs whose out-of-fold probabilities rank every training image's label."""
+
+    __tablename__ = "audits"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    folds: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict] = mapped_column(JSON)  # the fold runs' training config
+    status: Mapped[str] = mapped_column(String(12), default="queued")
+    labels_as_of: Mapped[int | None] = mapped_column(Integer)  # the labels it audited
+    flagged: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditScore(Base):
+    __tablename__ = "audit_scores"
+    __table_args__ = (Index("ix_audit_scores_rank", "audit_id", "rank"),)
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    given_label: Mapped[int] = mapped_column(Integer)  # the label the audit checked
+    prob: Mapped[float] = mapped_column(Float)  # out-of-fold probability of label 1
+    quality: Mapped[float] = mapped_column(Float)  # cleanlab label quality, low = suspicious
+    flagged: Mapped[bool] = mapped_column(Boolean)  # cleanlab's likely label issue
+    rank: Mapped[int] = mapped_column(Integer)  # 1 = worst
+
+
+class EvalSet(Base):
+    """Images a user froze for comparing runs: the same images, whatever the labels do."""
+
+    __tablename__ = "eval_sets"
+    __table_args__ = (UniqueConstraint("dataset_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    author: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalSetImage(Base):
+    __tablename__ = "eval_set_images"
+    eval_set_id: Mapped[int] = mapped_column(ForeignKey("eval_sets.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )

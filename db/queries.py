@@ -8,7 +8,20 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, Epoch, Export, Image, Label, Prediction, Run, RunImage
+from db.models import (
+    Audit,
+    AuditScore,
+    Dataset,
+    Epoch,
+    EvalSet,
+    EvalSetImage,
+    Export,
+    Image,
+    Label,
+    Prediction,
+    Run,
+    RunImage,
+)
 
 
 class NotFound(LookupError):
@@ -227,3 +240,91 @@ def set_chosen_threshold(s: Session, run_id: int, threshold: float | None) -> No
 
 def image_by_path(s: Session, dataset_id: int, rel_path: str) -> Image | None:
     return s.scalar(select(Image).where(Image.dataset_id == dataset_id, Image.rel_path == rel_path))
+
+
+# ---------------------------------------------------------------- audits, comparisons, history
+
+
+def get_audit(s: Session, audit_id: int) -> Audit:
+    audit = s.get(Audit, audit_id)
+    if audit is None:
+        raise NotFound(f"no audit {audit_id}; `aivh audit --list` lists them")
+    return audit
+
+
+def list_audits(s: Session, dataset_id: int | None = None) -> list[Audit]:
+    q = select(Audit).order_by(Audit.id.desc())
+    if dataset_id is not None:
+        q = q.where(Audit.dataset_id == dataset_id)
+    return list(s.scalars(q))
+
+
+def audit_runs(s: Session, audit_id: int) -> list[Run]:
+    return list(s.scalars(select(Run).where(Run.audit_id == audit_id).order_by(Run.fold)))
+
+
+def audit_rows(s: Session, audit_id: int, *, flagged_only: bool = False, limit: int | None = None):
+    """Worst first: rank, image_id, rel_path, given_label, prob, quality, flagged, current label, reviews."""
+    audit = get_audit(s, audit_id)
+    newest, reviews = _newest_labels(audit.dataset_id)
+    q = (select(AuditScore.rank, AuditScore.image_id, Image.rel_path, AuditScore.given_label,
+                AuditScore.prob, AuditScore.quality, AuditScore.flagged, Label.label.label("current"),
+                func.coalesce(reviews.c.n, 0).label("reviews"))
+         .join(Image, Image.id == AuditScore.image_id)
+         .outerjoin(newest, newest.c.image_id == Image.id)
+         .outerjoin(Label, Label.id == newest.c.lid)
+         .outerjoin(reviews, reviews.c.image_id == Image.id)
+         .where(AuditScore.audit_id == audit_id))
+    if flagged_only:
+        q = q.where(AuditScore.flagged.is_(True))
+    q = q.order_by(AuditScore.rank)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(s.execute(q))
+
+
+def labels_changed(s: Session, dataset_id: int, before: int | None, after: int | None) -> list[int]:
+    """Images whose label differs between label states `before` and `after` (newest label ids)."""
+    a = current_labels(s, dataset_id, as_of=before or 0)
+    b = current_labels(s, dataset_id, as_of=after or 0)
+    return sorted(i for i in set(a) | set(b) if a.get(i) != b.get(i))
+
+
+def create_eval_set(s: Session, dataset_id: int, name: str, image_ids: Sequence[int], *,
+                    author: str | None = None) -> EvalSet:
+    if s.scalar(select(EvalSet).where(EvalSet.dataset_id == dataset_id, EvalSet.name == name)):
+        raise ValueError(f"an evaluation set named {name!r} already exists")
+    if not image_ids:
+        raise ValueError("an evaluation set needs at least one image")
+    es = EvalSet(dataset_id=dataset_id, name=name, author=author)
+    s.add(es)
+    s.flush()
+    s.execute(EvalSetImage.__table__.insert(),
+              [{"eval_set_id": es.id, "image_id": i} for i in sorted(set(image_ids))])
+    return es
+
+
+def get_eval_set(s: Session, dataset_id: int, name: str) -> EvalSet:
+    es = s.scalar(select(EvalSet).where(EvalSet.dataset_id == dataset_id, EvalSet.name == name))
+    if es is None:
+        known = ", ".join(e.name for e in list_eval_sets(s, dataset_id)) or "none"
+        raise NotFound(f"no evaluation set named {name!r} (known: {known})")
+    return es
+
+
+def list_eval_sets(s: Session, dataset_id: int) -> list[EvalSet]:
+    return list(s.scalars(select(EvalSet).where(EvalSet.dataset_id == dataset_id).order_by(EvalSet.id)))
+
+
+def eval_set_image_ids(s: Session, eval_set_id: int) -> list[int]:
+    q = select(EvalSetImage.image_id).where(EvalSetImage.eval_set_id == eval_set_id)
+    return list(s.scalars(q.order_by(EvalSetImage.image_id)))
+
+
+def label_history_rows(s: Session, dataset_id: int):
+    """Every label row of a dataset, oldest first, with the image's name: the team's record."""
+    q = (select(Label.id, Image.rel_path, Image.split, Label.label, Label.source, Label.author,
+                Label.note, Label.created_at)
+         .join(Image, Image.id == Label.image_id).where(Image.dataset_id == dataset_id)
+         .order_by(Label.id))
+    return list(s.execute(q))

@@ -1,15 +1,19 @@
 """Workspace paths, the one engine and sessionmaker per database URL."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Base
+MIGRATIONS = Path(__file__).parent / "migrations"
+FIRST_REVISION = "0001"  # the schema stores had before migrations: they are stamped with it
 
 
 def home() -> Path:
@@ -46,8 +50,80 @@ def get_engine(url: str | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    migrate(engine)
     return engine
+
+
+def _alembic_config(connection: Connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
+    """One migrating process at a time: a file lock beside SQLite, an advisory lock on PostgreSQL."""
+    if engine.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_lock(74686)"))
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(74686)"))
+            connection.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the store's schema to `revision` (Alembic), keeping every row.
+
+    A store made before migrations existed (tables, no alembic_version) is stamped with the
+    first revision, then upgraded like any other.
+    """
+    from alembic import command
+
+    target = head_revision() if revision == "head" else revision
+    with engine.connect() as conn:
+        if current_revision(conn) == target:
+            return
+        with _migration_lock(engine, conn):
+            conn.rollback()  # see what the process that held the lock did
+            current = current_revision(conn)
+            if current == target:
+                return
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # no cascade may fire mid-migration
+            cfg = _alembic_config(conn)
+            if current is None and inspect(conn).has_table("datasets"):
+                command.stamp(cfg, FIRST_REVISION)
+            command.upgrade(cfg, revision)
+            conn.commit()
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:

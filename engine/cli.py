@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from db import queries
+from db.models import Dataset
 from db.store import home, session_factory
 
 SAMPLE = Path(__file__).parent / "sample"
@@ -45,9 +46,22 @@ def cmd_import(args) -> None:
 # ---------------------------------------------------------------- train
 
 
+TRAIN_FLAGS = ("epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
+               "pretrained", "workers", "compile", "resize_mode", "patience")
+
+
+def _train_config(args, base: dict | None = None):
+    """TrainConfig from a base config (a run's, for --like) and the flags given on the line."""
+    from engine.train import TrainConfig
+
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
+    cfg = TrainConfig.from_dict({**(base or {}), **given})
+    _check_config(cfg)
+    return cfg
+
+
 def cmd_train(args) -> None:
     from engine import jobs
-    from engine.train import TrainConfig
 
     sessions = session_factory()
     if args.resume is not None:
@@ -55,16 +69,21 @@ def cmd_train(args) -> None:
             jobs.check_resumable(s, args.resume)
         run_id = args.resume
     else:
-        if not args.dataset:
-            raise UsageError("train needs --dataset NAME (or --resume RUN)")
-        cfg = TrainConfig(**{k: getattr(args, k) for k in (
-            "epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
-            "pretrained", "compile", "resize_mode", "patience")},
-            **({"workers": args.workers} if args.workers is not None else {}))
-        _check_config(cfg)
         with sessions.begin() as s:
-            run_id = jobs.create_run(s, queries.get_dataset(s, args.dataset), cfg).id
-        print(f"run {run_id}: {home() / 'runs' / str(run_id)}", file=sys.stderr)
+            if args.like is not None:
+                like = queries.get_run(s, args.like)
+                dataset = queries.get_dataset(s, args.dataset) if args.dataset else s.get(
+                    Dataset, like.dataset_id)
+                base = {**like.config, "select": "best"}  # a fold run's copy is a normal run
+            elif args.dataset:
+                dataset, base = queries.get_dataset(s, args.dataset), None
+            else:
+                raise UsageError("train needs --dataset NAME, --like RUN or --resume RUN")
+            run = jobs.create_run(s, dataset, _train_config(args, base))
+            run.like_run_id = args.like
+            run_id = run.id
+        print(f"run {run_id}: {home() / 'runs' / str(run_id)}"
+              + (f" (config of run {args.like}, current labels)" if args.like else ""), file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     run = jobs.execute(run_id, resume=args.resume is not None, progress=not args.json)
     with sessions() as s:
@@ -73,7 +92,8 @@ def cmd_train(args) -> None:
                "val_f1": best.val_f1 if best else None,
                "val_best_f1": best.val_best_f1 if best else None,
                "best_threshold": run.best_threshold, "val_auc": best.val_auc if best else None,
-               "checkpoint": run.checkpoint}
+               "checkpoint": run.checkpoint, "labels_as_of": run.labels_as_of,
+               "like_run": run.like_run_id}
     _emit(args, payload, f"run {run_id} {run.status}: best epoch {run.best_epoch}, "
           f"val F1@0.5 {payload['val_f1']}, best F1 {payload['val_best_f1']} at "
           f"{payload['best_threshold']}, AUC {payload['val_auc']}\ncheckpoint {run.checkpoint}")
@@ -134,6 +154,82 @@ def cmd_runs(args) -> None:
 
 def _fmt(x) -> str:
     return f"{x:7.4f}" if isinstance(x, float) else f"{'-':>7}"
+
+
+def cmd_audit(args) -> None:
+    from engine import audit as au
+
+    sessions = session_factory()
+    if args.list:
+        with sessions() as s:
+            rows = [{"audit": a.id, "dataset_id": a.dataset_id, "folds": a.folds, "status": a.status,
+                     "flagged": a.flagged, "labels_as_of": a.labels_as_of, "error": a.error}
+                    for a in queries.list_audits(s)]
+        _emit(args, rows, "\n".join(f"audit {r['audit']}: {r['folds']} folds, {r['status']}, "
+                                     f"{r['flagged']} flagged" for r in rows) or "no audits yet")
+        return
+    with sessions.begin() as s:
+        if args.resume is not None:
+            audit_id = queries.get_audit(s, args.resume).id
+        elif args.dataset:
+            audit_id = au.create_audit(s, queries.get_dataset(s, args.dataset), _train_config(args),
+                                       args.folds).id
+        else:
+            raise UsageError("audit needs --dataset NAME (or --resume AUDIT, --list)")
+    print(f"audit {audit_id}: {args.folds if args.resume is None else 'resuming'} fold runs",
+          file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    audit = au.run_audit(sessions, audit_id, progress=not args.json)
+    with sessions() as s:
+        rows = queries.audit_rows(s, audit_id)
+        out = au.write_audit_csv(s, audit_id, Path(args.out)) if args.out else None
+        runs = [r.id for r in queries.audit_runs(s, audit_id)]
+    payload = {"audit": audit_id, "status": audit.status, "folds": audit.folds, "runs": runs,
+               "scored": len(rows), "flagged": audit.flagged, "csv": str(out) if out else None,
+               "worst": [r.rel_path for r in rows[:10]]}
+    _emit(args, payload, f"audit {audit_id} {audit.status}: {len(rows)} training images scored, "
+          f"{audit.flagged} flagged as likely label errors" + (f"; wrote {out}" if out else ""))
+
+
+def cmd_compare(args) -> None:
+    from engine.compare import compare_runs
+
+    with session_factory()() as s:
+        r = compare_runs(s, args.runs[0], args.runs[1], eval_set=args.eval_set)
+    lines = [f"runs {r['run_a']} vs {r['run_b']}: {r['labels_changed']} labels changed between them; "
+             f"{r['images']} evaluation images ({r['basis']}; left out: {r['excluded_label_changed']} "
+             f"relabelled, {r['excluded_trained_on']} trained on, {r['excluded_unpredicted']} unpredicted)"]
+    for key in ("a", "b"):
+        m = r[key]
+        lines.append(f"  run {r['run_' + key]}: F1@0.5 {m['f1_at_0.5']:.4f}  F1@{m['run_threshold']:.3f} "
+                     f"{m['f1_at_run_threshold']:.4f}  best F1 {m['best_f1']:.4f}  AUC {m['auc']:.4f}")
+    _emit(args, r, "\n".join(lines))
+
+
+def cmd_evalset(args) -> None:
+    with session_factory().begin() as s:
+        run = queries.get_run(s, args.run)
+        ids = queries.run_image_ids(s, run.id, "val")
+        es = queries.create_eval_set(s, run.dataset_id, args.name, ids, author=args.author)
+    _emit(args, {"eval_set": args.name, "images": len(ids), "id": es.id},
+          f"froze {len(ids)} validation images of run {args.run} as evaluation set {args.name!r}")
+
+
+def cmd_labels_export(args) -> None:
+    import csv
+
+    out = Path(args.out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with session_factory()() as s:
+        rows = queries.label_history_rows(s, queries.get_dataset(s, args.dataset).id)
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label_id", "file_name", "split", "label", "source", "author", "note", "created_at"])
+        for r in rows:
+            w.writerow([r.id, r.rel_path, r.split, r.label, r.source, r.author or "", r.note or "",
+                        r.created_at.isoformat()])
+    os.replace(tmp, out)
+    _emit(args, {"path": str(out), "rows": len(rows)}, f"wrote {len(rows)} label rows to {out}")
 
 
 def cmd_saliency(args) -> None:
@@ -231,23 +327,56 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", help="dataset name (default: the folder's name)")
     c.set_defaults(func=cmd_import)
 
-    c = sub.add_parser("train", parents=[common], help="train EfficientNet-B3")
+    # training flags default to None: what is not given comes from TrainConfig or the --like run
+    training = argparse.ArgumentParser(add_help=False)
+    t = training.add_argument_group("training (defaults: TrainConfig's)")
+    t.add_argument("--epochs", type=int, help="(12)")
+    t.add_argument("--img-size", type=int, help="(300)")
+    t.add_argument("--batch-size", type=int, help="(32)")
+    t.add_argument("--lr", type=float, help="(1e-3)")
+    t.add_argument("--val-fraction", type=float, help="(0.1)")
+    t.add_argument("--seed", type=int, help="(0)")
+    t.add_argument("--device", help="auto, cpu or cuda (auto)")
+    t.add_argument("--limit", type=int, help="train on a stratified subset of N images")
+    t.add_argument("--pretrained", help="PATH of a torchvision B3 state dict, or 'imagenet'")
+    t.add_argument("--workers", type=int, help="decoding processes (up to 4)")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument("--resize-mode", choices=("resize", "crop"), help="(resize)")
+    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (3)")
+
+    c = sub.add_parser("train", parents=[common, training], help="train EfficientNet-B3")
     c.add_argument("--dataset")
     c.add_argument("--resume", type=int, metavar="RUN", help="continue a run that died")
-    c.add_argument("--epochs", type=int, default=12)
-    c.add_argument("--img-size", type=int, default=300)
-    c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--lr", type=float, default=1e-3)
-    c.add_argument("--val-fraction", type=float, default=0.1)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    c.add_argument("--limit", type=int, help="train on a stratified subset of N images")
-    c.add_argument("--pretrained", help="PATH of a torchvision B3 state dict, or 'imagenet'")
-    c.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
-    c.add_argument("--compile", action="store_true", help="torch.compile the model")
-    c.add_argument("--resize-mode", choices=("resize", "crop"), default="resize")
-    c.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
+    c.add_argument("--like", type=int, metavar="RUN",
+                   help="copy RUN's config (flags given here override) and train on the current labels")
     c.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("audit", parents=[common, training],
+                       help="k-fold out-of-fold probabilities + cleanlab: likely label errors")
+    c.add_argument("--dataset")
+    c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--out", help="also write file_name,given_label,prob,quality,flagged worst first")
+    c.add_argument("--resume", type=int, metavar="AUDIT", help="finish an audit that died")
+    c.add_argument("--list", action="store_true", help="list audits")
+    c.set_defaults(func=cmd_audit)
+
+    c = sub.add_parser("compare", parents=[common], help="two runs on the same evaluation images")
+    c.add_argument("--runs", type=int, nargs=2, required=True, metavar=("RUN_A", "RUN_B"))
+    c.add_argument("--eval-set", help="a frozen evaluation set instead of shared unchanged val images")
+    c.set_defaults(func=cmd_compare)
+
+    c = sub.add_parser("evalset", parents=[common], help="freeze a run's validation images for comparisons")
+    c.add_argument("--run", type=int, required=True)
+    c.add_argument("--name", required=True)
+    c.add_argument("--author")
+    c.set_defaults(func=cmd_evalset)
+
+    c = sub.add_parser("labels", help="label history")
+    lsub = c.add_subparsers(dest="labels_command", required=True)
+    c = lsub.add_parser("export", parents=[common], help="every label row, oldest first, as CSV")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_labels_export)
 
     c = sub.add_parser("predict", parents=[common], help="store probabilities for a split")
     c.add_argument("--run", type=int, required=True)

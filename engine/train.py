@@ -41,6 +41,9 @@ class TrainConfig:
     resize_mode: str = "resize"  # resize the whole image, or "crop" at native resolution
     patience: int = 3  # epochs without a better validation F1 before stopping
     bn_batches: int = 20  # training batches that re-estimate BatchNorm statistics before validation
+    # "best": keep the epoch with the best validation F1 and stop early; "last": keep the final
+    # epoch and run them all (audit folds: nothing is chosen on the held-out fold's labels)
+    select: str = "best"
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -134,7 +137,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     result = TrainResult(best=None)
     start, bad_epochs = 1, 0
     if resume is not None:
-        start, bad_epochs = _restore(resume, model, opt, sched, result)
+        start, bad_epochs = _restore(resume, model, opt, sched, result, cfg.select)
     step_model = torch.compile(model) if cfg.compile else model
     loss_fn = nn.BCEWithLogitsLoss()
     val_y = np.asarray(data.val_labels)
@@ -150,7 +153,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
         er = _epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0], seen,
                            time.perf_counter() - t0, skipped + val_skipped)
         result.history.append(er)
-        is_best = result.best is None or _rank(er) > _rank(result.best)
+        is_best = cfg.select == "last" or result.best is None or _rank(er) > _rank(result.best)
         bad_epochs = 0 if is_best else bad_epochs + 1
         if is_best:
             result.best, result.best_val_probs = er, probs
@@ -161,7 +164,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
                  er.val_best_f1, er.val_best_threshold, er.val_auc, er.images_per_s,
                  f" skipped {er.skipped}" if er.skipped else "")
         cb.on_epoch(er, is_best=is_best, val_probs=probs, checkpoint=out_dir / "best.pt")
-        if bad_epochs >= cfg.patience:
+        if cfg.select != "last" and bad_epochs >= cfg.patience:
             log.info("early stop: no better validation F1 for %d epochs", bad_epochs)
             break
     return result
@@ -220,14 +223,16 @@ def _recalibrate_bn(model: nn.Module, loader, device) -> None:
     model.eval()
 
 
-def _restore(path: Path, model, opt, sched, result: TrainResult) -> tuple[int, int]:
+def _restore(path: Path, model, opt, sched, result: TrainResult, select: str) -> tuple[int, int]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     result.history = [EpochResult(**h) for h in state["history"]]
-    result.best = max(result.history, key=_rank, default=None)
+    pick = (lambda h: h[-1] if h else None) if select == "last" else (
+        lambda h: max(h, key=_rank, default=None))
+    result.best = pick(result.history)
     result.best_val_probs = state["best_val_probs"].numpy()
     result.checkpoint = path.parent / "best.pt"
     return state["epoch"] + 1, state["bad_epochs"]

@@ -1,0 +1,57 @@
+"""Compare two runs fairly: the same evaluation images, scored against the same labels."""
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from db import queries
+from engine import metrics
+
+
+def compare_runs(s: Session, run_a: int, run_b: int, *, eval_set: str | None = None) -> dict:
+    """Metrics of two runs of one dataset on images both scored and neither trained on.
+
+    Default evaluation images: validation images of both runs whose label is the same in the
+    label state each run trained on and now (a corrected image is left out, since one of the
+    runs was validated against the other label). With `eval_set`, the frozen set's images
+    instead, scored against the current labels. Either way, images either run trained on are
+    left out and counted.
+    """
+    a, b = queries.get_run(s, run_a), queries.get_run(s, run_b)
+    if a.dataset_id != b.dataset_id:
+        raise ValueError(f"runs {run_a} and {run_b} belong to different datasets")
+    ds = a.dataset_id
+    changed = set(queries.labels_changed(s, ds, a.labels_as_of, b.labels_as_of))
+    now = queries.current_labels(s, ds)
+    trained = set(queries.run_image_ids(s, run_a, "train")) | set(queries.run_image_ids(s, run_b, "train"))
+    if eval_set is None:
+        candidates = set(queries.run_image_ids(s, run_a, "val")) & set(queries.run_image_ids(s, run_b, "val"))
+        at_a = queries.current_labels(s, ds, as_of=a.labels_as_of or 0)
+        at_b = queries.current_labels(s, ds, as_of=b.labels_as_of or 0)
+        differ = {i for i in candidates if not (at_a.get(i) == at_b.get(i) == now.get(i))}
+        basis = "shared validation images with unchanged labels"
+    else:
+        candidates = set(queries.eval_set_image_ids(s, queries.get_eval_set(s, ds, eval_set).id))
+        differ = set()
+        basis = f"frozen evaluation set {eval_set!r}, current labels"
+    was_trained = candidates & trained
+    pa = queries.predictions(s, run_a, sorted(candidates))
+    pb = queries.predictions(s, run_b, sorted(candidates))
+    ids = sorted(i for i in candidates - differ - was_trained if i in pa and i in pb and i in now)
+    out = {"run_a": run_a, "run_b": run_b, "basis": basis, "labels_changed": len(changed),
+           "images": len(ids), "excluded_label_changed": len(differ - was_trained),
+           "excluded_trained_on": len(was_trained),
+           "excluded_unpredicted": len(candidates - differ - was_trained) - len(ids)}
+    if len(ids) == 0:
+        raise ValueError(f"runs {run_a} and {run_b} have no evaluation images in common ({basis}); "
+                         "predict both on the same images or freeze an evaluation set")
+    y = np.array([now[i] for i in ids])
+    for key, run, probs in (("a", a, pa), ("b", b, pb)):
+        p = np.array([probs[i] for i in ids])
+        summary = metrics.summary(y, p)
+        threshold = run.chosen_threshold if run.chosen_threshold is not None else (
+            run.best_threshold if run.best_threshold is not None else 0.5)
+        out[key] = {"f1_at_0.5": summary["f1"], "f1_at_run_threshold": metrics.f1_at(y, p, threshold),
+                    "run_threshold": threshold, "best_f1": summary["best_f1"], "auc": summary["auc"],
+                    "labels_as_of": run.labels_as_of}
+    return out
