@@ -111,3 +111,38 @@ def reviewer() -> str:
 
 def workspace_caption() -> None:
     st.caption(f"store: {home()}")
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _audit_frame(url: str, audit_id: int, version: int) -> pd.DataFrame:
+    with _sessions(url)() as s:
+        rows = queries.audit_rows(s, audit_id)
+        fold_run = {i: r.id for r in queries.audit_runs(s, audit_id)
+                    for i in queries.run_image_ids(s, r.id, "val")}
+    df = pd.DataFrame(rows, columns=["rank", "image_id", "rel_path", "given_label", "prob", "quality",
+                                     "flagged", "label", "reviews"])
+    df["label"] = df["label"].astype("Int64")
+    df["fold_run"] = df["image_id"].map(fold_run)
+    return df
+
+
+def audit_frame(audit_id: int) -> pd.DataFrame:
+    """An audit's ranked images (worst first) with current labels; cached until a label changes."""
+    return _audit_frame(db_url(), audit_id, label_version())
+
+
+def audits() -> list:
+    with sessions()() as s:
+        return queries.list_audits(s)
+
+
+def labels_changed(dataset_id: int, before: int | None, after: int | None) -> int:
+    """How many images' labels differ between two label states (None after: now)."""
+    with sessions()() as s:
+        after = after if after is not None else queries.newest_label_id(s, dataset_id)
+        return len(queries.labels_changed(s, dataset_id, before, after))
+
+
+def eval_set_names(dataset_id: int) -> list[str]:
+    with sessions()() as s:
+        return [e.name for e in queries.list_eval_sets(s, dataset_id)]

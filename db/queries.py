@@ -284,10 +284,10 @@ def audit_rows(s: Session, audit_id: int, *, flagged_only: bool = False, limit: 
 
 
 def labels_changed(s: Session, dataset_id: int, before: int | None, after: int | None) -> list[int]:
-    """Images whose label differs between label states `before` and `after` (newest label ids)."""
+    """Images labelled in both label states (newest label ids) whose label differs between them."""
     a = current_labels(s, dataset_id, as_of=before or 0)
     b = current_labels(s, dataset_id, as_of=after or 0)
-    return sorted(i for i in set(a) | set(b) if a.get(i) != b.get(i))
+    return sorted(i for i in set(a) & set(b) if a[i] != b[i])
 
 
 def create_eval_set(s: Session, dataset_id: int, name: str, image_ids: Sequence[int], *,

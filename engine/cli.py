@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from db import queries
-from db.models import Dataset
 from db.store import home, session_factory
 
 SAMPLE = Path(__file__).parent / "sample"
@@ -50,18 +49,22 @@ TRAIN_FLAGS = ("epochs", "img_size", "batch_size", "lr", "val_fraction", "seed",
                "pretrained", "workers", "compile", "resize_mode", "patience")
 
 
-def _train_config(args, base: dict | None = None):
-    """TrainConfig from a base config (a run's, for --like) and the flags given on the line."""
+def _given(args) -> dict:
+    """The training flags given on the command line."""
+    return {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
+
+
+def _train_config(args):
     from engine.train import TrainConfig
 
-    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
-    cfg = TrainConfig.from_dict({**(base or {}), **given})
+    cfg = TrainConfig.from_dict(_given(args))
     _check_config(cfg)
     return cfg
 
 
 def cmd_train(args) -> None:
     from engine import jobs
+    from engine.train import TrainConfig
 
     sessions = session_factory()
     if args.resume is not None:
@@ -71,16 +74,13 @@ def cmd_train(args) -> None:
     else:
         with sessions.begin() as s:
             if args.like is not None:
-                like = queries.get_run(s, args.like)
-                dataset = queries.get_dataset(s, args.dataset) if args.dataset else s.get(
-                    Dataset, like.dataset_id)
-                base = {**like.config, "select": "best"}  # a fold run's copy is a normal run
+                dataset = queries.get_dataset(s, args.dataset) if args.dataset else None
+                run = jobs.create_like_run(s, args.like, _given(args), dataset)
+                _check_config(TrainConfig.from_dict(run.config))
             elif args.dataset:
-                dataset, base = queries.get_dataset(s, args.dataset), None
+                run = jobs.create_run(s, queries.get_dataset(s, args.dataset), _train_config(args))
             else:
                 raise UsageError("train needs --dataset NAME, --like RUN or --resume RUN")
-            run = jobs.create_run(s, dataset, _train_config(args, base))
-            run.like_run_id = args.like
             run_id = run.id
         print(f"run {run_id}: {home() / 'runs' / str(run_id)}"
               + (f" (config of run {args.like}, current labels)" if args.like else ""), file=sys.stderr)
@@ -196,9 +196,9 @@ def cmd_compare(args) -> None:
 
     with session_factory()() as s:
         r = compare_runs(s, args.runs[0], args.runs[1], eval_set=args.eval_set)
-    lines = [f"runs {r['run_a']} vs {r['run_b']}: {r['labels_changed']} labels changed between them; "
+    lines = [(f"runs {r['run_a']} vs {r['run_b']}: {r['labels_changed']} labels changed between them; "
              f"{r['images']} evaluation images ({r['basis']}; left out: {r['excluded_label_changed']} "
-             f"relabelled, {r['excluded_trained_on']} trained on, {r['excluded_unpredicted']} unpredicted)"]
+             f"relabelled, {r['excluded_trained_on']} trained on, {r['excluded_unpredicted']} unpredicted)")]
     for key in ("a", "b"):
         m = r[key]
         lines.append(f"  run {r['run_' + key]}: F1@0.5 {m['f1_at_0.5']:.4f}  F1@{m['run_threshold']:.3f} "

@@ -65,6 +65,16 @@ def create_run(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
     return run
 
 
+def create_like_run(s: Session, like_id: int, overrides: dict | None = None,
+                    dataset: Dataset | None = None) -> Run:
+    """A queued run with `like_id`'s config (and `overrides`) on the current labels."""
+    like = queries.get_run(s, like_id)
+    cfg = TrainConfig.from_dict({**like.config, "select": "best", **(overrides or {})})
+    run = create_run(s, dataset or s.get(Dataset, like.dataset_id), cfg)
+    run.like_run_id = like_id
+    return run
+
+
 class StoreCallbacks(Callbacks):
     """Writes progress, heartbeat, epochs and best validation predictions; obeys Cancel."""
 

@@ -33,6 +33,44 @@ def sessions(workspace):
     return store.session_factory()
 
 
+PG_ENV = "AIVH_TEST_PG_URL"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, workspace, monkeypatch) -> str:
+    """A fresh, empty store on each backend; set as AIVH_DB_URL so subprocesses use it too.
+
+    PostgreSQL comes from AIVH_TEST_PG_URL (`.ci/run` installs and starts a server and sets it);
+    without it these tests fail rather than skip, so a CI run cannot pass without PostgreSQL.
+    """
+    if request.param == "sqlite":
+        workspace.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{workspace / 'aivh.db'}"
+        monkeypatch.setenv("AIVH_DB_URL", url)
+        yield url
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    admin = os.environ.get(PG_ENV)
+    if not admin:
+        pytest.fail(f"{PG_ENV} is not set: run `bash .ci/postgres.sh` and export the URL it prints "
+                    "(`bash .ci/run` does both)")
+    name = f"aivh_t_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    admin_engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as c:
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    monkeypatch.setenv("AIVH_DB_URL", url)
+    store.get_engine.cache_clear()
+    yield url
+    store.get_engine.cache_clear()
+    with admin_engine.connect() as c:  # FORCE ends the test's own open connections
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_engine.dispose()
+
+
 def draw_jpeg(path: Path, seed: int, size: tuple[int, int] = (48, 40), fmt: str = "JPEG") -> None:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
@@ -71,7 +109,8 @@ def tiny_dataset(tmp_path) -> Path:
 def aivh(*args: str, env_home: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """The real command line, as a user runs it."""
     env = {**os.environ, "AIVH_HOME": str(env_home)}
-    env.pop("AIVH_DB_URL", None)
+    if not env.get("AIVH_DB_URL", "").startswith("postgresql"):
+        env.pop("AIVH_DB_URL", None)  # the workspace's own SQLite store
     proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
@@ -117,3 +156,31 @@ def finished_run(sessions, *, name: str = "sample", seed: int = 0, source: Path 
         scored += [(i, float(rng.uniform())) for i, im in ims.items() if im.split == "test"]
         queries.upsert_predictions(s, run.id, scored)
         return run.id
+
+
+def finished_audit(sessions, *, flips: int = 15, folds: int = 2, seed: int = 0) -> tuple[int, set[int]]:
+    """The bundled sample with `flips` labels flipped by a review, and a 2-fold audit whose fold runs
+    'predicted' their held-out images as a decent model would (seeded, from the true labels).
+    Returns (audit id, flipped image ids). No training: for ranking, queue and page tests."""
+    from db import queries
+    from engine import audit as au
+    from engine.ingest import import_dataset
+    from engine.train import TrainConfig
+
+    import_dataset(sessions, SAMPLE, "sample", progress=False)
+    rng = np.random.default_rng(seed)
+    with sessions.begin() as s:
+        ds = queries.get_dataset(s, "sample")
+        truth = queries.current_labels(s, ds.id)
+        flipped = {int(i) for i in rng.choice(sorted(truth), flips, replace=False)}
+        for i in flipped:
+            queries.relabel(s, i, 1 - truth[i], author="import-noise")
+        audit = au.create_audit(s, ds, TrainConfig(epochs=1, img_size=32), folds)
+        for run in queries.audit_runs(s, audit.id):
+            held = queries.run_image_ids(s, run.id, "val")
+            probs = np.clip(rng.normal(0.2 + 0.6 * np.array([truth[i] for i in held]), 0.12), 0.01, 0.99)
+            queries.upsert_predictions(s, run.id, zip(held, probs))
+            run.status = "succeeded"
+        audit_id = audit.id
+    au.run_audit(sessions, audit_id, progress=False)  # every fold succeeded: only scores
+    return audit_id, flipped

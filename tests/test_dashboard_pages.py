@@ -161,3 +161,46 @@ def test_review_saliency_without_a_checkpoint_is_a_message(run_id):
     at.toggle[0].set_value(True).run()
     assert not at.exception
     assert any("No saliency map" in w.value and "checkpoint not found" in w.value for w in at.warning)
+
+
+def test_label_error_queue_is_worst_first_and_relabels_with_a_note(sessions):
+    from tests.conftest import finished_audit
+
+    audit_id, _flipped = finished_audit(sessions)
+    at = page("review", queue="audit", reviewer="ana")
+    assert not at.exception
+    with sessions() as s:
+        rows = queries.audit_rows(s, audit_id, flagged_only=True)
+    assert any(f"{len(rows):,} images in the queue" in c.value for c in at.caption)
+    assert at.subheader[0].value == rows[0].rel_path  # the worst opens first
+    at.text_input(key=f"note_{rows[0].image_id}").set_value("audit: clearly a photo").run()
+    wanted = f"Label {'human-made' if rows[0].given_label else 'AI-generated'}"
+    next(b for b in at.button if b.label == wanted).click().run()
+    assert not at.exception
+    with sessions() as s:
+        newest = queries.label_history(s, rows[0].image_id)[-1]
+    assert (newest.label, newest.author, newest.note) == (1 - rows[0].given_label, "ana",
+                                                           "audit: clearly a photo")
+    at.radio[2].set_value("not yet reviewed").run()  # the fixed image leaves the pending queue
+    assert at.subheader[0].value != rows[0].rel_path
+
+
+def test_runs_page_compares_two_runs_fairly_and_offers_retraining(run_id, sessions):
+    from db.models import Run
+
+    with sessions.begin() as s:
+        a = queries.get_run(s, run_id)
+        val = queries.run_image_ids(s, run_id, "val")
+        queries.relabel(s, val[0], 1 - queries.current_labels(s, a.dataset_id)[val[0]], author="ana")
+        b = Run(dataset_id=a.dataset_id, status="succeeded", config=a.config, checkpoint="x",
+                labels_as_of=queries.newest_label_id(s, a.dataset_id), like_run_id=run_id)
+        s.add(b)
+        s.flush()
+        queries.set_run_images(s, b.id, {"train": queries.run_image_ids(s, run_id, "train"), "val": val})
+        queries.upsert_predictions(s, b.id, [(i, 0.5) for i in val])
+    at = page("runs")
+    assert not at.exception
+    assert any("1 labels changed between run" in c.value for c in at.caption)
+    assert any(f"{len(val) - 1:,} evaluation images" in c.value for c in at.caption)
+    assert any(m.label == "Labels changed since it trained" for m in at.metric)
+    assert any(b.label == "Retrain with current labels" for b in at.button)

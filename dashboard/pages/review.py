@@ -1,4 +1,5 @@
-"""Review: a paginated grid of a run's predictions, most confidently wrong first; relabel and undo."""
+"""Review: a run's predictions, most confidently wrong first, or an audit's likely label errors,
+worst first; relabel, note and undo the same way in both."""
 from pathlib import Path
 
 import numpy as np
@@ -57,24 +58,34 @@ def show_image(root: str, image_id: int, rel_path: str, size: int, caption: str 
         st.warning(f"{rel_path}: cannot show the image ({e})")
 
 
-def grid_ui(page: pd.DataFrame, root: str) -> None:
+def prediction_caption(r) -> str:
+    label = "?" if pd.isna(r["label"]) else LABELS[int(r["label"])]
+    return f"p={r['prob']:.3f} · {label}" + (" · relabelled" if r["reviews"] else "")
+
+
+def queue_caption(r) -> str:
+    return (f"#{r['rank']} · {LABELS[int(r['label'])]} · p={r['prob']:.3f}"
+            + (" · relabelled" if r["reviews"] else ""))
+
+
+def grid_ui(page: pd.DataFrame, root: str, caption=prediction_caption) -> None:
     rows = [page.iloc[i : i + COLS] for i in range(0, len(page), COLS)]
     for chunk in rows:
         cols = st.columns(COLS)
         for col, (_, r) in zip(cols, chunk.iterrows()):
             with col:
-                label = "?" if pd.isna(r["label"]) else LABELS[int(r["label"])]
-                show_image(root, int(r["image_id"]), r["rel_path"], 192,
-                           f"p={r['prob']:.3f} · {label}" + (" · relabelled" if r["reviews"] else ""))
+                show_image(root, int(r["image_id"]), r["rel_path"], 192, caption(r))
                 if st.button("Open", key=f"open_{r['image_id']}", use_container_width=True):
                     st.session_state["selected_image"] = int(r["image_id"])
 
 
-def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int) -> None:
+def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int | None) -> None:
     row = df[df["image_id"] == image_id]
     if row.empty:
         return
     r = row.iloc[0]
+    if run_id is None:  # an audit's image: explained by the fold run that never saw it
+        run_id = int(r["fold_run"])
     st.divider()
     left, right = st.columns([1, 2])
     with left:
@@ -84,7 +95,12 @@ def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int)
         with common.sessions()() as s:
             history = queries.label_history(s, image_id)
         current = history[-1].label if history else None
-        st.metric("Probability of AI-generated", f"{r['prob']:.4f}")
+        st.metric("Probability of AI-generated" + (" (out of fold)" if "quality" in r else ""),
+                  f"{r['prob']:.4f}")
+        if "quality" in r:
+            st.write(f"Audit rank **{r['rank']}** · label quality {r['quality']:.4f} · "
+                     f"{'flagged' if r['flagged'] else 'not flagged'} · audited label: "
+                     f"{LABELS[int(r['given_label'])]}")
         st.write(f"Current label: **{LABELS.get(current, 'none (test image)')}**")
         relabel_ui(image_id, current, who)
         saliency_ui(run_id, r["rel_path"])
@@ -159,11 +175,60 @@ def relabel_ui(image_id: int, current: int | None, who: str) -> None:
         st.rerun()
 
 
+def paged(view: pd.DataFrame) -> pd.DataFrame:
+    pages = max(1, -(-len(view) // PAGE_SIZE))
+    page_no = st.number_input(f"Page (of {pages})", 1, pages, value=1, step=1)
+    return view.iloc[(page_no - 1) * PAGE_SIZE : page_no * PAGE_SIZE]
+
+
+def queue_ui(who: str) -> None:
+    """The label-error queue of an audit: images whose label most likely is wrong, worst first."""
+    found = common.audits()
+    done = [a for a in found if a.status == "succeeded"]
+    if not done:
+        st.info("No finished label audit yet. Run `aivh audit --dataset NAME` (k fold runs + cleanlab).")
+        for a in found:
+            st.caption(f"audit #{a.id}: {a.status}" + (f" ({a.error})" if a.error else ""))
+        return
+    ids = [a.id for a in done]
+    wanted = st.query_params.get("audit")
+    index = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
+    names = common.dataset_names()
+    by_id = {a.id: a for a in done}
+    audit_id = st.selectbox("Audit", ids, index=index, format_func=lambda i: (
+        f"#{i} {names.get(by_id[i].dataset_id)} · {by_id[i].folds} folds · {by_id[i].flagged} flagged"))
+    st.query_params["audit"] = str(audit_id)
+    df = common.audit_frame(audit_id)
+    c1, c2 = st.columns(2)
+    scope = c1.radio("Show", ["flagged only", "all, ranked"], horizontal=True)
+    pending = c2.radio("Reviewed", ["any", "not yet reviewed"], horizontal=True)
+    view = df[df["flagged"]] if scope == "flagged only" else df
+    if pending == "not yet reviewed":
+        view = view[view["reviews"] == 0]
+    fixed = int(((df["label"] != df["given_label"]) & df["flagged"]).sum())
+    st.caption(f"{len(view):,} images in the queue · {int(df['flagged'].sum()):,} flagged of "
+               f"{len(df):,} scored · {fixed:,} flagged labels changed since the audit")
+    page = paged(view)
+    root = common.dataset_root(by_id[audit_id].dataset_id)
+    grid_ui(page, root, queue_caption)
+    selected = st.session_state.get("selected_image")
+    if (selected is None or selected not in set(page["image_id"])) and not page.empty:
+        selected = int(page.iloc[0]["image_id"])
+    if selected is not None:
+        detail_ui(df, root, selected, who, None)
+
+
 st.title("Review")
 who = common.reviewer()
+QUEUES = ["Predictions of a run", "Likely label errors"]
+queue = st.radio("Queue", QUEUES, horizontal=True,
+                 index=1 if st.query_params.get("queue") == "audit" else 0)
+st.query_params["queue"] = "audit" if queue == QUEUES[1] else "run"
 runs = common.runs_by_id()
-run = common.pick_run(runs)
-if run is not None:
+run = common.pick_run(runs) if queue == QUEUES[0] else None
+if queue == QUEUES[1]:
+    queue_ui(who)
+elif run is not None:
     f = filters_ui(run)
     df = common.prediction_frame(run.id, f["split"])
     if df.empty:
@@ -172,9 +237,7 @@ if run is not None:
         view = filtered(df, f)
         reviewed = int((view["reviews"] > 0).sum())
         st.caption(f"{len(view):,} images match · {reviewed:,} of them reviewed")
-        pages = max(1, -(-len(view) // PAGE_SIZE))
-        page_no = st.number_input(f"Page (of {pages})", 1, pages, value=1, step=1)
-        page = view.iloc[(page_no - 1) * PAGE_SIZE : page_no * PAGE_SIZE]
+        page = paged(view)
         root = common.dataset_root(run.dataset_id)
         grid_ui(page, root)
         selected = st.session_state.get("selected_image")

@@ -33,7 +33,8 @@ def runs_table(runs: dict) -> pd.DataFrame:
     for r in runs.values():
         b = best.get((r.id, r.best_epoch))
         cfg = r.config
-        rows.append({"run": r.id, "dataset": names.get(r.dataset_id), "status": r.status,
+        rows.append({"run": r.id, "dataset": names.get(r.dataset_id), "kind": r.kind,
+                     "status": r.status, "like run": r.like_run_id,
                      "epochs": f"{sum(e.run_id == r.id for e in epochs)}/{cfg.get('epochs')}",
                      "img size": cfg.get("img_size"), "batch": cfg.get("batch_size"), "lr": cfg.get("lr"),
                      "labels as of": r.labels_as_of, "best epoch": r.best_epoch,
@@ -58,6 +59,71 @@ def curves_ui(run_ids: list[int]) -> None:
         cols[i % 2].plotly_chart(fig, key=f"curve_{key}")
 
 
+def retrain_ui(runs: dict) -> None:
+    """Retrain with current labels: the chosen run's config, the labels as they are now."""
+    from engine import jobs
+
+    done = [r.id for r in reversed(runs.values()) if r.status == "succeeded"]
+    if not done:
+        return
+    st.subheader("Retrain with current labels")
+    names = common.dataset_names()
+    c1, c2 = st.columns([2, 1])
+    run_id = c1.selectbox("Config of run", done, key="retrain_like",
+                          format_func=lambda i: common.run_label(runs[i], names))
+    changed = common.labels_changed(runs[run_id].dataset_id, runs[run_id].labels_as_of, None)
+    c2.metric("Labels changed since it trained", f"{changed:,}")
+    if st.button("Retrain with current labels", type="primary", key="retrain_go"):
+        with common.sessions().begin() as s:
+            new_id = jobs.create_like_run(s, run_id).id
+        jobs.launch(new_id)
+        st.success(f"Run #{new_id} started with run #{run_id}'s config; watch it on the Train page.")
+
+
+def fair_compare_ui(runs: dict) -> None:
+    """Two runs on the same evaluation images, scored against the same labels."""
+    from engine.compare import compare_runs
+
+    usable = [r.id for r in reversed(runs.values()) if r.checkpoint]
+    if len(usable) < 2:
+        return
+    st.subheader("Compare two runs on the same images")
+    names = common.dataset_names()
+    c1, c2, c3 = st.columns(3)
+    a = c1.selectbox("Run A (before)", usable, index=1, key="fair_a",
+                     format_func=lambda i: common.run_label(runs[i], names))
+    b = c2.selectbox("Run B (after)", usable, index=0, key="fair_b",
+                     format_func=lambda i: common.run_label(runs[i], names))
+    sets = common.eval_set_names(runs[a].dataset_id)
+    basis = c3.selectbox("Evaluate on", ["shared validation images, unchanged labels", *sets], key="fair_basis")
+    try:
+        with common.sessions()() as s:
+            r = compare_runs(s, a, b, eval_set=None if basis not in sets else basis)
+    except (ValueError, LookupError) as e:
+        st.warning(str(e))
+        return
+    st.caption(f"{r['labels_changed']:,} labels changed between run #{a} and run #{b}. "
+               f"{r['images']:,} evaluation images ({r['basis']}); left out: "
+               f"{r['excluded_label_changed']:,} relabelled, {r['excluded_trained_on']:,} trained on, "
+               f"{r['excluded_unpredicted']:,} without a prediction from both.")
+    metric_names = {"f1_at_0.5": "F1 @ 0.5", "f1_at_run_threshold": "F1 @ run's threshold",
+                    "best_f1": "best F1", "auc": "ROC AUC"}
+    table = pd.DataFrame([{"metric": label, f"run #{a}": r["a"][k], f"run #{b}": r["b"][k],
+                           "change": r["b"][k] - r["a"][k]} for k, label in metric_names.items()])
+    st.dataframe(table, hide_index=True)
+    with st.form("freeze"):
+        name = st.text_input("Freeze run A's validation images as an evaluation set named")
+        if st.form_submit_button("Freeze") and name.strip():
+            try:
+                with common.sessions().begin() as s:
+                    ids = queries.run_image_ids(s, a, "val")
+                    queries.create_eval_set(s, runs[a].dataset_id, name.strip(), ids,
+                                            author=st.query_params.get("reviewer"))
+                st.success(f"Froze {len(ids):,} images as {name.strip()!r}.")
+            except ValueError as e:
+                st.warning(str(e))
+
+
 st.title("Runs")
 common.workspace_caption()
 if datasets_ui():
@@ -78,3 +144,5 @@ if datasets_ui():
         if chosen:
             st.dataframe(table[table["run"].isin(chosen)], hide_index=True)
             curves_ui(chosen)
+        fair_compare_ui(runs)
+        retrain_ui(runs)

@@ -40,10 +40,10 @@ def upgrade() -> None:
     # plain ADD COLUMN (SQLite allows REFERENCES on a nullable new column): no table rebuild,
     # which on SQLite would drop `runs` and with it, by cascade, every run's epochs
     if op.get_bind().dialect.name == "sqlite":
-        op.execute("ALTER TABLE runs ADD COLUMN audit_id INTEGER REFERENCES audits (id) ON DELETE CASCADE")
+        op.execute("ALTER TABLE runs ADD COLUMN audit_id INTEGER REFERENCES audits (id)")
     else:
         op.add_column("runs", sa.Column("audit_id", sa.Integer(),
-                                        sa.ForeignKey("audits.id", ondelete="CASCADE")))
+                                        sa.ForeignKey("audits.id")))
     op.add_column("runs", sa.Column("fold", sa.Integer()))
     op.add_column("runs", sa.Column("like_run_id", sa.Integer()))
 
