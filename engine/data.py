@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,23 @@ def resolve_inside(root: Path, rel_path: str) -> Path:
     return path
 
 
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's decompression-bomb limit
+
+
+class UnreadableImage(OSError):
+    """An image that cannot be decoded: deleted, replaced, truncated, too large or not an image."""
+
+
+def _truncated(data: bytes, fmt: str | None) -> str | None:
+    """A cheap end-of-file check on bytes already read for sha1: no pixel is decoded."""
+    tail = data[-1024:].rstrip(b"\0")
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        return "truncated JPEG: no end-of-image marker"
+    if fmt == "PNG" and b"IEND" not in tail[-64:]:
+        return "truncated PNG: no IEND chunk"
+    return None
+
+
 def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
     """Size, byte count and sha1 from the header and bytes, without decoding pixels."""
     try:
@@ -152,10 +170,18 @@ def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
     if not data:
         return "unreadable: empty file"
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for non-images and bombs
+        with warnings.catch_warnings():  # over the limit is reported below, not warned
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height, fmt = *im.size, im.format
+    except Image.DecompressionBombError as e:
+        return f"decompression bomb ({e})".split("\n")[0][:200]
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for non-images
         return f"not an image ({type(e).__name__}: {e})".split("\n")[0][:200]
+    if width * height > MAX_PIXELS:
+        return f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,}; a decompression bomb?)"
+    if problem := _truncated(data, fmt):
+        return problem
     return ImageInfo(width, height, len(data), hashlib.sha1(data).hexdigest())
 
 
@@ -163,11 +189,34 @@ def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
 
 
 def load_rgb(path: Path, size: int) -> Image.Image:
-    """Decode as RGB; JPEG draft mode decodes at the smallest scale still >= size."""
-    im = Image.open(path)
-    if im.format == "JPEG":
-        im.draft("RGB", (size, size))
-    im = ImageOps.exif_transpose(im)
+    """Decode as upright RGB; JPEG draft mode decodes at the smallest scale still >= size.
+
+    Any failure (missing, truncated, not an image, larger than the bomb limit) is an
+    UnreadableImage naming the file; CMYK, grayscale, palette, alpha, 16-bit and animated
+    images (first frame) become 8-bit RGB.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        if im.width * im.height > MAX_PIXELS:
+            raise UnreadableImage(f"{path.name}: image too large: {im.width}x{im.height} pixels")
+        if im.format == "JPEG":
+            im.draft("RGB", (size, size))
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb(im)
+    except UnreadableImage:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for files it cannot decode
+        raise UnreadableImage(f"{path.name}: {type(e).__name__}: {e}".split("\n")[0][:300]) from e
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit: keep the top 8 bits
+        arr = np.asarray(im).astype(np.uint32) >> 8
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
+        im = im.convert("RGBA")
     return im.convert("RGB")
 
 

@@ -138,7 +138,7 @@ def finished_run(sessions, *, name: str = "sample", seed: int = 0, source: Path 
     with sessions.begin() as s:
         ds = queries.get_dataset(s, name)
         ims = {im.id: im for im in queries.images(s, ds.id)}
-        labels = queries.current_labels(s, ds.id)
+        labels = {i: v for i, v in queries.current_labels(s, ds.id).items() if i in ims}
         train_ids, val_ids = split_images({i: ims[i].rel_path for i in labels}, labels,
                                           val_fraction=0.2, seed=0)
         run = Run(dataset_id=ds.id, status="succeeded", config=TrainConfig(epochs=2, img_size=32).to_dict(),
