@@ -122,6 +122,8 @@ def path_problem(root: Path, file_name: str) -> str | None:
     """Why a CSV path may not be used, or None. Paths must stay inside the dataset root."""
     if not file_name:
         return "empty file name"
+    if any(ord(c) < 32 for c in file_name):
+        return "control character in the file name"
     if os.path.isabs(file_name) or file_name.startswith(("/", "\\")) or ":" in file_name[:3]:
         return "absolute path (paths must be relative to DATA_DIR)"
     if ".." in Path(file_name.replace("\\", "/")).parts:
