@@ -209,7 +209,7 @@ def load_rgb(path: Path, size: int) -> Image.Image:
         return _to_rgb(im)
     except UnreadableImage:
         raise
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for files it cannot decode
+    except Exception as e:
         raise UnreadableImage(f"{path.name}: {type(e).__name__}: {e}".split("\n")[0][:300]) from e
 
 
