@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import Audit, AuditScore, Dataset, Run
 from engine import jobs
+from engine.atomic import atomic_path
 from engine.train import TrainConfig
 
 log = logging.getLogger("aivh.audit")
@@ -137,13 +137,10 @@ def score_audit(s: Session, audit_id: int) -> int:
 
 def write_audit_csv(s: Session, audit_id: int, path: Path) -> Path:
     """file_name,given_label,prob,quality,flagged worst first; temporary file + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for row in queries.audit_rows(s, audit_id):
             w.writerow([row.rel_path, row.given_label, f"{row.prob:.6f}", f"{row.quality:.6f}",
                         int(row.flagged)])
-    os.replace(tmp, path)
-    return path
+    return Path(path)

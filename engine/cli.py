@@ -218,17 +218,17 @@ def cmd_evalset(args) -> None:
 def cmd_labels_export(args) -> None:
     import csv
 
+    from engine.atomic import atomic_path
+
     out = Path(args.out)
-    tmp = out.with_name(f".{out.name}.tmp")
     with session_factory()() as s:
         rows = queries.label_history_rows(s, queries.get_dataset(s, args.dataset).id)
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["label_id", "file_name", "split", "label", "source", "author", "note", "created_at"])
         for r in rows:
             w.writerow([r.id, r.rel_path, r.split, r.label, r.source, r.author or "", r.note or "",
                         r.created_at.isoformat()])
-    os.replace(tmp, out)
     _emit(args, {"path": str(out), "rows": len(rows)}, f"wrote {len(rows)} label rows to {out}")
 
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import Run
+from engine import atomic
 
 
 class ExportRefused(ValueError):
@@ -46,10 +46,7 @@ def write_submission(rows: list[tuple[str, int]], path: Path) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["id", "label"])
     writer.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, buf.getvalue())
 
 
 def validate_submission(path: Path, test_ids: list[str]) -> list[str]:

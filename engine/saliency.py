@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from engine.atomic import atomic_path
 from engine.data import load_rgb, normalize, transform
 from engine.saliency_choices import BASELINES, METHODS
 
@@ -147,10 +147,8 @@ def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode
         prob = float(torch.sigmoid(model(x)[0, 0]))
     heat, delta = attribute(model, x, settings)
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, map=heat, prob=np.float32(prob), delta=np.array([] if delta is None else [delta]))
-        os.replace(tmp, file)
+        with atomic_path(file, durable=False) as tmp:
+            np.savez(tmp, map=heat, prob=np.float32(prob), delta=np.array([] if delta is None else [delta]))
     return Attribution(pixels, heat, prob, settings, delta)
 
 
@@ -194,10 +192,8 @@ def render(att: Attribution, out: Path, *, opacity: float = 0.5, scale: int = 0)
     scale = scale or max(1, 256 // att.image.shape[0])
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    im.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        im.save(tmp, format="PNG")
     return out
 
 

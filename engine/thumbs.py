@@ -1,11 +1,11 @@
 """Thumbnails made once and cached on disk, read only from inside a dataset root."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from PIL import Image as PILImage
 
+from engine.atomic import atomic_path
 from engine.data import load_rgb, resolve_inside
 
 
@@ -27,8 +27,6 @@ def thumbnail(cache: Path, root: str | Path, rel_path: str, sha1: str | None, si
         scale = size // max(im.size)
         im = im.resize((im.width * scale, im.height * scale), PILImage.NEAREST)
     im.thumbnail((size, size))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    im.save(tmp, "JPEG", quality=88)
-    os.replace(tmp, out)
+    with atomic_path(out, durable=False) as tmp:
+        im.save(tmp, "JPEG", quality=88)
     return out

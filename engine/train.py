@@ -17,6 +17,7 @@ from torch.utils.data import RandomSampler
 from tqdm import tqdm
 
 from engine import metrics
+from engine.atomic import atomic_path
 from engine.data import normalize
 from engine.model import build_model
 from engine.predict import autocast, infer, make_loader, prepare, resolve_device
@@ -108,9 +109,8 @@ class Callbacks:
 
 def save_atomic(obj: dict, path: Path) -> None:
     """Write then rename: a kill mid-write leaves the previous file intact."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks | None = None,
