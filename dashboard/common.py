@@ -100,8 +100,43 @@ def run_threshold(run: Run) -> float:
     return float(default_threshold(run)[0])
 
 
+def auth_configured() -> bool:
+    """True when secrets.toml has an [auth] section: the dashboard is shared and needs a login."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file at all (Streamlit raises its own types)
+        return False
+
+
+def logged_in_name() -> str | None:
+    """The name (else e-mail) of the user logged in through st.login, when login is configured."""
+    if not auth_configured() or not st.user.get("is_logged_in"):
+        return None
+    return str(st.user.get("name") or st.user.get("email") or "").strip() or None
+
+
+def login_gate() -> None:
+    """With login configured, nothing but a login button until the user has logged in (OIDC)."""
+    if not auth_configured():
+        return
+    if not st.user.get("is_logged_in"):
+        st.title("aivh")
+        st.write("This review lab is shared: log in to review and relabel.")
+        if st.button("Log in", type="primary"):
+            st.login()
+        st.stop()
+    st.sidebar.caption(f"Logged in as {logged_in_name()}")
+    if st.sidebar.button("Log out"):
+        st.logout()
+
+
 def reviewer() -> str:
-    """Asked once in the sidebar and remembered in the URL (?reviewer=...)."""
+    """The logged-in user's name when login is configured; otherwise asked once in the sidebar
+    and remembered in the URL (?reviewer=...)."""
+    if auth_configured():
+        name = logged_in_name() or ""
+        st.sidebar.text_input("Reviewer", value=name, disabled=True, key="reviewer_name")
+        return name
     name = st.sidebar.text_input("Reviewer", value=st.query_params.get("reviewer", ""),
                                  placeholder="your name", key="reviewer_name")
     if name:

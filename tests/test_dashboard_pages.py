@@ -204,3 +204,38 @@ def test_runs_page_compares_two_runs_fairly_and_offers_retraining(run_id, sessio
     assert any(f"{len(val) - 1:,} evaluation images" in c.value for c in at.caption)
     assert any(m.label == "Labels changed since it trained" for m in at.metric)
     assert any(b.label == "Retrain with current labels" for b in at.button)
+
+
+AUTH = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "test-secret",
+        "client_id": "aivh", "client_secret": "x", "server_metadata_url": "https://idp.invalid/.well-known"}
+
+
+def test_with_login_configured_nothing_shows_before_login(run_id):
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at.secrets["auth"] = AUTH
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert not at.exception
+    assert [b.label for b in at.button] == ["Log in"]
+    assert not at.dataframe and not at.selectbox  # no page content, no run picker
+
+
+def test_logged_in_reviewer_name_comes_from_the_login_and_is_written_with_labels(run_id, sessions):
+    at = AppTest.from_file(str(PAGES / "review.py"), default_timeout=60)
+    at.secrets["auth"] = AUTH
+    at.user = {"is_logged_in": True, "name": "Ana Ortiz", "email": "ana@example.org"}
+    at.query_params.update({"run": str(run_id), "reviewer": "mallory"})  # the URL cannot override it
+    at.run()
+    assert not at.exception
+    box = at.sidebar.text_input(key="reviewer_name")
+    assert box.value == "Ana Ortiz" and box.disabled
+    next(b for b in at.button if b.label.startswith("Label ")).click().run()
+    with sessions() as s:
+        newest = s.scalars(select(Label).order_by(Label.id.desc())).first()
+    assert newest.author == "Ana Ortiz"
+
+
+def test_without_login_configured_the_app_opens_directly(run_id):
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert not any(b.label == "Log in" for b in at.button)

@@ -1,0 +1,81 @@
+"""Security boundaries: paths stay inside dataset roots, checkpoints never unpickle code, SQL is bound."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from db import queries
+from engine.data import ImageDataset, resolve_inside
+from engine.model import WeightsError, load_trained
+from engine.thumbs import thumbnail
+from tests.conftest import ROOT, draw_jpeg, finished_run
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_with_code_in_it_is_refused_and_the_code_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "best.pt"
+    torch.save({"model": {}, "config": {}, "extra": _Payload(marker)}, path)
+    with pytest.raises(WeightsError, match=str(path)):
+        load_trained(path)
+    assert not marker.exists()
+
+
+CRAFTED = ["../../../../../../etc/passwd", "/etc/passwd", "train_data/../../outside.jpg", "link.jpg"]
+
+
+@pytest.mark.parametrize("rel_path", CRAFTED)
+def test_a_crafted_path_in_the_store_cannot_read_outside_the_root(tmp_path, rel_path):
+    root = tmp_path / "data"
+    draw_jpeg(tmp_path / "outside.jpg", 1)  # a real image just outside the root
+    root.mkdir()
+    (root / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    with pytest.raises(PermissionError, match="escapes the dataset root"):
+        resolve_inside(root, rel_path)
+    with pytest.raises(PermissionError):
+        thumbnail(tmp_path / "cache", root, rel_path, None)
+    item = ImageDataset(root, [rel_path], [1], size=32, train=False)[0]
+    assert item[0] is None and "PermissionError" in item[2]  # training skips it, reading nothing
+
+
+def test_the_review_page_refuses_a_crafted_path_with_a_message(sessions, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    run_id = finished_run(sessions)
+    with sessions.begin() as s:  # someone with database access rewrites every stored path
+        run = queries.get_run(s, run_id)
+        for im in queries.images(s, run.dataset_id):
+            im.rel_path = f"../../../../../../etc/passwd#{im.id}" if im.id % 2 else f"/etc/{im.id}/passwd"
+    at = AppTest.from_file(str(ROOT / "dashboard/pages/review.py"), default_timeout=60)
+    at.query_params.update({"run": str(run_id), "reviewer": "ana"})
+    at.run()
+    assert not at.exception
+    assert any("escapes the dataset root" in w.value for w in at.warning)
+
+
+SQL_CALL = re.compile(r"\b(text|execute|exec_driver_sql|executescript)\(\s*(f[\"']|[\"'][^\"']*[\"']\s*(%|\.format|\+))")
+
+
+def test_all_sql_is_bound_parameters():
+    """No SQL string is built from values: every query is the ORM/Core or constant text with binds."""
+    offenders = []
+    for folder in ("engine", "db", "dashboard"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if SQL_CALL.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert offenders == []
+    assert SQL_CALL.search('c.execute(f"SELECT * FROM t WHERE id = {x}")')  # the check can fail
