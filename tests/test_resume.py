@@ -37,6 +37,9 @@ def test_killed_run_resumes_to_the_same_result(workspace):
     assert 1 <= done_before < 3
     with db.connect() as c:
         assert c.execute(text("select status from runs where id=1")).scalar() == "running"
+    # the next look at the runs (CLI or dashboard) shows it failed: its pid is gone on this host
+    listed = json.loads(aivh("runs", "--json", env_home=workspace).stdout.splitlines()[-1])
+    assert listed[0]["status"] == "failed" and "stopped" in listed[0]["error"]
 
     resumed = json.loads(aivh("train", "--resume", "1", "--json", env_home=workspace).stdout.splitlines()[-1])
     assert resumed["status"] == "succeeded"

@@ -1,6 +1,7 @@
 """Security boundaries: paths stay inside dataset roots, checkpoints never unpickle code, SQL is bound."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -79,3 +80,16 @@ def test_all_sql_is_bound_parameters():
                     offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert offenders == []
     assert SQL_CALL.search('c.execute(f"SELECT * FROM t WHERE id = {x}")')  # the check can fail
+
+
+def test_serve_binds_locally_with_xsrf_on_unless_told_otherwise():
+    from engine.cli import build_parser, serve_command
+
+    def flags(argv: list[str]) -> dict[str, str]:
+        args = build_parser().parse_args(argv)
+        cmd = serve_command(args.host, args.port)
+        return dict(itertools.pairwise(cmd))
+
+    assert flags(["serve"])["--server.address"] == "127.0.0.1"
+    assert flags(["serve"])["--server.enableXsrfProtection"] == "true"
+    assert flags(["serve", "--host", "0.0.0.0"])["--server.address"] == "0.0.0.0"
