@@ -11,7 +11,6 @@ in this process and prints rows/s and seconds (target: 80,000 rows in under 30 s
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -19,53 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def base_jpegs(count: int = 64, size: tuple[int, int] = (768, 512)) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    yy, xx = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32)
-    for _ in range(count):
-        f = rng.uniform(0.002, 0.02, 6)
-        img = np.stack([127 + 60 * np.sin(xx * f[c] + yy * f[c + 3]) for c in range(3)], -1)
-        img += rng.normal(0, 9, img.shape)  # noise keeps the files at realistic sizes
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
-def with_comment(jpeg: bytes, text: str) -> bytes:
-    """Insert a COM segment right after SOI: a valid JPEG with its own sha1."""
-    payload = text.encode()
-    return jpeg[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
-
-
-def build(root: Path, n: int) -> Path:
-    done = root / ".complete"
-    if done.exists() and done.read_text() == str(n):
-        return root
-    bases = base_jpegs()
-    n_test = max(1, n // 14)
-    (root / "train_data").mkdir(parents=True, exist_ok=True)
-    (root / "test_data_v2").mkdir(exist_ok=True)
-    rng = np.random.default_rng(1)
-    train_lines, test_lines = [",file_name,label"], ["id"]
-    for i in range(n + n_test):
-        name = f"{'train_data' if i < n else 'test_data_v2'}/{i:032x}.jpg"
-        (root / name).write_bytes(with_comment(bases[i % len(bases)], name))
-        if i < n:
-            train_lines.append(f"{i},{name},{int(rng.integers(0, 2))}")
-        else:
-            test_lines.append(name)
-    (root / "train.csv").write_text("\n".join(train_lines) + "\n")
-    (root / "test.csv").write_text("\n".join(test_lines) + "\n")
-    done.write_text(str(n))
-    return root
+from engine.bench import build_dataset as build
 
 
 def main() -> None:

@@ -85,7 +85,11 @@ def cmd_train(args) -> None:
         print(f"run {run_id}: {home() / 'runs' / str(run_id)}"
               + (f" (config of run {args.like}, current labels)" if args.like else ""), file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    run = jobs.execute(run_id, resume=args.resume is not None, progress=not args.json)
+    if args.nproc > 1:
+        run = jobs.execute_distributed(run_id, args.nproc, resume=args.resume is not None,
+                                       progress=not args.json)
+    else:
+        run = jobs.execute(run_id, resume=args.resume is not None, progress=not args.json)
     with sessions() as s:
         best = next((e for e in queries.epochs(s, run_id) if e.epoch == run.best_epoch), None)
     payload = {"run": run_id, "status": run.status, "best_epoch": run.best_epoch,
@@ -248,6 +252,19 @@ def cmd_saliency(args) -> None:
           f"(image | overlay | heatmap) in {seconds:.2f} s")
 
 
+def cmd_bench(args) -> None:
+    from engine.bench import run_bench
+
+    out = run_bench(device=args.device, img_size=args.img_size, batch_size=args.batch_size,
+                    compile=args.compile, steps=args.steps, workers=args.workers,
+                    data_dir=Path(args.data).expanduser() if args.data else None, progress=not args.json)
+    _emit(args, out, f"train {out['train_e2e_img_s']} / {out['train_model_img_s']} img/s "
+          f"(ratio {out['train_ratio']:.3f}); predict {out['predict_e2e_img_s']} / "
+          f"{out['predict_model_img_s']} img/s (ratio {out['predict_ratio']:.3f}); peak host memory "
+          f"{out['peak_host_mem_gb']} GB" + (f", device {out['peak_device_mem_gb']} GB"
+                                             if out["peak_device_mem_gb"] is not None else ""))
+
+
 # ---------------------------------------------------------------- serve / demo
 
 
@@ -350,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", type=int, metavar="RUN", help="continue a run that died")
     c.add_argument("--like", type=int, metavar="RUN",
                    help="copy RUN's config (flags given here override) and train on the current labels")
+    c.add_argument("--nproc", type=int, default=1,
+                   help="DistributedDataParallel processes (one per GPU; on the CPU, gloo shares the cores)")
     c.set_defaults(func=cmd_train)
 
     c = sub.add_parser("audit", parents=[common, training],
@@ -405,6 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--samples", type=int, default=16, help="smoothgrad: noisy copies")
     c.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity over the image")
     c.set_defaults(func=cmd_saliency)
+
+    c = sub.add_parser("bench", parents=[common], help="data path vs model-only speed, in one process")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--img-size", type=int, default=300)
+    c.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 32 on the CPU")
+    c.add_argument("--compile", action="store_true", help="torch.compile the model")
+    c.add_argument("--steps", type=int, help="timed batches per measurement (default: 30 CUDA, 3 CPU)")
+    c.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    c.add_argument("--data", help="where the generated Kaggle-sized JPEGs are cached "
+                                  "(default ~/.cache/aivh/bench-data)")
+    c.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("runs", parents=[common], help="list runs")
     c.set_defaults(func=cmd_runs)

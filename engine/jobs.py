@@ -185,6 +185,56 @@ def execute(run_id: int, *, resume: bool = False, progress: bool = True,
         handler.close()
 
 
+def execute_distributed(run_id: int, nproc: int, *, resume: bool = False, progress: bool = True) -> Run:
+    """Train a run with DistributedDataParallel in `nproc` processes on this machine: NCCL, one
+    GPU each, on CUDA; gloo on the CPU (the cores shared out). Rank 0 is the run's process of
+    record (store, heartbeat, checkpoints); the others only train."""
+    import torch
+    import torch.multiprocessing as mp
+
+    sessions = session_factory()
+    with sessions.begin() as s:  # the split is fixed before any rank reads it
+        _train_data(s, queries.get_run(s, run_id))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    try:
+        mp.spawn(_rank_main, args=(run_id, nproc, resume, progress, torch.cuda.is_available()),
+                 nprocs=nproc, join=True)
+    except Exception as e:
+        with sessions.begin() as s:
+            run = queries.get_run(s, run_id)
+            if run.status in ("running", "queued"):
+                run.status, run.finished_at, run.error = "failed", now(), f"a training process died: {e}"
+        raise RuntimeError(f"run {run_id}: a training process died ({str(e).strip().splitlines()[-1]})") from e
+    with sessions() as s:
+        return queries.get_run(s, run_id)
+
+
+def _rank_main(rank: int, run_id: int, world: int, resume: bool, progress: bool, cuda: bool) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if cuda:
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    try:
+        if rank == 0:
+            execute(run_id, resume=resume, progress=progress)
+        else:
+            with session_factory()() as s:
+                run = queries.get_run(s, run_id)
+                cfg = TrainConfig.from_dict(run.config)
+                data, _, _ = _train_data(s, run)
+            last = run_dir(run_id) / "last.pt"
+            train(cfg, data, run_dir(run_id), None, resume=last if resume else None, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False

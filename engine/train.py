@@ -113,20 +113,47 @@ def save_atomic(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _dist() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless a torch.distributed process group is running."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks | None = None,
           *, resume: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train B3 with BCE on one logit; keep last.pt every epoch and best.pt by validation F1."""
+    """Train B3 with BCE on one logit; keep last.pt every epoch and best.pt by validation F1.
+
+    Under torch.distributed (DistributedDataParallel, one process per device or CPU share),
+    each rank trains on its 1/world shard with cfg.batch_size images per step (BatchNorm sees
+    the batches it sees in one process; the global batch is world x batch_size, so an epoch
+    has 1/world of the steps); rank 0 alone re-estimates BatchNorm, validates, writes
+    checkpoints and calls the callbacks, and tells the others whether to stop.
+    """
+    rank, world = _dist()
     cb = callbacks or Callbacks()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
     torch.manual_seed(cfg.seed)
     model = prepare(build_model(None if resume else cfg.pretrained), device)
     loader_args = {"size": cfg.img_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
                    "device": device, "mode": cfg.resize_mode, "seed": cfg.seed}
     sampler_gen = torch.Generator()
-    train_loader = make_loader(data.root, data.train_paths, data.train_labels, train=True,
-                               sampler=RandomSampler(range(len(data.train_paths)), generator=sampler_gen),
-                               **loader_args)
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(range(len(data.train_paths)), num_replicas=world, rank=rank,
+                                     shuffle=True, seed=cfg.seed, drop_last=True)
+        train_loader = make_loader(data.root, data.train_paths, data.train_labels, train=True,
+                                   sampler=sampler, **loader_args)
+    else:
+        sampler = RandomSampler(range(len(data.train_paths)), generator=sampler_gen)
+        train_loader = make_loader(data.root, data.train_paths, data.train_labels, train=True,
+                                   sampler=sampler, **loader_args)
     val_loader = make_loader(data.root, data.val_paths, data.val_labels, **loader_args)
     n_bn = min(len(data.train_paths), cfg.bn_batches * cfg.batch_size)
     bn_loader = make_loader(data.root, data.train_paths[:n_bn], None, **loader_args)
@@ -138,34 +165,52 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     start, bad_epochs = 1, 0
     if resume is not None:
         start, bad_epochs = _restore(resume, model, opt, sched, result, cfg.select)
-    step_model = torch.compile(model) if cfg.compile else model
+    wrapped = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(wrapped) if cfg.compile else wrapped
+    eval_model = model if world > 1 else step_model  # rank 0 validates alone: no collectives
     loss_fn = nn.BCEWithLogitsLoss()
     val_y = np.asarray(data.val_labels)
     for epoch in range(start, cfg.epochs + 1):
         sampler_gen.manual_seed(cfg.seed * 100_003 + epoch)  # same order on resume
+        if world > 1:
+            sampler.set_epoch(epoch)
         train_loader.dataset.epoch = epoch
         t0 = time.perf_counter()
         train_loss, seen, skipped = _train_epoch(step_model, train_loader, opt, sched, loss_fn,
-                                                 device, epoch, cfg.epochs, cb, progress)
-        _recalibrate_bn(model, bn_loader, device)  # the eager module: no recompiles for BN mode
-        probs, val_loss, val_skipped = _validate(step_model, val_loader, device, val_y, loss_fn,
-                                                 lambda b, n, e=epoch: cb.on_batch(e, b, n, 0.0, "val"))
-        er = _epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0], seen,
-                           time.perf_counter() - t0, skipped + val_skipped)
-        result.history.append(er)
-        is_best = cfg.select == "last" or result.best is None or _rank(er) > _rank(result.best)
-        bad_epochs = 0 if is_best else bad_epochs + 1
-        if is_best:
-            result.best, result.best_val_probs = er, probs
-        _save_checkpoints(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, is_best=is_best)
-        result.checkpoint = out_dir / "best.pt"
-        log.info("epoch %d/%d train_loss %.4f val_loss %.4f f1@0.5 %.4f best_f1 %.4f@%.3f auc %.4f "
-                 "%.1f img/s%s", epoch, cfg.epochs, er.train_loss, er.val_loss, er.val_f1,
-                 er.val_best_f1, er.val_best_threshold, er.val_auc, er.images_per_s,
-                 f" skipped {er.skipped}" if er.skipped else "")
-        cb.on_epoch(er, is_best=is_best, val_probs=probs, checkpoint=out_dir / "best.pt")
-        if cfg.select != "last" and bad_epochs >= cfg.patience:
-            log.info("early stop: no better validation F1 for %d epochs", bad_epochs)
+                                                 device, epoch, cfg.epochs, cb, progress and rank == 0)
+        stop = False
+        if rank == 0:
+            _recalibrate_bn(model, bn_loader, device)  # the eager module: no recompiles for BN mode
+            probs, val_loss, val_skipped = _validate(eval_model, val_loader, device, val_y, loss_fn,
+                                                     lambda b, n, e=epoch: cb.on_batch(e, b, n, 0.0, "val"))
+            er = _epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0],
+                               seen * world, time.perf_counter() - t0, skipped + val_skipped)
+            result.history.append(er)
+            is_best = cfg.select == "last" or result.best is None or _rank(er) > _rank(result.best)
+            bad_epochs = 0 if is_best else bad_epochs + 1
+            if is_best:
+                result.best, result.best_val_probs = er, probs
+            _save_checkpoints(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, is_best=is_best)
+            result.checkpoint = out_dir / "best.pt"
+            log.info("epoch %d/%d train_loss %.4f val_loss %.4f f1@0.5 %.4f best_f1 %.4f@%.3f auc %.4f "
+                     "%.1f img/s%s", epoch, cfg.epochs, er.train_loss, er.val_loss, er.val_f1,
+                     er.val_best_f1, er.val_best_threshold, er.val_auc, er.images_per_s,
+                     f" skipped {er.skipped}" if er.skipped else "")
+            cb.on_epoch(er, is_best=is_best, val_probs=probs, checkpoint=out_dir / "best.pt")
+            stop = cfg.select != "last" and bad_epochs >= cfg.patience
+            if stop:
+                log.info("early stop: no better validation F1 for %d epochs", bad_epochs)
+        if world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(stop)], device=device if device.type == "cuda" else "cpu")
+            dist.broadcast(flag, src=0)  # the others wait here while rank 0 validates
+            stop = bool(flag.item())
+        if stop:
             break
     return result
 
@@ -238,6 +283,19 @@ def _restore(path: Path, model, opt, sched, result: TrainResult, select: str) ->
     return state["epoch"] + 1, state["bad_epochs"]
 
 
+def train_step(model, x, y, opt, loss_fn, device) -> torch.Tensor:
+    """One optimisation step on a uint8 batch: normalise on the device, bf16 autocast on CUDA."""
+    x = normalize(x, device, channels_last=device.type == "cuda")  # (B, 3, S, S)
+    y = y.to(device, non_blocking=True)
+    with autocast(device):
+        logits = model(x).squeeze(1)  # (B,)
+    loss = loss_fn(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, progress):
     model.train()
     total, seen, skipped = 0.0, 0, 0
@@ -249,14 +307,7 @@ def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, 
         for _pos, msg in failed:
             log.warning("skipped %s", msg)
         if x is not None:
-            x = normalize(x, device, channels_last=device.type == "cuda")  # (B, 3, S, S)
-            y = y.to(device, non_blocking=True)
-            with autocast(device):
-                logits = model(x).squeeze(1)  # (B,)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = train_step(model, x, y, opt, loss_fn, device)
             total += loss.item() * y.numel()
             seen += y.numel()
         sched.step()

@@ -1,0 +1,171 @@
+"""`aivh bench`: how much of the model's own speed aivh's data path keeps.
+
+In one process: the model-only training step and inference on uint8 tensors already on the
+device, then end-to-end training and prediction from Kaggle-sized JPEG files through the
+real loader (decode with JPEG draft mode in worker processes, uint8 to the device,
+normalisation there). Ratios end-to-end / model-only are the figures that matter.
+"""
+from __future__ import annotations
+
+import io
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+KAGGLE_SIZE = (768, 512)
+
+
+def base_jpegs(count: int = 64, size: tuple[int, int] = KAGGLE_SIZE) -> list[bytes]:
+    """Smooth content plus sensor-like noise at quality 90: about 100 KB at 768x512, like Kaggle's."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32)
+    for _ in range(count):
+        f = rng.uniform(0.002, 0.02, 6)
+        img = np.stack([127 + 60 * np.sin(xx * f[c] + yy * f[c + 3]) for c in range(3)], -1)
+        img += rng.normal(0, 9, img.shape)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """Insert a COM segment right after SOI: a valid JPEG with its own bytes and sha1."""
+    payload = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def build_dataset(root: Path, n: int) -> Path:
+    """A Kaggle-layout folder of n training JPEGs (+ n/14 test ids), built once and reused."""
+    done = root / ".complete"
+    if done.exists() and done.read_text() == str(n):
+        return root
+    bases = base_jpegs()
+    n_test = max(1, n // 14)
+    (root / "train_data").mkdir(parents=True, exist_ok=True)
+    (root / "test_data_v2").mkdir(exist_ok=True)
+    rng = np.random.default_rng(1)
+    train_lines, test_lines = [",file_name,label"], ["id"]
+    for i in range(n + n_test):
+        name = f"{'train_data' if i < n else 'test_data_v2'}/{i:032x}.jpg"
+        path = root / name
+        if not path.exists():
+            path.write_bytes(with_comment(bases[i % len(bases)], name))
+        if i < n:
+            train_lines.append(f"{i},{name},{int(rng.integers(0, 2))}")
+        else:
+            test_lines.append(name)
+    (root / "train.csv").write_text("\n".join(train_lines) + "\n")
+    (root / "test.csv").write_text("\n".join(test_lines) + "\n")
+    done.write_text(str(n))
+    return root
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(batches, step, device, warmup: int) -> float:
+    """images/s over the batches after `warmup` ones (compilation, worker start-up, caches)."""
+    seen, t0 = 0, None
+    for n, batch in enumerate(batches):
+        if n == warmup:
+            _sync(device)
+            t0, seen = time.perf_counter(), 0
+        seen += step(batch)
+    _sync(device)
+    return seen / (time.perf_counter() - t0)
+
+
+def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | None = None,
+              compile: bool = False, steps: int | None = None, warmup: int = 2, workers: int | None = None,
+              data_dir: Path | None = None, progress: bool = True) -> dict:
+    import torch
+    from torch import nn
+    from torch.utils.data import RandomSampler
+
+    from engine.data import normalize
+    from engine.model import build_model
+    from engine.predict import autocast, infer, make_loader, prepare, resolve_device
+    from engine.train import train_step
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    batch_size = batch_size or (128 if cuda else 32)
+    steps = steps or (30 if cuda else 3)
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    n_files = max(256, (warmup + steps) * batch_size)
+    root = build_dataset(Path(data_dir or Path.home() / ".cache" / "aivh" / "bench-data"), n_files)
+    paths = [f"train_data/{i:032x}.jpg" for i in range(n_files)]
+    labels = [i % 2 for i in range(n_files)]
+    say = (lambda m: print(m, flush=True)) if progress else (lambda m: None)
+    torch.manual_seed(0)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats()
+    model = prepare(build_model(None), dev)
+    step_model = torch.compile(model) if compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = nn.BCEWithLogitsLoss()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x_dev = torch.randint(0, 256, (batch_size, 3, img_size, img_size), dtype=torch.uint8, generator=gen).to(dev)
+    y_dev = torch.randint(0, 2, (batch_size,), generator=gen).float().to(dev)
+    n = warmup + steps
+
+    def train_on(batch) -> int:
+        x, y = batch[0], batch[1]
+        if x is None:
+            return 0
+        train_step(step_model, x, y, opt, loss_fn, dev)
+        return int(x.shape[0])
+
+    out: dict = {"device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({os.cpu_count()} cores)",
+                 "img_size": img_size, "batch_size": batch_size, "compile": compile, "steps": steps,
+                 "workers": workers, "torch": torch.__version__}
+    say(f"bench on {out['device']}: {img_size} px, batch {batch_size}, {steps} timed steps, {workers} workers")
+    step_model.train()
+    out["train_model_img_s"] = _timed(((x_dev, y_dev) for _ in range(n)), train_on, dev, warmup)
+    say(f"  train, model only:  {out['train_model_img_s']:8.1f} img/s")
+    loader = make_loader(root, paths, labels, size=img_size, batch_size=batch_size, workers=workers,
+                         device=dev, train=True, sampler=RandomSampler(range(n_files), generator=gen))
+    step_model.train()
+    it = iter(loader)
+    out["train_e2e_img_s"] = _timed(((b[0], b[1]) for _, b in zip(range(n), it)), train_on, dev, warmup)
+    del it
+    say(f"  train, end to end:  {out['train_e2e_img_s']:8.1f} img/s")
+
+    step_model.eval()
+
+    @torch.no_grad()
+    def infer_on(x) -> int:
+        with autocast(dev):
+            step_model(normalize(x, dev, channels_last=cuda)).float().cpu()
+        return int(x.shape[0])
+
+    out["predict_model_img_s"] = _timed((x_dev for _ in range(n)), infer_on, dev, warmup)
+    say(f"  predict, model only: {out['predict_model_img_s']:8.1f} img/s")
+    pred_loader = make_loader(root, paths[: n * batch_size], None, size=img_size, batch_size=batch_size,
+                              workers=workers, device=dev)
+    out["predict_e2e_img_s"] = _timed(
+        (torch.sigmoid(logits).tolist() for _idx, logits, _f in infer(step_model, pred_loader, dev)),
+        len, dev, warmup)
+    say(f"  predict, end to end: {out['predict_e2e_img_s']:8.1f} img/s")
+    out["train_ratio"] = out["train_e2e_img_s"] / out["train_model_img_s"]
+    out["predict_ratio"] = out["predict_e2e_img_s"] / out["predict_model_img_s"]
+    out["peak_device_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
+    out["peak_host_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    out["peak_worker_mem_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    for k, v in list(out.items()):
+        if isinstance(v, float):
+            out[k] = round(v, 4 if "ratio" in k else 2)
+    say(f"  ratios end to end / model only: train {out['train_ratio']:.3f}, predict {out['predict_ratio']:.3f}")
+    return out

@@ -1,0 +1,46 @@
+"""`aivh train --nproc 2`: DistributedDataParallel on the CPU with gloo, two processes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from db import queries
+from db.store import session_factory
+from tests.conftest import aivh, write_kaggle
+
+
+def _tinted(root, n: int = 160):
+    """Noise images whose class is a red or a blue tint: learnable in a few epochs from scratch."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        arr = rng.integers(0, 256, (32, 32, 3)).astype(np.float32)
+        arr[..., 0 if i % 2 else 2] += 90
+        name = f"train_data/{i:04d}.jpg"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(root / name, quality=95)
+        rows.append((name, i % 2))
+    return write_kaggle(root, rows, [])
+
+
+def test_two_gloo_processes_train_like_one_and_only_rank_0_writes(workspace, tmp_path):
+    aivh("import", str(_tinted(tmp_path / "tint")), "--name", "tint", env_home=workspace)
+    common = ["train", "--dataset", "tint", "--epochs", "5", "--img-size", "32", "--lr", "2e-3", "--workers",
+              "0", "--val-fraction", "0.25", "--patience", "5", "--seed", "2", "--device", "cpu", "--json"]
+    # the same global batch: one process of 32, or two of 16 with gradients averaged by DDP
+    single = json.loads(aivh(*common, "--batch-size", "32", env_home=workspace).stdout.splitlines()[-1])
+    ddp = json.loads(aivh(*common, "--batch-size", "16", "--nproc", "2", env_home=workspace).stdout.splitlines()[-1])
+    assert single["status"] == ddp["status"] == "succeeded"
+    assert ddp["val_auc"] >= 0.85 and single["val_auc"] >= 0.85
+    assert abs(ddp["val_auc"] - single["val_auc"]) <= 0.1, (single, ddp)
+    with session_factory()() as s:
+        epochs = queries.epochs(s, ddp["run"])
+        assert [e.epoch for e in epochs] == [1, 2, 3, 4, 5]  # one writer: no duplicate epochs
+        run = queries.get_run(s, ddp["run"])
+        assert run.status == "succeeded" and run.pid is None
+        assert len(queries.predictions(s, ddp["run"])) == len(queries.run_image_ids(s, ddp["run"], "val"))
+    log = (workspace / "runs" / str(ddp["run"]) / "log.txt").read_text()
+    assert log.count(" started on ") == 1 and log.count("epoch 5/5") == 1
+    assert (workspace / "runs" / str(ddp["run"]) / "best.pt").is_file()
