@@ -1,7 +1,8 @@
 """`aivh bench`: how much of the model's own speed aivh's data path keeps.
 
 In one process: the model-only training step and inference on uint8 tensors already on the
-device, then end-to-end training and prediction from Kaggle-sized JPEG files through the
+device (measured before and after the end-to-end phase, the faster pass kept), and end-to-end
+training and prediction from Kaggle-sized JPEG files through the
 real loader (decode with JPEG draft mode in worker processes, uint8 to the device,
 normalisation there). Ratios end-to-end / model-only are the figures that matter.
 """
@@ -142,6 +143,11 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     out["train_e2e_img_s"] = _timed(((b[0], b[1]) for _, b in zip(range(n), it)), train_on, dev, warmup)
     del it
     say(f"  train, end to end:  {out['train_e2e_img_s']:8.1f} img/s")
+    # model-only again, after the end-to-end phase: the first phase also pays the allocator's
+    # first-touch page faults, so the faster of the two passes is the model's speed
+    again = _timed(((x_dev, y_dev) for _ in range(n)), train_on, dev, warmup)
+    out["train_model_img_s"] = max(out["train_model_img_s"], again)
+    say(f"  train, model only, second pass: {again:8.1f} img/s")
 
     step_model.eval()
 
@@ -159,6 +165,9 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
         (torch.sigmoid(logits).tolist() for _idx, logits, _f in infer(step_model, pred_loader, dev)),
         len, dev, warmup)
     say(f"  predict, end to end: {out['predict_e2e_img_s']:8.1f} img/s")
+    again = _timed((x_dev for _ in range(n)), infer_on, dev, warmup)
+    out["predict_model_img_s"] = max(out["predict_model_img_s"], again)
+    say(f"  predict, model only, second pass: {again:8.1f} img/s")
     out["train_ratio"] = out["train_e2e_img_s"] / out["train_model_img_s"]
     out["predict_ratio"] = out["predict_e2e_img_s"] / out["predict_model_img_s"]
     out["peak_device_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
