@@ -4,8 +4,9 @@ either the previous file or the new one, never a half-written one."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -33,6 +34,15 @@ def atomic_path(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A CSV with `\\n` line ends (Kaggle's and the team's tools read it alike), written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(path)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -6,7 +6,6 @@ final epoch (`select="last"`), so nothing is chosen on the labels being audited.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import logging
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import Audit, AuditScore, Dataset, Run
 from engine import jobs
-from engine.atomic import atomic_path
+from engine.atomic import write_csv
 from engine.train import TrainConfig
 
 log = logging.getLogger("aivh.audit")
@@ -137,10 +136,6 @@ def score_audit(s: Session, audit_id: int) -> int:
 
 def write_audit_csv(s: Session, audit_id: int, path: Path) -> Path:
     """file_name,given_label,prob,quality,flagged worst first; temporary file + rename."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
-        for row in queries.audit_rows(s, audit_id):
-            w.writerow([row.rel_path, row.given_label, f"{row.prob:.6f}", f"{row.quality:.6f}",
-                        int(row.flagged)])
-    return Path(path)
+    return write_csv(path, CSV_COLUMNS, (
+        [row.rel_path, row.given_label, f"{row.prob:.6f}", f"{row.quality:.6f}", int(row.flagged)]
+        for row in queries.audit_rows(s, audit_id)))

@@ -221,19 +221,14 @@ def cmd_evalset(args) -> None:
 
 
 def cmd_labels_export(args) -> None:
-    import csv
-
-    from engine.atomic import atomic_path
+    from engine.atomic import write_csv
 
     out = Path(args.out)
     with session_factory()() as s:
         rows = queries.label_history_rows(s, queries.get_dataset(s, args.dataset).id)
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["label_id", "file_name", "split", "label", "source", "author", "note", "created_at"])
-        for r in rows:
-            w.writerow([r.id, r.rel_path, r.split, r.label, r.source, r.author or "", r.note or "",
-                        r.created_at.isoformat()])
+    write_csv(out, ["label_id", "file_name", "split", "label", "source", "author", "note", "created_at"],
+              ([r.id, r.rel_path, r.split, r.label, r.source, r.author or "", r.note or "",
+                r.created_at.isoformat()] for r in rows))
     _emit(args, {"path": str(out), "rows": len(rows)}, f"wrote {len(rows)} label rows to {out}")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,11 +41,7 @@ def submission_rows(s: Session, run: Run, threshold: float) -> list[tuple[str, i
 
 def write_submission(rows: list[tuple[str, int]], path: Path) -> None:
     """Through a temporary file in the same folder and a rename: never a half-written CSV."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "label"])
-    writer.writerows(rows)
-    atomic.write_text(path, buf.getvalue())
+    atomic.write_csv(path, ["id", "label"], rows)
 
 
 def validate_submission(path: Path, test_ids: list[str]) -> list[str]:
