@@ -12,6 +12,7 @@ import io
 import os
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,16 @@ def build_dataset(root: Path, n: int) -> Path:
     (root / "test_data_v2").mkdir(exist_ok=True)
     rng = np.random.default_rng(1)
     train_lines, test_lines = [",file_name,label"], ["id"]
-    for i in range(n + n_test):
-        name = f"{'train_data' if i < n else 'test_data_v2'}/{i:032x}.jpg"
-        path = root / name
+    names = [f"{'train_data' if i < n else 'test_data_v2'}/{i:032x}.jpg" for i in range(n + n_test)]
+
+    def write(i: int) -> None:
+        path = root / names[i]
         if not path.exists():
-            path.write_bytes(with_comment(bases[i % len(bases)], name))
+            path.write_bytes(with_comment(bases[i % len(bases)], names[i]))
+
+    with ThreadPoolExecutor(8) as pool:  # file writes release the GIL
+        list(pool.map(write, range(len(names)), chunksize=256))
+    for i, name in enumerate(names):
         if i < n:
             train_lines.append(f"{i},{name},{int(rng.integers(0, 2))}")
         else:
@@ -89,21 +95,30 @@ def _timed(batches, step, device, warmup: int) -> float:
 
 def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | None = None,
               compile: bool = False, steps: int | None = None, warmup: int = 2, workers: int | None = None,
-              data_dir: Path | None = None, progress: bool = True) -> dict:
+              data_dir: Path | None = None, progress: bool = True, decode: str = "auto") -> dict:
     import torch
     from torch import nn
     from torch.utils.data import RandomSampler
 
     from engine.data import normalize
     from engine.model import build_model
-    from engine.predict import autocast, infer, make_loader, prepare, resolve_device
+    from engine.predict import (
+        autocast,
+        default_workers,
+        infer,
+        make_loader,
+        prepare,
+        resolve_decode,
+        resolve_device,
+    )
     from engine.train import train_step
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     batch_size = batch_size or (128 if cuda else 32)
     steps = steps or (30 if cuda else 3)
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    workers = default_workers(cuda) if workers is None else workers
+    decode = resolve_decode(decode, dev)
     n_files = max(256, (warmup + steps) * batch_size)
     root = build_dataset(Path(data_dir or Path.home() / ".cache" / "aivh" / "bench-data"), n_files)
     paths = [f"train_data/{i:032x}.jpg" for i in range(n_files)]
@@ -131,8 +146,9 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
 
     out: dict = {"device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({os.cpu_count()} cores)",
                  "img_size": img_size, "batch_size": batch_size, "compile": compile, "steps": steps,
-                 "workers": workers, "torch": torch.__version__}
-    say(f"bench on {out['device']}: {img_size} px, batch {batch_size}, {steps} timed steps, {workers} workers")
+                 "workers": workers, "decode": decode, "torch": torch.__version__}
+    say(f"bench on {out['device']}: {img_size} px, batch {batch_size}, {steps} timed steps, {workers} workers, "
+        f"prediction decodes on the {'device' if decode == 'device' else 'workers'}")
     step_model.train()
     out["train_model_img_s"] = _timed(((x_dev, y_dev) for _ in range(n)), train_on, dev, warmup)
     say(f"  train, model only:  {out['train_model_img_s']:8.1f} img/s")
@@ -160,7 +176,7 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     out["predict_model_img_s"] = _timed((x_dev for _ in range(n)), infer_on, dev, warmup)
     say(f"  predict, model only: {out['predict_model_img_s']:8.1f} img/s")
     pred_loader = make_loader(root, paths[: n * batch_size], None, size=img_size, batch_size=batch_size,
-                              workers=workers, device=dev)
+                              workers=workers, device=dev, decode=decode)
     out["predict_e2e_img_s"] = _timed(
         (torch.sigmoid(logits).tolist() for _idx, logits, _f in infer(step_model, pred_loader, dev)),
         len, dev, warmup)
@@ -178,3 +194,34 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
             out[k] = round(v, 4 if "ratio" in k else 2)
     say(f"  ratios end to end / model only: train {out['train_ratio']:.3f}, predict {out['predict_ratio']:.3f}")
     return out
+
+
+def run_epoch(n: int, *, device: str = "auto", img_size: int = 300, batch_size: int | None = None,
+              compile: bool = False, workers: int | None = None, data_dir: Path | None = None,
+              progress: bool = True) -> dict:
+    """One full training epoch through aivh's trainer over n generated Kaggle-sized JPEGs:
+    90% trained on, 10% validated (BatchNorm re-estimation and validation included), as
+    `aivh train` does it, without the store."""
+    import tempfile
+
+    from engine.predict import default_workers, resolve_device
+    from engine.train import TrainConfig, TrainData, train
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    root = build_dataset(Path(data_dir or Path.home() / ".cache" / "aivh" / f"bench-data-{n}"), n)
+    paths = [f"train_data/{i:032x}.jpg" for i in range(n)]
+    labels = [i % 2 for i in range(n)]
+    n_val = n // 10
+    cfg = TrainConfig(epochs=1, img_size=img_size, batch_size=batch_size or (128 if cuda else 32),
+                      device=str(dev), compile=compile, workers=default_workers(cuda) if workers is None else workers)
+    data = TrainData(root, paths[n_val:], labels[n_val:], paths[:n_val], labels[:n_val])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        result = train(cfg, data, Path(out), progress=progress)
+    wall = time.perf_counter() - t0
+    ep = result.history[0]
+    return {"epoch_images": n, "epoch_train_images": n - n_val, "epoch_val_images": n_val,
+            "epoch_seconds": round(ep.seconds, 1), "epoch_wall_seconds": round(wall, 1),
+            "epoch_img_s": round(ep.images_per_s, 1), "epoch_workers": cfg.workers,
+            "epoch_batch_size": cfg.batch_size, "epoch_compile": compile}

@@ -119,7 +119,8 @@ def cmd_predict(args) -> None:
     from engine.predict import predict_run
 
     result = predict_run(session_factory(), args.run, args.split, batch_size=args.batch_size,
-                         device=args.device, workers=args.workers, progress=not args.json)
+                         device=args.device, workers=args.workers, progress=not args.json,
+                         decode=args.decode)
     for msg in result.pop("skipped_files"):
         print(f"skipped {msg}", file=sys.stderr)
     _emit(args, result, f"run {args.run}: {result['images']} {args.split} predictions stored "
@@ -249,16 +250,23 @@ def cmd_saliency(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from engine.bench import run_bench
+    from engine.bench import run_bench, run_epoch
 
+    data = Path(args.data).expanduser() if args.data else None
     out = run_bench(device=args.device, img_size=args.img_size, batch_size=args.batch_size,
-                    compile=args.compile, steps=args.steps, workers=args.workers,
-                    data_dir=Path(args.data).expanduser() if args.data else None, progress=not args.json)
+                    compile=args.compile, steps=args.steps, workers=args.workers, data_dir=data,
+                    progress=not args.json, decode=args.decode)
+    if args.epoch:
+        out |= run_epoch(args.epoch, device=args.device, img_size=args.img_size, batch_size=args.batch_size,
+                         compile=args.compile, workers=args.workers,
+                         data_dir=data and data.with_name(f"{data.name}-{args.epoch}"), progress=not args.json)
     _emit(args, out, f"train {out['train_e2e_img_s']} / {out['train_model_img_s']} img/s "
           f"(ratio {out['train_ratio']:.3f}); predict {out['predict_e2e_img_s']} / "
           f"{out['predict_model_img_s']} img/s (ratio {out['predict_ratio']:.3f}); peak host memory "
           f"{out['peak_host_mem_gb']} GB" + (f", device {out['peak_device_mem_gb']} GB"
-                                             if out["peak_device_mem_gb"] is not None else ""))
+                                             if out["peak_device_mem_gb"] is not None else "")
+          + (f"; one epoch over {out['epoch_images']:,} images: {out['epoch_seconds']} s "
+             f"({out['epoch_img_s']} training img/s)" if args.epoch else ""))
 
 
 # ---------------------------------------------------------------- serve / demo
@@ -400,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--device", default="auto")
     c.add_argument("--workers", type=int)
+    c.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
+                   help="where JPEGs are decoded: Pillow in the worker processes, or the model's device "
+                        "(nvJPEG batch decode on CUDA); auto: device on CUDA")
     c.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("export", parents=[common], help="write a Kaggle submission CSV")
@@ -427,7 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 32 on the CPU")
     c.add_argument("--compile", action="store_true", help="torch.compile the model")
     c.add_argument("--steps", type=int, help="timed batches per measurement (default: 30 CUDA, 3 CPU)")
-    c.add_argument("--workers", type=int, help="decoding processes (default: up to 4)")
+    c.add_argument("--workers", type=int, help="decoding processes (default: up to 4 on the CPU, "
+                                               "all cores but one up to 16 with a GPU)")
+    c.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
+                   help="prediction's JPEG decode: Pillow in the workers, or the device (nvJPEG on CUDA)")
+    c.add_argument("--epoch", type=int, metavar="N",
+                   help="also time one full training epoch (trainer, validation included) over N generated "
+                        "Kaggle-sized images, e.g. 80000")
     c.add_argument("--data", help="where the generated Kaggle-sized JPEGs are cached "
                                   "(default ~/.cache/aivh/bench-data)")
     c.set_defaults(func=cmd_bench)

@@ -190,8 +190,9 @@ def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
 # ---------------------------------------------------------------- decoding and transforms
 
 
-def load_rgb(path: Path, size: int) -> Image.Image:
-    """Decode as upright RGB; JPEG draft mode decodes at the smallest scale still >= size.
+def load_rgb(path: Path, size: int, *, draft: bool = True) -> Image.Image:
+    """Decode as upright RGB; JPEG draft mode decodes at the smallest scale still >= size
+    (draft=False for crop mode, whose point is the native resolution).
 
     Any failure (missing, truncated, not an image, larger than the bomb limit) is an
     UnreadableImage naming the file; CMYK, grayscale, palette, alpha, 16-bit and animated
@@ -203,7 +204,7 @@ def load_rgb(path: Path, size: int) -> Image.Image:
             im = Image.open(path)
         if im.width * im.height > MAX_PIXELS:
             raise UnreadableImage(f"{path.name}: image too large: {im.width}x{im.height} pixels")
-        if im.format == "JPEG":
+        if im.format == "JPEG" and draft:
             im.draft("RGB", (size, size))
         im = ImageOps.exif_transpose(im)
         return _to_rgb(im)
@@ -254,41 +255,88 @@ def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random
     return im
 
 
+def jpeg_for_device(path: Path) -> bytes | None:
+    """The file's bytes when the device decoder can take them as they are: an RGB JPEG, upright,
+    whole, within the pixel limit. None when Pillow must decode it (CMYK, grayscale,
+    EXIF-rotated, truncated, any other format): only the header is parsed here."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\xff\xd8" or _truncated(data, "JPEG"):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG" or im.mode != "RGB" or im.width * im.height > MAX_PIXELS:
+                return None
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation other than upright
+                return None
+    except Exception:  # noqa: BLE001 - Pillow's own decode reports it properly
+        return None
+    return data
+
+
+class DeviceBatch:
+    """A batch whose JPEGs are still compressed: decoded on the model's device (nvJPEG on CUDA).
+
+    pixels: uint8 (P, 3, S, S) of the images Pillow decoded (or None); jpegs: the other
+    images' file bytes as 1-D uint8 tensors. Positions and labels list the pixels first.
+    """
+
+    def __init__(self, pixels, jpegs: list):
+        self.pixels, self.jpegs = pixels, jpegs
+
+    def __len__(self) -> int:
+        return (0 if self.pixels is None else len(self.pixels)) + len(self.jpegs)
+
+    def pin_memory(self) -> DeviceBatch:  # DataLoader's pin_memory thread calls this
+        return DeviceBatch(None if self.pixels is None else self.pixels.pin_memory(), self.jpegs)
+
+
 class ImageDataset:
-    """A map-style dataset (torch is imported lazily: `aivh import` never needs it). Yields (uint8 (3, S, S) tensor, label, position) or None for a file that fails to decode."""
+    """A map-style dataset (torch is imported lazily: `aivh import` never needs it).
+
+    Yields (uint8 (3, S, S) tensor, position, label), or (None, position, message) for a file
+    that fails to decode. With raw_jpeg, JPEGs the device can decode come back undecoded, as
+    their bytes in a 1-D uint8 tensor (prediction on CUDA: nvJPEG).
+    """
 
     def __init__(self, root: Path, rel_paths: list[str], labels: list[int] | None, *,
-                 size: int, train: bool, mode: str = "resize", seed: int = 0):
+                 size: int, train: bool, mode: str = "resize", seed: int = 0, raw_jpeg: bool = False):
         self.root, self.rel_paths, self.labels = Path(root), rel_paths, labels
         self.size, self.train, self.mode, self.seed = size, train, mode, seed
+        self.raw_jpeg = raw_jpeg and not train
         self.epoch = 0  # set by the trainer so augmentation differs per epoch but is repeatable
 
     def __len__(self) -> int:
         return len(self.rel_paths)
 
     def __getitem__(self, i: int):
-        rng = random.Random(hash((self.seed, self.epoch, i)))
-        try:
-            im = load_rgb(resolve_inside(self.root, self.rel_paths[i]), self.size)
-            im = transform(im, self.size, train=self.train, mode=self.mode, rng=rng)
-        except Exception as e:  # noqa: BLE001 - a file deleted, replaced or corrupt after import
-            return (None, i, f"{self.rel_paths[i]}: {type(e).__name__}: {e}")
         import torch
 
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        rng = random.Random(hash((self.seed, self.epoch, i)))
         y = float(self.labels[i]) if self.labels is not None else -1.0
+        try:
+            path = resolve_inside(self.root, self.rel_paths[i])
+            if self.raw_jpeg and (data := jpeg_for_device(path)) is not None:
+                return (torch.frombuffer(bytearray(data), dtype=torch.uint8), i, y)
+            im = transform(load_rgb(path, self.size, draft=self.mode != "crop"), self.size, train=self.train, mode=self.mode, rng=rng)
+        except Exception as e:  # noqa: BLE001 - a file deleted, replaced or corrupt after import
+            return (None, i, f"{self.rel_paths[i]}: {type(e).__name__}: {e}")
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
         return (x, i, y)
 
 
 def collate(items):
-    """Stack decodable items; report the others as (position, message)."""
+    """Stack decoded items, keep undecoded JPEGs as a DeviceBatch; report failures as (position, message)."""
     import torch
 
-    good = [it for it in items if it[0] is not None]
+    pixels = [it for it in items if it[0] is not None and it[0].ndim == 3]
+    jpegs = [it for it in items if it[0] is not None and it[0].ndim == 1]
     failed = [(it[1], it[2]) for it in items if it[0] is None]
-    if not good:
+    if not pixels and not jpegs:
         return None, None, None, failed
-    x = torch.stack([it[0] for it in good])  # (B, 3, S, S) uint8
+    stacked = torch.stack([it[0] for it in pixels]) if pixels else None  # (B, 3, S, S) uint8
+    x = DeviceBatch(stacked, [it[0] for it in jpegs]) if jpegs else stacked
+    good = pixels + jpegs
     idx = torch.tensor([it[1] for it in good])
     y = torch.tensor([it[2] for it in good], dtype=torch.float32)
     return x, y, idx, failed

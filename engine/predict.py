@@ -1,16 +1,24 @@
 """Batch inference: a DataLoader of uint8 images in, probabilities out, streamed."""
 from __future__ import annotations
 
+import io
+import os
 import time
+import warnings
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine.data import ImageDataset, collate, normalize
+from engine.data import DeviceBatch, ImageDataset, collate, normalize, transform
+
+DECODES = ("auto", "workers", "device")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -35,10 +43,31 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def default_workers(cuda: bool | None = None) -> int:
+    """Decoding processes: up to 4 on the CPU (they share its cores with the model), all cores
+    but one (at most 16) beside a GPU, whose training step outruns a few Pillow decoders."""
+    cores = os.cpu_count() or 1
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return max(1, min(16, cores - 1)) if cuda else min(4, cores)
+
+
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """Where prediction decodes JPEGs: "workers" (Pillow in the loader's processes) or
+    "device" (the model's device: nvJPEG batch decode on CUDA). "auto": device on CUDA."""
+    if decode not in DECODES:
+        raise ValueError(f"unknown decode {decode!r}: choose one of {', '.join(DECODES)}")
+    if decode == "auto":
+        return "device" if device.type == "cuda" else "workers"
+    return decode
+
+
 def make_loader(root: Path, rel_paths: list[str], labels: list[int] | None, *, size: int,
                 batch_size: int, workers: int, device: torch.device, train: bool = False,
-                mode: str = "resize", seed: int = 0, sampler=None) -> DataLoader:
-    ds = ImageDataset(root, rel_paths, labels, size=size, train=train, mode=mode, seed=seed)
+                mode: str = "resize", seed: int = 0, sampler=None, decode: str = "auto") -> DataLoader:
+    """Training loaders always decode with Pillow (augmentation is done there); prediction
+    loaders hand JPEGs to the device when `decode` resolves to "device"."""
+    raw = not train and resolve_decode(decode, device) == "device"
+    ds = ImageDataset(root, rel_paths, labels, size=size, train=train, mode=mode, seed=seed, raw_jpeg=raw)
     return DataLoader(
         ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=device.type == "cuda", drop_last=train and len(ds) > batch_size,
@@ -46,22 +75,102 @@ def make_loader(root: Path, rel_paths: list[str], labels: list[int] | None, *, s
     )
 
 
+def _fit(img: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, 3, S, S) uint8 as transform(train=False) does it with Pillow:
+    antialiased bicubic (Pillow's kernel), or short side up to S if smaller and a centre crop."""
+    h, w = img.shape[-2:]
+    if mode == "crop":
+        if min(h, w) < size:
+            s = size / min(h, w)
+            h, w = max(size, round(h * s)), max(size, round(w * s))
+            img = _resize(img, h, w)
+        y, x = (h - size) // 2, (w - size) // 2
+        return img[..., y:y + size, x:x + size]
+    return _resize(img, size, size)
+
+
+def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    out = torch.nn.functional.interpolate(img.float(), size=(h, w), mode="bicubic", antialias=True,
+                                          align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decode_on_device(jpegs: list[torch.Tensor], device: torch.device, size: int, mode: str = "resize",
+                     ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """Decode JPEG bytes on the device (nvJPEG on CUDA, libjpeg-turbo on the CPU) and resize there.
+
+    Returns (uint8 (N', 3, S, S) on the device, the kept positions in `jpegs`, (position,
+    message) for each image that failed). A batch the decoder refuses is retried image by image, then with Pillow.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    def dec(items):
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its image IO for TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(items, mode=ImageReadMode.RGB, device=device)
+
+    try:
+        images: list = dec(jpegs)
+    except RuntimeError:
+        images = []
+        for data in jpegs:
+            try:
+                images.append(dec([data])[0])
+            except RuntimeError:
+                images.append(None)
+    errors = []
+    for k, img in enumerate(images):
+        if img is None:  # the device decoder refused it: Pillow, as the workers would
+            try:
+                with Image.open(io.BytesIO(jpegs[k].numpy().tobytes())) as im:
+                    pil = transform(im.convert("RGB"), size, train=False, mode=mode, rng=None)
+                images[k] = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).to(device)
+            except Exception as e:  # noqa: BLE001 - reported with the batch's other failures
+                errors.append((k, f"{type(e).__name__}: {e}".split("\n")[0][:300]))
+    kept = [k for k, img in enumerate(images) if img is not None]
+    by_shape = defaultdict(list)
+    for k in kept:
+        by_shape[tuple(images[k].shape[-2:])].append(k)
+    out = torch.empty(len(kept), 3, size, size, dtype=torch.uint8, device=device)
+    slot = {k: n for n, k in enumerate(kept)}
+    for (h, w), ks in by_shape.items():
+        batch = torch.stack([images[k] for k in ks])
+        out[[slot[k] for k in ks]] = batch if (h, w) == (size, size) else _fit(batch, size, mode)
+    return out, kept, errors
+
+
+def to_device(x, idx: torch.Tensor, device: torch.device, size: int, mode: str,
+              ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+    """A collated batch (uint8 tensor or DeviceBatch) as uint8 on the device, with its positions."""
+    if not isinstance(x, DeviceBatch):
+        return x.to(device, non_blocking=True), idx, []
+    n_pix = 0 if x.pixels is None else len(x.pixels)
+    decoded, kept, errors = decode_on_device(x.jpegs, device, size, mode)
+    parts = [decoded] if x.pixels is None else [x.pixels.to(device, non_blocking=True), decoded]
+    positions = torch.cat([idx[:n_pix], idx[n_pix:][kept]])
+    return torch.cat(parts), positions, [(int(idx[n_pix + k]), msg) for k, msg in errors]
+
+
 @torch.no_grad()
 def infer(model: nn.Module, loader: DataLoader, device: torch.device,
           ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]]:
     """Yields (positions, logits as float32 on the CPU, failed [(position, message)]) per batch."""
     model.eval()
+    ds = loader.dataset
     for x, _y, idx, failed in loader:
         if x is None:
             yield torch.empty(0, dtype=torch.long), torch.empty(0), failed
             continue
+        x, idx, errors = to_device(x, idx, device, ds.size, ds.mode)
+        failed = failed + [(i, f"{ds.rel_paths[i]}: {msg}") for i, msg in errors]
         with autocast(device):
             logits = model(normalize(x, device, channels_last=device.type == "cuda")).squeeze(1)
         yield idx, logits.float().cpu(), failed
 
 
 def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int = 64,
-                device: str = "auto", workers: int | None = None, progress: bool = True) -> dict:
+                device: str = "auto", workers: int | None = None, progress: bool = True,
+                decode: str = "auto") -> dict:
     """Probabilities for a split's images from the run's best checkpoint, streamed into the store.
 
     Each batch is written in its own short transaction, so memory stays flat and a crash
@@ -86,7 +195,7 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
     workers = cfg.get("workers", 2) if workers is None else workers
     loader = make_loader(Path(ds.root), [p for _, p in ims], None, size=cfg["img_size"],
                          batch_size=batch_size, workers=workers, device=dev,
-                         mode=cfg.get("resize_mode", "resize"))
+                         mode=cfg.get("resize_mode", "resize"), decode=decode)
     done, skipped = 0, []
     bar = tqdm(total=len(ims), desc=f"predict {split}", unit="img", disable=not progress,
                mininterval=0.5)

@@ -68,7 +68,7 @@ def for_captum(model: nn.Module) -> nn.Module:
 
 def preprocess(path: Path, size: int, mode: str = "resize") -> tuple[np.ndarray, torch.Tensor]:
     """The exact prediction preprocessing: (H, W, 3) uint8 and the (1, 3, S, S) model input."""
-    im = transform(load_rgb(path, size), size, train=False, mode=mode, rng=None)
+    im = transform(load_rgb(path, size, draft=mode != "crop"), size, train=False, mode=mode, rng=None)
     pixels = np.asarray(im, dtype=np.uint8).copy()
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
     return pixels, normalize(x, torch.device("cpu"))

@@ -5,7 +5,6 @@ It knows nothing of the store: `engine.jobs` ties a run row to it through callba
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,7 +19,7 @@ from engine import metrics
 from engine.atomic import atomic_path
 from engine.data import normalize
 from engine.model import build_model
-from engine.predict import autocast, infer, make_loader, prepare, resolve_device
+from engine.predict import autocast, default_workers, infer, make_loader, prepare, resolve_device
 
 log = logging.getLogger("aivh.train")
 
@@ -37,7 +36,7 @@ class TrainConfig:
     device: str = "auto"  # auto picks CUDA when present
     limit: int | None = None  # train on a stratified subset of this many images
     pretrained: str | None = None  # None, "imagenet" or a local state-dict path
-    workers: int = min(4, os.cpu_count() or 1)  # decoding processes
+    workers: int = field(default_factory=default_workers)  # decoding processes
     compile: bool = False  # torch.compile the model (CUDA; fixed shapes)
     resize_mode: str = "resize"  # resize the whole image, or "crop" at native resolution
     patience: int = 3  # epochs without a better validation F1 before stopping
@@ -156,7 +155,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
                                    sampler=sampler, **loader_args)
     val_loader = make_loader(data.root, data.val_paths, data.val_labels, **loader_args)
     n_bn = min(len(data.train_paths), cfg.bn_batches * cfg.batch_size)
-    bn_loader = make_loader(data.root, data.train_paths[:n_bn], None, **loader_args)
+    bn_loader = make_loader(data.root, data.train_paths[:n_bn], None, decode="workers", **loader_args)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # sized in batches and stepped per batch (the notebook's bug was per-epoch stepping)
     sched = torch.optim.lr_scheduler.OneCycleLR(

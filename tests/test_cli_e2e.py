@@ -42,6 +42,18 @@ def test_import_train_predict_export(workspace, tmp_path):
     pr = _last_json(aivh("predict", "--run", str(tr["run"]), "--split", "test", "--json",
                          env_home=workspace))
     assert (pr["split"], pr["images"]) == ("test", 100)
+    query = text("select image_id, prob from predictions where run_id=:r order by image_id")
+    with db.connect() as c:
+        plain = c.execute(query, {"r": tr["run"]}).all()
+    # the device decode path (nvJPEG on CUDA; torchvision's CPU decoder here) stores nearly the same
+    dev = _last_json(aivh("predict", "--run", str(tr["run"]), "--split", "test", "--decode", "device", "--json",
+                          env_home=workspace))
+    assert (dev["images"], dev["skipped"]) == (100, 0)
+    with db.connect() as c:
+        device = c.execute(query, {"r": tr["run"]}).all()
+    assert [i for i, _ in plain] == [i for i, _ in device]
+    diffs = sorted(abs(a - b) for (_, a), (_, b) in zip(plain, device))
+    assert diffs[-1] < 0.05 and diffs[50] < 0.01, diffs[-5:]
 
     out = tmp_path / "submission.csv"
     ex = _last_json(aivh("export", "--run", str(tr["run"]), "--threshold", "0.5", "--out", str(out),

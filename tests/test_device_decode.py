@@ -1,0 +1,103 @@
+"""Prediction's device decode (nvJPEG on CUDA; here torchvision's CPU decoder, the same code
+path) gives the model the pixels Pillow in the workers gives it, and falls back properly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.bench import base_jpegs
+from engine.data import DeviceBatch, ImageDataset, collate
+from engine.predict import decode_on_device, resolve_decode, to_device
+from tests.conftest import SAMPLE
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Three Kaggle-sized JPEGs (768x512) and four of the sample's 32x32 CIFAKE JPEGs."""
+    root = tmp_path_factory.mktemp("dec")
+    names = []
+    for k, data in enumerate(base_jpegs(3)):
+        (root / f"k{k}.jpg").write_bytes(data)
+        names.append(f"k{k}.jpg")
+    for k, p in enumerate(sorted((SAMPLE / "train_data").iterdir())[:4]):
+        (root / f"c{k}.jpg").write_bytes(p.read_bytes())
+        names.append(f"c{k}.jpg")
+    return root, names
+
+
+def batch_pixels(root, names, size, mode, raw):
+    ds = ImageDataset(root, names, None, size=size, train=False, mode=mode, raw_jpeg=raw)
+    x, _y, idx, failed = collate([ds[i] for i in range(len(names))])
+    x, idx, errors = to_device(x, idx, CPU, size, mode)
+    return x[idx.argsort()].float(), failed + errors
+
+
+@pytest.mark.parametrize("size,mode", [(64, "resize"), (300, "resize"), (64, "crop"), (300, "crop")])
+def test_device_decode_gives_pillows_pixels(images, size, mode):
+    root, names = images
+    ds = ImageDataset(root, names, None, size=size, train=False, mode=mode, raw_jpeg=True)
+    assert all(ds[i][0].ndim == 1 for i in range(len(names)))  # every one went to the device undecoded
+    pil, f1 = batch_pixels(root, names, size, mode, raw=False)
+    dev, f2 = batch_pixels(root, names, size, mode, raw=True)
+    assert not f1 and not f2 and pil.shape == dev.shape == (len(names), 3, size, size)
+    diff = (pil - dev).abs()
+    # rounding and IDCT differences only: under half a grey level on average
+    assert diff.mean() < 0.6, float(diff.mean())
+    assert diff.amax(dim=(1, 2, 3)).max() <= 16
+
+
+def test_crop_mode_decodes_at_native_resolution(images):
+    """Crop mode keeps native pixels: no JPEG draft scaling on either path."""
+    root, names = images
+    pil, _ = batch_pixels(root, names[:3], 64, "crop", raw=False)
+    with Image.open(root / names[0]) as im:
+        w, h = im.size
+        native = np.asarray(im.convert("RGB").crop(((w - 64) // 2, (h - 64) // 2, (w + 64) // 2, (h + 64) // 2)))
+    assert np.abs(pil[0].permute(1, 2, 0).numpy() - native).max() == 0
+
+
+def _save(path, img: Image.Image, **kw) -> str:
+    img.save(path, **kw)
+    return path.name
+
+
+def test_what_the_device_cannot_take_is_decoded_by_pillow_and_failures_are_named(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    names = [_save(tmp_path / "cmyk.jpg", rgb.convert("CMYK"), format="JPEG"),
+             _save(tmp_path / "gray.jpg", rgb.convert("L"), format="JPEG"),
+             _save(tmp_path / "rotated.jpg", rgb, format="JPEG", exif=exif),
+             _save(tmp_path / "png.jpg", rgb, format="PNG"),
+             _save(tmp_path / "plain.jpg", rgb, format="JPEG")]
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "plain.jpg").read_bytes()[:300])
+    names.append("cut.jpg")
+    ds = ImageDataset(tmp_path, names, None, size=32, train=False, raw_jpeg=True)
+    items = [ds[i] for i in range(len(names))]
+    assert [it[0] is not None and it[0].ndim for it in items] == [3, 3, 3, 3, 1, False]
+    pil, f1 = batch_pixels(tmp_path, names, 32, "resize", raw=False)
+    dev, f2 = batch_pixels(tmp_path, names, 32, "resize", raw=True)
+    assert [p for p, _ in f1] == [p for p, _ in f2] == [5] and "cut.jpg" in f2[0][1]
+    assert torch.equal(pil[:4], dev[:4])  # Pillow decoded those on both paths
+    assert (pil[4] - dev[4]).abs().mean() < 1.0
+
+
+def test_a_jpeg_the_decoder_refuses_is_reported_and_the_rest_of_the_batch_kept():
+    good = torch.frombuffer(bytearray(base_jpegs(1, size=(64, 48))[0]), dtype=torch.uint8)
+    bad = torch.frombuffer(bytearray(b"\xff\xd8\xff\xdb" + bytes(200) + b"\xff\xd9"), dtype=torch.uint8)
+    out, kept, errors = decode_on_device([good, bad, good], CPU, 32)
+    assert kept == [0, 2] and out.shape == (2, 3, 32, 32) and [k for k, _ in errors] == [1]
+    x, idx, errs = to_device(DeviceBatch(None, [good, bad, good]), torch.tensor([7, 8, 9]), CPU, 32, "resize")
+    assert x.shape == (2, 3, 32, 32) and idx.tolist() == [7, 9] and errs[0][0] == 8
+
+
+def test_decode_choice():
+    assert resolve_decode("auto", CPU) == "workers"
+    assert resolve_decode("auto", torch.device("cuda")) == "device"
+    with pytest.raises(ValueError, match="unknown decode"):
+        resolve_decode("gpu", CPU)
