@@ -56,7 +56,8 @@ def pixels(root, names, device, size, decode) -> torch.Tensor:
     loader = make_loader(root, names, None, size=size, batch_size=len(names), workers=0, device=device,
                          decode=decode)
     x, _y, idx, _failed = next(iter(loader))
-    x, idx, _ = to_device(x, idx, device, size, "resize")
+    x, rows, _ = to_device(x, device, size, "resize")
+    idx = idx if rows is None else idx[rows]
     return x[idx.argsort()].float().cpu()
 
 

@@ -12,7 +12,7 @@ out=${1:-gpu-results}
 ck=${2:-}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-aivh() { python3 -m engine.cli "$@"; }
+
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2
   shift 2
@@ -25,9 +25,9 @@ step() {  # step NAME SECONDS COMMAND...
   python3 -c 'import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)'
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
-step bench_eager 120 aivh bench --json --data /tmp/aivh-bench
+step bench_eager 120 python3 -m engine.cli bench --json --data /tmp/aivh-bench
 step decode_check 90 python3 benchmarks/decode_check.py --json ${ck:+--checkpoint "$ck"}
 step saliency 60 python3 benchmarks/saliency_speed.py --device cuda --img-size 300 --json
-step epoch_80k 240 aivh bench --json --steps 5 --data /tmp/aivh-bench --epoch 80000
-step bench_workers_decode 90 aivh bench --json --decode workers --data /tmp/aivh-bench
-step bench_compile 240 aivh bench --json --compile --data /tmp/aivh-bench
+step epoch_80k 240 python3 -m engine.cli bench --json --steps 5 --data /tmp/aivh-bench --epoch 80000
+step bench_workers_decode 90 python3 -m engine.cli bench --json --decode workers --data /tmp/aivh-bench
+step bench_compile 240 python3 -m engine.cli bench --json --compile --data /tmp/aivh-bench

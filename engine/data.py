@@ -231,6 +231,30 @@ def _short_side_to(im: Image.Image, size: int) -> Image.Image:
     return im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
 
 
+def random_box(w: int, h: int, rng: random.Random) -> tuple[int, int, int, int]:
+    """The mild random-resized crop of training: most of the image, its aspect kept."""
+    scale = rng.uniform(0.7, 1.0)
+    cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
+    x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    return x, y, x + cw, y + ch
+
+
+def device_plan(w: int, h: int, size: int, *, train: bool, mode: str, rng: random.Random) -> tuple | None:
+    """What transform() would do to a w x h image, for the device to do after decoding:
+    (x0, y0, x1, y1, flip, planned), planned=0 for prediction's whole-image fit. None when
+    Pillow must do it (crop mode on an image smaller than the crop)."""
+    if not train:
+        return (0, 0, w, h, 0, 0)
+    if mode == "crop":
+        if min(w, h) < size:
+            return None
+        x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+        box = (x, y, x + size, y + size)
+    else:
+        box = random_box(w, h, rng)
+    return (*box, int(rng.random() < 0.5), 1)
+
+
 def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random.Random) -> Image.Image:
     """Resize (whole image) or crop (native resolution, keeps generator traces)."""
     if mode == "crop":
@@ -242,12 +266,7 @@ def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random
             x, y = (w - size) // 2, (h - size) // 2
         im = im.crop((x, y, x + size, y + size))
     elif train:
-        # mild random-resized crop: keeps most of the image and its aspect
-        w, h = im.size
-        scale = rng.uniform(0.7, 1.0)
-        cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        im = im.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+        im = im.resize((size, size), Image.BICUBIC, box=random_box(*im.size, rng))
     else:
         im = im.resize((size, size), Image.BICUBIC)
     if train and rng.random() < 0.5:
@@ -255,7 +274,7 @@ def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random
     return im
 
 
-def jpeg_for_device(path: Path) -> bytes | None:
+def jpeg_for_device(path: Path) -> tuple[bytes, int, int] | None:
     """The file's bytes when the device decoder can take them as they are: an RGB JPEG, upright,
     whole, within the pixel limit. None when Pillow must decode it (CMYK, grayscale,
     EXIF-rotated, truncated, any other format): only the header is parsed here."""
@@ -269,41 +288,45 @@ def jpeg_for_device(path: Path) -> bytes | None:
                 return None
             if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation other than upright
                 return None
+            w, h = im.size
     except Exception:  # noqa: BLE001 - Pillow's own decode reports it properly
         return None
-    return data
+    return data, w, h
 
 
 class DeviceBatch:
     """A batch whose JPEGs are still compressed: decoded on the model's device (nvJPEG on CUDA).
 
     pixels: uint8 (P, 3, S, S) of the images Pillow decoded (or None); jpegs: the other
-    images' file bytes as 1-D uint8 tensors. Positions and labels list the pixels first.
+    images' file bytes as 1-D uint8 tensors; plans: per JPEG, device_plan()'s crop box and
+    flip. Positions and labels list the pixels first.
     """
 
-    def __init__(self, pixels, jpegs: list):
+    def __init__(self, pixels, jpegs: list, plans: list | None = None):
         self.pixels, self.jpegs = pixels, jpegs
+        self.plans = plans if plans is not None else [None] * len(jpegs)
 
     def __len__(self) -> int:
         return (0 if self.pixels is None else len(self.pixels)) + len(self.jpegs)
 
     def pin_memory(self) -> DeviceBatch:  # DataLoader's pin_memory thread calls this
-        return DeviceBatch(None if self.pixels is None else self.pixels.pin_memory(), self.jpegs)
+        return DeviceBatch(None if self.pixels is None else self.pixels.pin_memory(), self.jpegs, self.plans)
 
 
 class ImageDataset:
     """A map-style dataset (torch is imported lazily: `aivh import` never needs it).
 
     Yields (uint8 (3, S, S) tensor, position, label), or (None, position, message) for a file
-    that fails to decode. With raw_jpeg, JPEGs the device can decode come back undecoded, as
-    their bytes in a 1-D uint8 tensor (prediction on CUDA: nvJPEG).
+    that fails to decode. With raw_jpeg, JPEGs the device can decode come back undecoded:
+    (their bytes as a 1-D uint8 tensor, position, label, device_plan()) (CUDA: nvJPEG, with
+    the same augmentation done on the GPU).
     """
 
     def __init__(self, root: Path, rel_paths: list[str], labels: list[int] | None, *,
                  size: int, train: bool, mode: str = "resize", seed: int = 0, raw_jpeg: bool = False):
         self.root, self.rel_paths, self.labels = Path(root), rel_paths, labels
         self.size, self.train, self.mode, self.seed = size, train, mode, seed
-        self.raw_jpeg = raw_jpeg and not train
+        self.raw_jpeg = raw_jpeg
         self.epoch = 0  # set by the trainer so augmentation differs per epoch but is repeatable
 
     def __len__(self) -> int:
@@ -316,8 +339,12 @@ class ImageDataset:
         y = float(self.labels[i]) if self.labels is not None else -1.0
         try:
             path = resolve_inside(self.root, self.rel_paths[i])
-            if self.raw_jpeg and (data := jpeg_for_device(path)) is not None:
-                return (torch.frombuffer(bytearray(data), dtype=torch.uint8), i, y)
+            if self.raw_jpeg and (found := jpeg_for_device(path)) is not None:
+                data, w, h = found
+                plan = device_plan(w, h, self.size, train=self.train, mode=self.mode, rng=rng)
+                if plan is not None:
+                    return (torch.frombuffer(bytearray(data), dtype=torch.uint8), i, y, plan)
+                rng = random.Random(hash((self.seed, self.epoch, i)))  # Pillow draws afresh
             im = transform(load_rgb(path, self.size, draft=self.mode != "crop"), self.size, train=self.train, mode=self.mode, rng=rng)
         except Exception as e:  # noqa: BLE001 - a file deleted, replaced or corrupt after import
             return (None, i, f"{self.rel_paths[i]}: {type(e).__name__}: {e}")
@@ -329,13 +356,13 @@ def collate(items):
     """Stack decoded items, keep undecoded JPEGs as a DeviceBatch; report failures as (position, message)."""
     import torch
 
-    pixels = [it for it in items if it[0] is not None and it[0].ndim == 3]
-    jpegs = [it for it in items if it[0] is not None and it[0].ndim == 1]
+    pixels = [it for it in items if it[0] is not None and len(it) == 3]
+    jpegs = [it for it in items if len(it) == 4]
     failed = [(it[1], it[2]) for it in items if it[0] is None]
     if not pixels and not jpegs:
         return None, None, None, failed
     stacked = torch.stack([it[0] for it in pixels]) if pixels else None  # (B, 3, S, S) uint8
-    x = DeviceBatch(stacked, [it[0] for it in jpegs]) if jpegs else stacked
+    x = DeviceBatch(stacked, [it[0] for it in jpegs], [it[3] for it in jpegs]) if jpegs else stacked
     good = pixels + jpegs
     idx = torch.tensor([it[1] for it in good])
     y = torch.tensor([it[2] for it in good], dtype=torch.float32)

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine.data import DeviceBatch, ImageDataset, collate, normalize, transform
+from engine.data import DeviceBatch, ImageDataset, collate, normalize
 
 DECODES = ("auto", "workers", "device")
 
@@ -52,8 +52,8 @@ def default_workers(cuda: bool | None = None) -> int:
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
-    """Where prediction decodes JPEGs: "workers" (Pillow in the loader's processes) or
-    "device" (the model's device: nvJPEG batch decode on CUDA). "auto": device on CUDA."""
+    """Where JPEGs are decoded: "workers" (Pillow in the loader's processes) or "device" (the
+    model's device: nvJPEG batch decode on CUDA). "auto": device on CUDA."""
     if decode not in DECODES:
         raise ValueError(f"unknown decode {decode!r}: choose one of {', '.join(DECODES)}")
     if decode == "auto":
@@ -64,9 +64,9 @@ def resolve_decode(decode: str, device: torch.device) -> str:
 def make_loader(root: Path, rel_paths: list[str], labels: list[int] | None, *, size: int,
                 batch_size: int, workers: int, device: torch.device, train: bool = False,
                 mode: str = "resize", seed: int = 0, sampler=None, decode: str = "auto") -> DataLoader:
-    """Training loaders always decode with Pillow (augmentation is done there); prediction
-    loaders hand JPEGs to the device when `decode` resolves to "device"."""
-    raw = not train and resolve_decode(decode, device) == "device"
+    """With `decode` resolving to "device", workers only read JPEGs (and, for training, draw
+    the augmentation); decoding, resizing and flipping happen on the device (to_device)."""
+    raw = resolve_decode(decode, device) == "device"
     ds = ImageDataset(root, rel_paths, labels, size=size, train=train, mode=mode, seed=seed, raw_jpeg=raw)
     return DataLoader(
         ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
@@ -96,13 +96,17 @@ def _resize(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def decode_on_device(jpegs: list[torch.Tensor], device: torch.device, size: int, mode: str = "resize",
-                     ) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+                     plans: list | None = None) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
     """Decode JPEG bytes on the device (nvJPEG on CUDA, libjpeg-turbo on the CPU) and resize there.
 
-    Returns (uint8 (N', 3, S, S) on the device, the kept positions in `jpegs`, (position,
-    message) for each image that failed). A batch the decoder refuses is retried image by image, then with Pillow.
+    plans: per image, data.device_plan()'s crop box and flip (training's augmentation), or
+    None for prediction's whole-image fit. Returns (uint8 (N', 3, S, S) on the device, the
+    kept positions in `jpegs`, (position, message) for each image that failed). A batch the
+    decoder refuses is retried image by image, then with Pillow.
     """
     from torchvision.io import ImageReadMode, decode_jpeg
+
+    plans = plans if plans is not None else [None] * len(jpegs)
 
     def dec(items):
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its image IO for TorchCodec
@@ -123,49 +127,89 @@ def decode_on_device(jpegs: list[torch.Tensor], device: torch.device, size: int,
         if img is None:  # the device decoder refused it: Pillow, as the workers would
             try:
                 with Image.open(io.BytesIO(jpegs[k].numpy().tobytes())) as im:
-                    pil = transform(im.convert("RGB"), size, train=False, mode=mode, rng=None)
-                images[k] = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1).to(device)
+                    images[k] = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(
+                        2, 0, 1).to(device)
             except Exception as e:  # noqa: BLE001 - reported with the batch's other failures
                 errors.append((k, f"{type(e).__name__}: {e}".split("\n")[0][:300]))
     kept = [k for k, img in enumerate(images) if img is not None]
-    by_shape = defaultdict(list)
-    for k in kept:
-        by_shape[tuple(images[k].shape[-2:])].append(k)
     out = torch.empty(len(kept), 3, size, size, dtype=torch.uint8, device=device)
     slot = {k: n for n, k in enumerate(kept)}
+    by_shape = defaultdict(list)  # whole-image fits, batched per input shape
+    for k in kept:
+        plan = plans[k]
+        if plan is None or not plan[5]:
+            by_shape[tuple(images[k].shape[-2:])].append(k)
+            continue
+        x0, y0, x1, y1, flip, _ = plan
+        crop = images[k][None, :, y0:y1, x0:x1]
+        crop = crop if crop.shape[-2:] == (size, size) else _resize(crop, size, size)
+        out[slot[k]] = crop[0].flip(-1) if flip else crop[0]
     for (h, w), ks in by_shape.items():
         batch = torch.stack([images[k] for k in ks])
         out[[slot[k] for k in ks]] = batch if (h, w) == (size, size) else _fit(batch, size, mode)
     return out, kept, errors
 
 
-def to_device(x, idx: torch.Tensor, device: torch.device, size: int, mode: str,
-              ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
-    """A collated batch (uint8 tensor or DeviceBatch) as uint8 on the device, with its positions."""
+_streams: dict = {}
+
+
+def to_device(x, device: torch.device, size: int, mode: str,
+              ) -> tuple[torch.Tensor, list[int] | None, list[tuple[int, str]]]:
+    """A collated batch (uint8 tensor or DeviceBatch) as uint8 on the device.
+
+    Returns it, the rows of the batch it holds (None: all of them, in order) and
+    (row, message) for rows that failed to decode. On CUDA the decode runs on a side
+    stream, so the host's share of it overlaps the model's work already queued.
+    """
     if not isinstance(x, DeviceBatch):
-        return x.to(device, non_blocking=True), idx, []
+        return x.to(device, non_blocking=True), None, []
     n_pix = 0 if x.pixels is None else len(x.pixels)
-    decoded, kept, errors = decode_on_device(x.jpegs, device, size, mode)
+    if device.type == "cuda":
+        side = _streams.setdefault(device, torch.cuda.Stream(device))
+        with torch.cuda.stream(side):
+            decoded, kept, errors = decode_on_device(x.jpegs, device, size, mode, x.plans)
+        main = torch.cuda.current_stream(device)
+        main.wait_stream(side)
+        decoded.record_stream(main)
+    else:
+        decoded, kept, errors = decode_on_device(x.jpegs, device, size, mode, x.plans)
     parts = [decoded] if x.pixels is None else [x.pixels.to(device, non_blocking=True), decoded]
-    positions = torch.cat([idx[:n_pix], idx[n_pix:][kept]])
-    return torch.cat(parts), positions, [(int(idx[n_pix + k]), msg) for k, msg in errors]
+    rows = list(range(n_pix)) + [n_pix + k for k in kept]
+    return torch.cat(parts), (None if len(rows) == len(x) else rows), [(n_pix + k, m) for k, m in errors]
 
 
 @torch.no_grad()
 def infer(model: nn.Module, loader: DataLoader, device: torch.device,
           ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]]:
-    """Yields (positions, logits as float32 on the CPU, failed [(position, message)]) per batch."""
+    """Yields (positions, logits as float32 on the CPU, failed [(position, message)]) per batch.
+
+    Pipelined: batch k+1 is fetched, decoded and queued on the device before batch k's
+    logits are copied back, so the device does not wait for the host between batches.
+    """
     model.eval()
     ds = loader.dataset
+    pending = None
     for x, _y, idx, failed in loader:
         if x is None:
-            yield torch.empty(0, dtype=torch.long), torch.empty(0), failed
-            continue
-        x, idx, errors = to_device(x, idx, device, ds.size, ds.mode)
-        failed = failed + [(i, f"{ds.rel_paths[i]}: {msg}") for i, msg in errors]
-        with autocast(device):
-            logits = model(normalize(x, device, channels_last=device.type == "cuda")).squeeze(1)
-        yield idx, logits.float().cpu(), failed
+            out = (torch.empty(0, dtype=torch.long), None, failed)
+        else:
+            x, rows, errors = to_device(x, device, ds.size, ds.mode)
+            failed = failed + [(int(idx[r]), f"{ds.rel_paths[int(idx[r])]}: {m}") for r, m in errors]
+            if rows is not None:
+                idx = idx[rows]
+            with autocast(device):
+                logits = model(normalize(x, device, channels_last=device.type == "cuda")).squeeze(1)
+            out = (idx, logits, failed)
+        if pending is not None:
+            yield _finish(pending)
+        pending = out
+    if pending is not None:
+        yield _finish(pending)
+
+
+def _finish(batch) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+    idx, logits, failed = batch
+    return idx, torch.empty(0) if logits is None else logits.float().cpu(), failed
 
 
 def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int = 64,

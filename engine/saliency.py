@@ -126,7 +126,7 @@ def attribute(model: nn.Module, x: torch.Tensor, settings: Settings) -> tuple[np
             x, sliding_window_shapes=(3, w, w), strides=(3, stride, stride), baselines=0.0,
             perturbations_per_eval=s.batch).abs()
     heat = attr.detach().float().sum(dim=1)[0].clamp_min(0)  # (H, W)
-    return heat.numpy().astype(np.float32), delta
+    return heat.cpu().numpy().astype(np.float32), delta
 
 
 def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode: str = "resize",

@@ -19,7 +19,7 @@ from engine import metrics
 from engine.atomic import atomic_path
 from engine.data import normalize
 from engine.model import build_model
-from engine.predict import autocast, default_workers, infer, make_loader, prepare, resolve_device
+from engine.predict import autocast, default_workers, infer, make_loader, prepare, resolve_device, to_device
 
 log = logging.getLogger("aivh.train")
 
@@ -44,6 +44,7 @@ class TrainConfig:
     # "best": keep the epoch with the best validation F1 and stop early; "last": keep the final
     # epoch and run them all (audit folds: nothing is chosen on the held-out fold's labels)
     select: str = "best"
+    decode: str = "auto"  # JPEG decode: "workers" (Pillow), "device" (nvJPEG on CUDA); auto: device on CUDA
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -140,7 +141,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     torch.manual_seed(cfg.seed)
     model = prepare(build_model(None if resume else cfg.pretrained), device)
     loader_args = {"size": cfg.img_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
-                   "device": device, "mode": cfg.resize_mode, "seed": cfg.seed}
+                   "device": device, "mode": cfg.resize_mode, "seed": cfg.seed, "decode": cfg.decode}
     sampler_gen = torch.Generator()
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
@@ -155,7 +156,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
                                    sampler=sampler, **loader_args)
     val_loader = make_loader(data.root, data.val_paths, data.val_labels, **loader_args)
     n_bn = min(len(data.train_paths), cfg.bn_batches * cfg.batch_size)
-    bn_loader = make_loader(data.root, data.train_paths[:n_bn], None, decode="workers", **loader_args)
+    bn_loader = make_loader(data.root, data.train_paths[:n_bn], None, **loader_args)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # sized in batches and stepped per batch (the notebook's bug was per-epoch stepping)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -260,6 +261,7 @@ def _recalibrate_bn(model: nn.Module, loader, device) -> None:
         bn.train()
     for x, _y, _idx, _failed in loader:
         if x is not None:
+            x = to_device(x, device, loader.dataset.size, loader.dataset.mode)[0]
             with autocast(device):
                 model(normalize(x, device, channels_last=device.type == "cuda"))
     for bn, momentum in zip(bns, saved):
@@ -297,23 +299,33 @@ def train_step(model, x, y, opt, loss_fn, device) -> torch.Tensor:
 
 def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, progress):
     model.train()
-    total, seen, skipped = 0.0, 0, 0
+    ds = loader.dataset
+    total = torch.zeros((), device=device)  # summed on the device: no host sync per batch
+    seen, skipped, shown = 0, 0, float("nan")
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
                leave=False, mininterval=0.5)
-    for b, (x, y, _idx, failed) in enumerate(bar, 1):
+    for b, (x, y, idx, failed) in enumerate(bar, 1):
         skipped += len(failed)
         for _pos, msg in failed:
             log.warning("skipped %s", msg)
         if x is not None:
-            loss = train_step(model, x, y, opt, loss_fn, device)
-            total += loss.item() * y.numel()
-            seen += y.numel()
+            x, rows, errors = to_device(x, device, ds.size, ds.mode)
+            for r, msg in errors:
+                skipped += 1
+                log.warning("skipped %s: %s", ds.rel_paths[int(idx[r])], msg)
+            y = y if rows is None else y[rows]
+            if len(y):
+                loss = train_step(model, x, y, opt, loss_fn, device)
+                total += loss.float() * y.numel()
+                seen += y.numel()
         sched.step()
+        if b % 20 == 0 or b == len(loader):  # the loss shown is read back now and then
+            shown = total.item() / max(seen, 1)
         ips = seen / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", img_s=f"{ips:.1f}")
+        bar.set_postfix(loss=f"{shown:.4f}", img_s=f"{ips:.1f}")
         cb.on_batch(epoch, b, len(loader), ips)
-    return total / max(seen, 1), seen, skipped
+    return total.item() / max(seen, 1), seen, skipped
 
 
 def _validate(model, loader, device, val_y, loss_fn, on_batch) -> tuple[np.ndarray, float, int]:

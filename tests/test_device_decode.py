@@ -29,11 +29,13 @@ def images(tmp_path_factory):
     return root, names
 
 
-def batch_pixels(root, names, size, mode, raw):
-    ds = ImageDataset(root, names, None, size=size, train=False, mode=mode, raw_jpeg=raw)
+def batch_pixels(root, names, size, mode, raw, train=False):
+    ds = ImageDataset(root, names, None, size=size, train=train, mode=mode, raw_jpeg=raw, seed=3)
     x, _y, idx, failed = collate([ds[i] for i in range(len(names))])
-    x, idx, errors = to_device(x, idx, CPU, size, mode)
-    return x[idx.argsort()].float(), failed + errors
+    x, rows, errors = to_device(x, CPU, size, mode)
+    failed = failed + [(int(idx[r]), m) for r, m in errors]
+    idx = idx if rows is None else idx[rows]
+    return x[idx.argsort()].float(), failed
 
 
 @pytest.mark.parametrize("size,mode", [(64, "resize"), (300, "resize"), (64, "crop"), (300, "crop")])
@@ -48,6 +50,19 @@ def test_device_decode_gives_pillows_pixels(images, size, mode):
     # rounding and IDCT differences only: under half a grey level on average
     assert diff.mean() < 0.6, float(diff.mean())
     assert diff.amax(dim=(1, 2, 3)).max() <= 16
+
+
+@pytest.mark.parametrize("size,mode", [(300, "resize"), (64, "crop")])
+def test_training_augmentation_on_the_device_is_pillows(images, size, mode):
+    """Workers draw the random crop and flip exactly as transform() would; the device applies them."""
+    root, names = images
+    kaggle = names[:3]  # 768x512: no draft scaling at 300 px, so both paths draw the same box
+    pil, f1 = batch_pixels(root, kaggle, size, mode, raw=False, train=True)
+    dev, f2 = batch_pixels(root, kaggle, size, mode, raw=True, train=True)
+    assert not f1 and not f2
+    plain, _ = batch_pixels(root, kaggle, size, mode, raw=False, train=False)
+    assert (pil - plain).abs().mean() > 5  # augmentation did something
+    assert (pil - dev).abs().mean() < 0.6, float((pil - dev).abs().mean())
 
 
 def test_crop_mode_decodes_at_native_resolution(images):
@@ -92,8 +107,8 @@ def test_a_jpeg_the_decoder_refuses_is_reported_and_the_rest_of_the_batch_kept()
     bad = torch.frombuffer(bytearray(b"\xff\xd8\xff\xdb" + bytes(200) + b"\xff\xd9"), dtype=torch.uint8)
     out, kept, errors = decode_on_device([good, bad, good], CPU, 32)
     assert kept == [0, 2] and out.shape == (2, 3, 32, 32) and [k for k, _ in errors] == [1]
-    x, idx, errs = to_device(DeviceBatch(None, [good, bad, good]), torch.tensor([7, 8, 9]), CPU, 32, "resize")
-    assert x.shape == (2, 3, 32, 32) and idx.tolist() == [7, 9] and errs[0][0] == 8
+    x, rows, errs = to_device(DeviceBatch(None, [good, bad, good]), CPU, 32, "resize")
+    assert x.shape == (2, 3, 32, 32) and rows == [0, 2] and [r for r, _ in errs] == [1]
 
 
 def test_decode_choice():
@@ -101,3 +116,18 @@ def test_decode_choice():
     assert resolve_decode("auto", torch.device("cuda")) == "device"
     with pytest.raises(ValueError, match="unknown decode"):
         resolve_decode("gpu", CPU)
+
+
+def test_training_with_device_decode(tmp_path):
+    """The trainer takes DeviceBatches: decode, augmentation, BatchNorm re-estimation and
+    validation all through the device path, every image seen."""
+    from engine.train import TrainConfig, TrainData, train
+
+    rows = [line.split(",") for line in (SAMPLE / "train.csv").read_text().splitlines()[1:61]]
+    paths, labels = [r[1] for r in rows], [int(r[2]) for r in rows]
+    cfg = TrainConfig(epochs=1, img_size=32, batch_size=8, workers=0, decode="device", bn_batches=2)
+    result = train(cfg, TrainData(SAMPLE, paths[:48], labels[:48], paths[48:], labels[48:]), tmp_path,
+                   progress=False)
+    ep = result.history[0]
+    assert ep.skipped == 0 and np.isfinite(ep.train_loss) and np.isfinite(ep.val_loss)
+    assert np.isfinite(result.best_val_probs).all() and len(result.best_val_probs) == 12
