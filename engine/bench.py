@@ -123,6 +123,7 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     batch_size = batch_size or (128 if cuda else 32)
     steps = steps or (30 if cuda else 3)
     workers = default_workers(cuda) if workers is None else workers
+    train_decode = resolve_decode(decode, dev, train=True)
     decode = resolve_decode(decode, dev)
     n_files = max(256, (warmup + steps) * batch_size)
     root = build_dataset(Path(data_dir or Path.home() / ".cache" / "aivh" / "bench-data"), n_files)
@@ -152,15 +153,15 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
 
     out: dict = {"device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({os.cpu_count()} cores)",
                  "img_size": img_size, "batch_size": batch_size, "compile": compile, "steps": steps,
-                 "workers": workers, "decode": decode, "torch": torch.__version__}
+                 "workers": workers, "decode": decode, "train_decode": train_decode, "torch": torch.__version__}
     say(f"bench on {out['device']}: {img_size} px, batch {batch_size}, {steps} timed steps, {workers} workers, "
-        f"JPEGs decoded by the {'device' if decode == 'device' else 'workers'}")
+        f"JPEGs decoded by the {train_decode} (training) and the {decode} (prediction)")
     step_model.train()
     out["train_model_img_s"] = _timed(((x_dev, y_dev) for _ in range(n)), train_on, dev, warmup)
     say(f"  train, model only:  {out['train_model_img_s']:8.1f} img/s")
     loader = make_loader(root, paths, labels, size=img_size, batch_size=batch_size, workers=workers,
                          device=dev, train=True, sampler=RandomSampler(range(n_files), generator=gen),
-                         decode=decode)
+                         decode=train_decode)
     step_model.train()
     it = iter(loader)
     out["train_e2e_img_s"] = _timed(((b[0], b[1]) for _, b in zip(range(n), it)), train_on, dev, warmup)

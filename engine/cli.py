@@ -46,7 +46,7 @@ def cmd_import(args) -> None:
 
 
 TRAIN_FLAGS = ("epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
-               "pretrained", "workers", "compile", "resize_mode", "patience")
+               "pretrained", "workers", "compile", "resize_mode", "patience", "decode")
 
 
 def _given(args) -> dict:
@@ -361,7 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu or cuda (auto)")
     t.add_argument("--limit", type=int, help="train on a stratified subset of N images")
     t.add_argument("--pretrained", help="PATH of a torchvision B3 state dict, or 'imagenet'")
-    t.add_argument("--workers", type=int, help="decoding processes (up to 4)")
+    t.add_argument("--workers", type=int, help="decoding processes (up to 4 on the CPU; all cores but one, "
+                                               "up to 16, with a GPU)")
+    t.add_argument("--decode", choices=("auto", "workers", "device"),
+                   help="JPEG decode: Pillow in the workers, or the device (nvJPEG on CUDA, augmentation on "
+                        "the GPU); auto: workers for training, device for validation on CUDA")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--resize-mode", choices=("resize", "crop"), help="(resize)")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (3)")
@@ -441,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, help="decoding processes (default: up to 4 on the CPU, "
                                                "all cores but one up to 16 with a GPU)")
     c.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
-                   help="prediction's JPEG decode: Pillow in the workers, or the device (nvJPEG on CUDA)")
+                   help="JPEG decode: Pillow in the workers, or the device (nvJPEG on CUDA); auto: device "
+                        "for prediction on CUDA, workers for training")
     c.add_argument("--epoch", type=int, metavar="N",
                    help="also time one full training epoch (trainer, validation included) over N generated "
                         "Kaggle-sized images, e.g. 80000")

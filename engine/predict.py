@@ -51,13 +51,15 @@ def default_workers(cuda: bool | None = None) -> int:
     return max(1, min(16, cores - 1)) if cuda else min(4, cores)
 
 
-def resolve_decode(decode: str, device: torch.device) -> str:
+def resolve_decode(decode: str, device: torch.device, *, train: bool = False) -> str:
     """Where JPEGs are decoded: "workers" (Pillow in the loader's processes) or "device" (the
-    model's device: nvJPEG batch decode on CUDA). "auto": device on CUDA."""
+    model's device: nvJPEG batch decode on CUDA). "auto": device for prediction on CUDA, else
+    workers. Training keeps the workers unless told: on an H200 with 16 cores they kept 87-91%
+    of the model-only step, device decode 79% (docs/benchmarks.md)."""
     if decode not in DECODES:
         raise ValueError(f"unknown decode {decode!r}: choose one of {', '.join(DECODES)}")
     if decode == "auto":
-        return "device" if device.type == "cuda" else "workers"
+        return "device" if device.type == "cuda" and not train else "workers"
     return decode
 
 
@@ -66,7 +68,7 @@ def make_loader(root: Path, rel_paths: list[str], labels: list[int] | None, *, s
                 mode: str = "resize", seed: int = 0, sampler=None, decode: str = "auto") -> DataLoader:
     """With `decode` resolving to "device", workers only read JPEGs (and, for training, draw
     the augmentation); decoding, resizing and flipping happen on the device (to_device)."""
-    raw = resolve_decode(decode, device) == "device"
+    raw = resolve_decode(decode, device, train=train) == "device"
     ds = ImageDataset(root, rel_paths, labels, size=size, train=train, mode=mode, seed=seed, raw_jpeg=raw)
     return DataLoader(
         ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,

@@ -44,7 +44,9 @@ class TrainConfig:
     # "best": keep the epoch with the best validation F1 and stop early; "last": keep the final
     # epoch and run them all (audit folds: nothing is chosen on the held-out fold's labels)
     select: str = "best"
-    decode: str = "auto"  # JPEG decode: "workers" (Pillow), "device" (nvJPEG on CUDA); auto: device on CUDA
+    # JPEG decode: "workers" (Pillow) or "device" (nvJPEG on CUDA); auto: device for validation
+    # on CUDA, workers for training (see engine.predict.resolve_decode)
+    decode: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
