@@ -85,7 +85,8 @@ def _timed(batches, step, device, warmup: int, lag: int = 0) -> float:
     """images/s over the batches after `warmup` ones (compilation, worker start-up, caches).
 
     lag: batches a pipelined source has already computed when it hands one over (infer()
-    yields batch k after queuing k+1); those are not counted, so the figure errs low."""
+    yields batch k after queuing k + 1): the first `lag` after the clock starts are not counted.
+    The source must hold more batches than are taken, or the last hand-over comes free."""
     seen, t0 = 0, None
     for n, batch in enumerate(batches):
         if n == warmup:
@@ -121,11 +122,11 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     batch_size = batch_size or (128 if cuda else 32)
-    steps = steps or (30 if cuda else 3)
+    steps = steps or (30 if cuda else 6)
     workers = default_workers(cuda) if workers is None else workers
     train_decode = resolve_decode(decode, dev, train=True)
     decode = resolve_decode(decode, dev)
-    n_files = max(256, (warmup + steps) * batch_size)
+    n_files = max(256, (warmup + steps + 1) * batch_size)  # + 1: see the prediction phase
     root = build_dataset(Path(data_dir or Path.home() / ".cache" / "aivh" / "bench-data"), n_files)
     paths = [f"train_data/{i:032x}.jpg" for i in range(n_files)]
     labels = [i % 2 for i in range(n_files)]
@@ -183,10 +184,12 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
 
     out["predict_model_img_s"] = _timed((x_dev for _ in range(n)), infer_on, dev, warmup)
     say(f"  predict, model only: {out['predict_model_img_s']:8.1f} img/s")
-    pred_loader = make_loader(root, paths[: n * batch_size], None, size=img_size, batch_size=batch_size,
+    # infer() hands batch k over once k + 1 is queued: with n + 1 batches in the loader and n
+    # taken, every batch counted after the clock starts was computed after it started
+    pred_loader = make_loader(root, paths[: (n + 1) * batch_size], None, size=img_size, batch_size=batch_size,
                               workers=workers, device=dev, decode=decode)
     out["predict_e2e_img_s"] = _timed(
-        (torch.sigmoid(logits).tolist() for _idx, logits, _f in infer(step_model, pred_loader, dev)),
+        (torch.sigmoid(logits).tolist() for _, (_idx, logits, _f) in zip(range(n), infer(step_model, pred_loader, dev))),
         len, dev, warmup, lag=1)
     say(f"  predict, end to end: {out['predict_e2e_img_s']:8.1f} img/s")
     again = _timed((x_dev for _ in range(n)), infer_on, dev, warmup)
