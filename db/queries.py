@@ -98,6 +98,14 @@ def images(s: Session, dataset_id: int, split: str | None = None, *, ok_only: bo
     return list(s.scalars(q.order_by(Image.split, Image.csv_row)))
 
 
+def image_paths(s: Session, dataset_id: int, split: str | None = None) -> list[tuple[int, str]]:
+    """(id, rel_path) of the readable images, in images()'s order: no ORM object per image."""
+    q = select(Image.id, Image.rel_path).where(Image.dataset_id == dataset_id, Image.status == "ok")
+    if split is not None:
+        q = q.where(Image.split == split)
+    return [(i, p) for i, p in s.execute(q.order_by(Image.split, Image.csv_row))]
+
+
 def count_images(s: Session, dataset_id: int, split: str) -> int:
     q = select(func.count(Image.id)).where(Image.dataset_id == dataset_id, Image.split == split,
                                            Image.status == "ok")

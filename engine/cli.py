@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu or cuda (auto)")
     t.add_argument("--limit", type=int, help="train on a stratified subset of N images")
     t.add_argument("--pretrained", help="PATH of a torchvision B3 state dict, or 'imagenet'")
-    t.add_argument("--workers", type=int, help="decoding processes (up to 4 on the CPU; all cores but one, "
-                                               "up to 16, with a GPU)")
+    t.add_argument("--workers", type=int, help="decoding processes (half the cores up to 4 on the CPU; all cores "
+                                               "but one, up to 16, with a GPU)")
     t.add_argument("--decode", choices=("auto", "workers", "device"),
                    help="JPEG decode: Pillow in the workers, or the device (nvJPEG on CUDA, augmentation on "
                         "the GPU); auto: workers for training, device for validation on CUDA")
@@ -442,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 32 on the CPU")
     c.add_argument("--compile", action="store_true", help="torch.compile the model")
     c.add_argument("--steps", type=int, help="timed batches per measurement (default: 30 CUDA, 6 CPU)")
-    c.add_argument("--workers", type=int, help="decoding processes (default: up to 4 on the CPU, "
-                                               "all cores but one up to 16 with a GPU)")
+    c.add_argument("--workers", type=int, help="decoding processes (default: half the cores up to 4 on the "
+                                               "CPU, all cores but one up to 16 with a GPU)")
     c.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
                    help="JPEG decode: Pillow in the workers, or the device (nvJPEG on CUDA); auto: device "
                         "for prediction on CUDA, workers for training")

@@ -44,11 +44,12 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def default_workers(cuda: bool | None = None) -> int:
-    """Decoding processes: up to 4 on the CPU (they share its cores with the model), all cores
-    but one (at most 16) beside a GPU, whose training step outruns a few Pillow decoders."""
+    """Decoding processes: half the cores, up to 4, on the CPU (the model needs the other
+    half: on 2 cores one worker kept 96% of the training step, two 76%, docs/benchmarks.md);
+    all cores but one (at most 16) beside a GPU, whose training step outruns a few decoders."""
     cores = os.cpu_count() or 1
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    return max(1, min(16, cores - 1)) if cuda else min(4, cores)
+    return max(1, min(16, cores - 1)) if cuda else max(1, min(4, cores // 2))
 
 
 def resolve_decode(decode: str, device: torch.device, *, train: bool = False) -> str:
@@ -257,12 +258,12 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
 
 
 def _split_images(s, run, split: str) -> list[tuple[int, str]]:
+    """(image id, path) to predict: plain tuples, so 80,000 images cost a few MB, not ORM objects."""
     from db import queries
 
     if split in ("test", "all"):
-        ims = queries.images(s, run.dataset_id, None if split == "all" else "test")
-        return [(im.id, im.rel_path) for im in ims]
+        return queries.image_paths(s, run.dataset_id, None if split == "all" else "test")
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}: test, val, train or all")
     ids = set(queries.run_image_ids(s, run.id, split))
-    return [(im.id, im.rel_path) for im in queries.images(s, run.dataset_id, "train") if im.id in ids]
+    return [(i, p) for i, p in queries.image_paths(s, run.dataset_id, "train") if i in ids]
