@@ -239,6 +239,11 @@ def random_box(w: int, h: int, rng: random.Random) -> tuple[int, int, int, int]:
     return x, y, x + cw, y + ch
 
 
+def random_origin(w: int, h: int, size: int, rng: random.Random) -> tuple[int, int]:
+    """Top-left corner of crop mode's random size x size training crop."""
+    return rng.randint(0, w - size), rng.randint(0, h - size)
+
+
 def device_plan(w: int, h: int, size: int, *, train: bool, mode: str, rng: random.Random) -> tuple | None:
     """What transform() would do to a w x h image, for the device to do after decoding:
     (x0, y0, x1, y1, flip, planned), planned=0 for prediction's whole-image fit. None when
@@ -248,7 +253,7 @@ def device_plan(w: int, h: int, size: int, *, train: bool, mode: str, rng: rando
     if mode == "crop":
         if min(w, h) < size:
             return None
-        x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+        x, y = random_origin(w, h, size, rng)
         box = (x, y, x + size, y + size)
     else:
         box = random_box(w, h, rng)
@@ -261,7 +266,7 @@ def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random
         im = _short_side_to(im, size)
         w, h = im.size
         if train:
-            x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+            x, y = random_origin(w, h, size, rng)
         else:
             x, y = (w - size) // 2, (h - size) // 2
         im = im.crop((x, y, x + size, y + size))
@@ -313,6 +318,13 @@ class DeviceBatch:
         return DeviceBatch(None if self.pixels is None else self.pixels.pin_memory(), self.jpegs, self.plans)
 
 
+def to_chw(im: Image.Image):
+    """An RGB Pillow image as a uint8 (3, H, W) tensor."""
+    import torch
+
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 class ImageDataset:
     """A map-style dataset (torch is imported lazily: `aivh import` never needs it).
 
@@ -332,24 +344,26 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.rel_paths)
 
+    def _rng(self, i: int) -> random.Random:
+        """Augmentation draws for item i: repeatable per (seed, epoch, item)."""
+        return random.Random(hash((self.seed, self.epoch, i)))
+
     def __getitem__(self, i: int):
         import torch
 
-        rng = random.Random(hash((self.seed, self.epoch, i)))
         y = float(self.labels[i]) if self.labels is not None else -1.0
         try:
             path = resolve_inside(self.root, self.rel_paths[i])
             if self.raw_jpeg and (found := jpeg_for_device(path)) is not None:
                 data, w, h = found
-                plan = device_plan(w, h, self.size, train=self.train, mode=self.mode, rng=rng)
+                plan = device_plan(w, h, self.size, train=self.train, mode=self.mode, rng=self._rng(i))
                 if plan is not None:
                     return (torch.frombuffer(bytearray(data), dtype=torch.uint8), i, y, plan)
-                rng = random.Random(hash((self.seed, self.epoch, i)))  # Pillow draws afresh
+            rng = self._rng(i)  # Pillow draws the same numbers afresh
             im = transform(load_rgb(path, self.size, draft=self.mode != "crop"), self.size, train=self.train, mode=self.mode, rng=rng)
         except Exception as e:  # noqa: BLE001 - a file deleted, replaced or corrupt after import
             return (None, i, f"{self.rel_paths[i]}: {type(e).__name__}: {e}")
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return (x, i, y)
+        return (to_chw(im), i, y)
 
 
 def collate(items):

@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine.data import DeviceBatch, ImageDataset, collate, normalize
+from engine.data import DeviceBatch, ImageDataset, collate, normalize, to_chw
 
 DECODES = ("auto", "workers", "device")
 
@@ -130,8 +129,7 @@ def decode_on_device(jpegs: list[torch.Tensor], device: torch.device, size: int,
         if img is None:  # the device decoder refused it: Pillow, as the workers would
             try:
                 with Image.open(io.BytesIO(jpegs[k].numpy().tobytes())) as im:
-                    images[k] = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(
-                        2, 0, 1).to(device)
+                    images[k] = to_chw(im.convert("RGB")).to(device)
             except Exception as e:  # noqa: BLE001 - reported with the batch's other failures
                 errors.append((k, f"{type(e).__name__}: {e}".split("\n")[0][:300]))
     kept = [k for k, img in enumerate(images) if img is not None]
