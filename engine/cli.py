@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--img-size", type=int, default=300)
     c.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 32 on the CPU")
     c.add_argument("--compile", action="store_true", help="torch.compile the model")
-    c.add_argument("--steps", type=int, help="timed batches per measurement (default: 30 CUDA, 6 CPU)")
+    c.add_argument("--steps", type=int, help="timed training batches per measurement (default: 30 CUDA, 6 CPU); prediction times 3x as many")
     c.add_argument("--workers", type=int, help="decoding processes (default: half the cores up to 4 on the "
                                                "CPU, all cores but one up to 16 with a GPU)")
     c.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
