@@ -39,7 +39,7 @@ class TrainConfig:
     workers: int = field(default_factory=default_workers)  # decoding processes
     compile: bool = False  # torch.compile the model (CUDA; fixed shapes)
     resize_mode: str = "resize"  # resize the whole image, or "crop" at native resolution
-    patience: int = 3  # epochs without a better validation F1 before stopping
+    patience: int = 3  # epochs without a better validation epoch (F1, AUC, loss) before stopping
     bn_batches: int = 20  # training batches that re-estimate BatchNorm statistics before validation
     # "best": keep the epoch with the best validation F1 and stop early; "last": keep the final
     # epoch and run them all (audit folds: nothing is chosen on the held-out fold's labels)
@@ -239,9 +239,12 @@ def _save_checkpoints(out_dir: Path, model, opt, sched, cfg: TrainConfig, result
                     out_dir / "best.pt")
 
 
-def _rank(e: EpochResult) -> tuple[float, float]:
-    """Best checkpoint by validation F1 (at its best threshold), ties broken by AUC."""
-    return (e.val_best_f1, -1.0 if np.isnan(e.val_auc) else e.val_auc)
+def _rank(e: EpochResult) -> tuple[float, float, float]:
+    """Best checkpoint by validation F1 (at its best threshold), ties broken by AUC, then by
+    the lower validation loss: once F1 and AUC saturate (an easy or small validation set),
+    the first perfect epoch is not the best one, the most confident is."""
+    return (e.val_best_f1, -1.0 if np.isnan(e.val_auc) else e.val_auc,
+            -np.inf if np.isnan(e.val_loss) else -e.val_loss)
 
 
 @torch.no_grad()

@@ -64,3 +64,16 @@ def test_limit_takes_a_stratified_subset():
     keys, strata = _data()
     train, val = split_images(keys, strata, val_fraction=0.25, seed=0, limit=100)
     assert len(train) + len(val) == 100 and sum(strata[i] for i in train + val) == 25
+
+
+def test_best_epoch_is_f1_then_auc_then_the_lower_validation_loss():
+    from engine.train import EpochResult, _rank
+
+    def epoch(n, f1, auc, loss):
+        return EpochResult(n, 0.1, loss, f1, f1, 0.5, auc, 1e-3, 1.0, 1.0, 0)
+
+    saturated = [epoch(1, 1.0, 1.0, 0.42), epoch(2, 1.0, 1.0, 0.01), epoch(3, 1.0, 1.0, 0.05)]
+    assert max(saturated, key=_rank).epoch == 2  # first perfect epoch is not the most confident
+    assert max([epoch(1, 0.9, 0.95, 0.1), epoch(2, 0.91, 0.90, 0.5)], key=_rank).epoch == 2  # F1 first
+    assert max([epoch(1, 0.9, 0.95, 0.5), epoch(2, 0.9, 0.90, 0.1)], key=_rank).epoch == 1  # then AUC
+    assert max([epoch(1, 0.9, 0.9, float("nan")), epoch(2, 0.9, 0.9, 3.0)], key=_rank).epoch == 2
