@@ -64,28 +64,22 @@ def _train_config(args):
 
 def cmd_train(args) -> None:
     from engine import jobs
-    from engine.train import TrainConfig
 
     sessions = session_factory()
-    if args.resume is not None:
-        with sessions.begin() as s:
-            jobs.check_resumable(s, args.resume)
-        run_id = args.resume
+    launched = jobs.torchrun_rank()  # (rank, world) under torchrun, else None
+    if launched is not None and args.nproc > 1:
+        raise UsageError("--nproc starts its own processes; under torchrun, leave it out")
+    if launched is None:
+        run_id = _train_run_id(args, sessions)
     else:
-        with sessions.begin() as s:
-            if args.like is not None:
-                dataset = queries.get_dataset(s, args.dataset) if args.dataset else None
-                run = jobs.create_like_run(s, args.like, _given(args), dataset)
-                _check_config(TrainConfig.from_dict(run.config))
-            elif args.dataset:
-                run = jobs.create_run(s, queries.get_dataset(s, args.dataset), _train_config(args))
-            else:
-                raise UsageError("train needs --dataset NAME, --like RUN or --resume RUN")
-            run_id = run.id
-        print(f"run {run_id}: {home() / 'runs' / str(run_id)}"
-              + (f" (config of run {args.like}, current labels)" if args.like else ""), file=sys.stderr)
+        run_id = jobs.join_torchrun(lambda: _train_run_id(args, sessions))
+        if launched[0] != 0:  # the other ranks only train; rank 0 reports
+            jobs.execute_torchrun_rank(run_id, resume=args.resume is not None)
+            return
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    if args.nproc > 1:
+    if launched is not None:
+        run = jobs.execute_torchrun_rank(run_id, resume=args.resume is not None, progress=not args.json)
+    elif args.nproc > 1:
         run = jobs.execute_distributed(run_id, args.nproc, resume=args.resume is not None,
                                        progress=not args.json)
     else:
@@ -101,6 +95,30 @@ def cmd_train(args) -> None:
     _emit(args, payload, f"run {run_id} {run.status}: best epoch {run.best_epoch}, "
           f"val F1@0.5 {payload['val_f1']}, best F1 {payload['val_best_f1']} at "
           f"{payload['best_threshold']}, AUC {payload['val_auc']}\ncheckpoint {run.checkpoint}")
+
+
+def _train_run_id(args, sessions) -> int:
+    """The run `aivh train` works on: the one to resume, or a new queued one."""
+    from engine import jobs
+    from engine.train import TrainConfig
+
+    if args.resume is not None:
+        with sessions.begin() as s:
+            jobs.check_resumable(s, args.resume)
+        return args.resume
+    with sessions.begin() as s:
+        if args.like is not None:
+            dataset = queries.get_dataset(s, args.dataset) if args.dataset else None
+            run = jobs.create_like_run(s, args.like, _given(args), dataset)
+            _check_config(TrainConfig.from_dict(run.config))
+        elif args.dataset:
+            run = jobs.create_run(s, queries.get_dataset(s, args.dataset), _train_config(args))
+        else:
+            raise UsageError("train needs --dataset NAME, --like RUN or --resume RUN")
+        run_id = run.id
+    print(f"run {run_id}: {home() / 'runs' / str(run_id)}"
+          + (f" (config of run {args.like}, current labels)" if args.like else ""), file=sys.stderr)
+    return run_id
 
 
 def _check_config(cfg) -> None:
@@ -376,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--like", type=int, metavar="RUN",
                    help="copy RUN's config (flags given here override) and train on the current labels")
     c.add_argument("--nproc", type=int, default=1,
-                   help="DistributedDataParallel processes (one per GPU; on the CPU, gloo shares the cores)")
+                   help="DistributedDataParallel processes (one per GPU; on the CPU, gloo shares the cores); "
+                        "or launch `torchrun --nproc-per-node N $(which aivh) train ...` instead")
     c.set_defaults(func=cmd_train)
 
     c = sub.add_parser("audit", parents=[common, training],

@@ -213,26 +213,95 @@ def execute_distributed(run_id: int, nproc: int, *, resume: bool = False, progre
 
 
 def _rank_main(rank: int, run_id: int, world: int, resume: bool, progress: bool, cuda: bool) -> None:
+    import torch.distributed as dist
+
+    _join_group(rank, world, rank, world, cuda)
+    try:
+        _train_rank(run_id, rank, resume, progress)
+    finally:
+        dist.destroy_process_group()
+
+
+def _join_group(rank: int, world: int, local_rank: int, local_world: int, cuda: bool) -> None:
+    """NCCL with one GPU per process on CUDA; gloo on the CPU, this machine's cores shared out."""
     import torch
     import torch.distributed as dist
 
     if cuda:
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+
+
+def _train_rank(run_id: int, rank: int, resume: bool, progress: bool) -> Run | None:
+    """Rank 0 is the run's process of record (store, heartbeat, checkpoints); the others train."""
+    if rank == 0:
+        return execute(run_id, resume=resume, progress=progress)
+    with session_factory()() as s:
+        run = queries.get_run(s, run_id)
+        cfg = TrainConfig.from_dict(run.config)
+        data, _, _ = _train_data(s, run)
+    last = run_dir(run_id) / "last.pt"
+    train(cfg, data, run_dir(run_id), None, resume=last if resume else None, progress=False)
+    return None
+
+
+def torchrun_rank() -> tuple[int, int] | None:
+    """(rank, world size) when this process was started by torchrun with more than one
+    process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if "TORCHELASTIC_RUN_ID" not in os.environ or world < 2:
+        return None
+    return int(os.environ["RANK"]), world
+
+
+def join_torchrun(make_run) -> int:
+    """Under torchrun: join the process group; rank 0 calls make_run() (a new or resumed run's
+    id) and fixes its split before the others read it; every rank gets the id. A failure on
+    rank 0 is raised there and, as a one-line error naming it, on the others."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = torchrun_rank() or (0, 1)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    _join_group(rank, world, int(os.environ.get("LOCAL_RANK", rank)), local_world, torch.cuda.is_available())
+    box: list = [None, None]
+    error = None
+    if rank == 0:
+        try:
+            run_id = make_run()
+            with session_factory().begin() as s:
+                _train_data(s, queries.get_run(s, run_id))
+            box = [run_id, None]
+        except Exception as e:  # noqa: BLE001 - told to every rank, then raised here
+            error, box = e, [None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is None:
+        dist.destroy_process_group()
+        if error is not None:
+            raise error
+        raise RuntimeError(f"rank 0 could not start the run: {box[1]}")
+    return int(box[0])
+
+
+def execute_torchrun_rank(run_id: int, *, resume: bool = False, progress: bool = True) -> Run | None:
+    """This torchrun process's share of the run (after join_torchrun); rank 0 returns the run."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
     try:
+        _train_rank(run_id, rank, resume, progress and rank == 0)
+    except Exception as e:
         if rank == 0:
-            execute(run_id, resume=resume, progress=progress)
-        else:
-            with session_factory()() as s:
-                run = queries.get_run(s, run_id)
-                cfg = TrainConfig.from_dict(run.config)
-                data, _, _ = _train_data(s, run)
-            last = run_dir(run_id) / "last.pt"
-            train(cfg, data, run_dir(run_id), None, resume=last if resume else None, progress=False)
+            raise
+        raise RuntimeError(f"run {run_id}: rank {rank} failed: {e}") from e
     finally:
         dist.destroy_process_group()
+    if rank == 0:
+        with session_factory()() as s:
+            return queries.get_run(s, run_id)
+    return None
 
 
 def _alive(pid: int | None) -> bool:

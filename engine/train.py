@@ -138,8 +138,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     cb = callbacks or Callbacks()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+    if world > 1 and device.type == "cuda":  # each rank set its GPU (torch.cuda.set_device)
+        device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(cfg.seed)
     model = prepare(build_model(None if resume else cfg.pretrained), device)
     loader_args = {"size": cfg.img_size, "batch_size": cfg.batch_size, "workers": cfg.workers,

@@ -106,12 +106,13 @@ def tiny_dataset(tmp_path) -> Path:
     return write_kaggle(root, train, test)
 
 
-def aivh(*args: str, env_home: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real command line, as a user runs it."""
+def aivh(*args: str, env_home: Path, check: bool = True, timeout: float = 600,
+         launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """The real command line, as a user runs it (launcher: e.g. torchrun's module and flags)."""
     env = {**os.environ, "AIVH_HOME": str(env_home)}
     if not env.get("AIVH_DB_URL", "").startswith("postgresql"):
         env.pop("AIVH_DB_URL", None)  # the workspace's own SQLite store
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *args], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, *launcher, "-m", "engine.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"aivh {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

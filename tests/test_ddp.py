@@ -1,4 +1,5 @@
-"""`aivh train --nproc 2`: DistributedDataParallel on the CPU with gloo, two processes."""
+"""`aivh train --nproc 2` and `torchrun ... aivh train`: DistributedDataParallel on the CPU with
+gloo, two processes."""
 from __future__ import annotations
 
 import json
@@ -44,3 +45,29 @@ def test_two_gloo_processes_train_like_one_and_only_rank_0_writes(workspace, tmp
     log = (workspace / "runs" / str(ddp["run"]) / "log.txt").read_text()
     assert log.count(" started on ") == 1 and log.count("epoch 5/5") == 1
     assert (workspace / "runs" / str(ddp["run"]) / "best.pt").is_file()
+
+
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+
+
+def test_torchrun_launch_makes_one_run_written_by_rank_0(workspace, tmp_path):
+    aivh("import", str(_tinted(tmp_path / "tint")), "--name", "tint", env_home=workspace)
+    proc = aivh("train", "--dataset", "tint", "--epochs", "3", "--img-size", "32", "--lr", "2e-3",
+                "--workers", "0", "--val-fraction", "0.25", "--patience", "3", "--seed", "2",
+                "--device", "cpu", "--batch-size", "16", "--json", env_home=workspace, launcher=TORCHRUN)
+    payloads = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(payloads) == 1 and payloads[0]["status"] == "succeeded", proc.stdout  # rank 0 reports
+    assert payloads[0]["val_auc"] >= 0.85, payloads
+    with session_factory()() as s:
+        assert [r.id for r in queries.list_runs(s)] == [payloads[0]["run"]]  # one run, not one per process
+        assert [e.epoch for e in queries.epochs(s, payloads[0]["run"])] == [1, 2, 3]
+    log = (workspace / "runs" / str(payloads[0]["run"]) / "log.txt").read_text()
+    assert log.count(" started on ") == 1 and log.count("epoch 3/3") == 1
+
+
+def test_torchrun_failure_on_rank_0_is_one_clear_error_on_every_rank(workspace):
+    proc = aivh("train", "--dataset", "nosuch", "--device", "cpu", env_home=workspace,
+                launcher=TORCHRUN, check=False, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("aivh: error: no dataset named 'nosuch'") == 1, proc.stderr[-2000:]
+    assert "rank 0 could not start the run: no dataset named 'nosuch'" in proc.stderr, proc.stderr[-2000:]
