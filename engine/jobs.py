@@ -234,17 +234,17 @@ def _join_group(rank: int, world: int, local_rank: int, local_world: int, cuda: 
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
 
 
-def _train_rank(run_id: int, rank: int, resume: bool, progress: bool) -> Run | None:
+def _train_rank(run_id: int, rank: int, resume: bool, progress: bool) -> None:
     """Rank 0 is the run's process of record (store, heartbeat, checkpoints); the others train."""
     if rank == 0:
-        return execute(run_id, resume=resume, progress=progress)
+        execute(run_id, resume=resume, progress=progress)
+        return
     with session_factory()() as s:
         run = queries.get_run(s, run_id)
         cfg = TrainConfig.from_dict(run.config)
         data, _, _ = _train_data(s, run)
     last = run_dir(run_id) / "last.pt"
     train(cfg, data, run_dir(run_id), None, resume=last if resume else None, progress=False)
-    return None
 
 
 def torchrun_rank() -> tuple[int, int] | None:
