@@ -21,6 +21,12 @@ class UsageError(Exception):
     """A clear one-line problem with what the user asked for."""
 
 
+def error_line(e: BaseException) -> str:
+    """What `aivh: error:` prints for an exception: its first line, or its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _emit(args, payload: dict | list, text: str) -> None:
     if args.json:
         print(json.dumps(payload, default=str))
@@ -72,7 +78,7 @@ def cmd_train(args) -> None:
     if launched is None:
         run_id = _train_run_id(args, sessions)
     else:
-        run_id = jobs.join_torchrun(lambda: _train_run_id(args, sessions))
+        run_id = jobs.join_torchrun(*launched, lambda: _train_run_id(args, sessions))
         if launched[0] != 0:  # the other ranks only train; rank 0 reports
             jobs.execute_torchrun_rank(run_id, resume=args.resume is not None)
             return
@@ -496,8 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except known as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"aivh: error: {msg}", file=sys.stderr)
+        print(f"aivh: error: {error_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("aivh: interrupted", file=sys.stderr)

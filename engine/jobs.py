@@ -256,14 +256,15 @@ def torchrun_rank() -> tuple[int, int] | None:
     return int(os.environ["RANK"]), world
 
 
-def join_torchrun(make_run) -> int:
+def join_torchrun(rank: int, world: int, make_run) -> int:
     """Under torchrun: join the process group; rank 0 calls make_run() (a new or resumed run's
     id) and fixes its split before the others read it; every rank gets the id. A failure on
     rank 0 is raised there and, as a one-line error naming it, on the others."""
     import torch
     import torch.distributed as dist
 
-    rank, world = torchrun_rank() or (0, 1)
+    from engine.cli import error_line
+
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     _join_group(rank, world, int(os.environ.get("LOCAL_RANK", rank)), local_world, torch.cuda.is_available())
     box: list = [None, None]
@@ -275,7 +276,7 @@ def join_torchrun(make_run) -> int:
                 _train_data(s, queries.get_run(s, run_id))
             box = [run_id, None]
         except Exception as e:  # noqa: BLE001 - told to every rank, then raised here
-            error, box = e, [None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__]
+            error, box = e, [None, error_line(e)]
     dist.broadcast_object_list(box, src=0)
     if box[0] is None:
         dist.destroy_process_group()
