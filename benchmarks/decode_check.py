@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.bench import build_dataset
-from engine.data import normalize
+from engine.data import ImageDataset, collate, normalize
 from engine.model import build_model, load_trained
 from engine.predict import decode_on_device, infer, make_loader, prepare, to_device
 from engine.train import _recalibrate_bn
@@ -31,11 +31,11 @@ from engine.train import _recalibrate_bn
 SAMPLE = Path(__file__).resolve().parents[1] / "engine" / "sample"
 
 
-def predictions(model, root, names, device, size, decode, workers) -> torch.Tensor:
+def predictions(model, root, names, device, size, decode, workers, ahead=None) -> torch.Tensor:
     loader = make_loader(root, names, None, size=size, batch_size=64, workers=workers, device=device,
                          decode=decode)
     out = torch.full((len(names),), float("nan"))
-    for idx, logits, failed in infer(model, loader, device):
+    for idx, logits, failed in infer(model, loader, device, ahead=ahead):
         assert not failed, failed
         out[idx] = torch.sigmoid(logits)
     return out
@@ -52,10 +52,11 @@ def fp32_predictions(model, root, names, device, size, workers) -> torch.Tensor:
     return out
 
 
-def pixels(root, names, device, size, decode) -> torch.Tensor:
-    loader = make_loader(root, names, None, size=size, batch_size=len(names), workers=0, device=device,
-                         decode=decode)
-    x, _y, idx, _failed = next(iter(loader))
+def pixels(root, names, device, size, decode, train=False) -> torch.Tensor:
+    """One batch of model input through one decode path; train=True: training's random crop and
+    flip, drawn by the same seeded generator on both paths."""
+    ds = ImageDataset(root, names, None, size=size, train=train, seed=7, raw_jpeg=decode == "device")
+    x, _y, idx, _failed = collate([ds[i] for i in range(len(names))])
     x, rows, _ = to_device(x, device, size, "resize")
     idx = idx if rows is None else idx[rows]
     return x[idx.argsort()].float().cpu()
@@ -92,6 +93,10 @@ def main() -> None:
             diff = (a - b).abs()
             pw = predictions(model, root, names, dev, size, "workers", args.workers)
             pd = predictions(model, root, names, dev, size, "device", args.workers)
+            pd0 = predictions(model, root, names, dev, size, "device", args.workers, ahead=0)
+            ta = pixels(root, names[:128], dev, size, "workers", train=True)
+            tb = pixels(root, names[:128], dev, size, "device", train=True)
+            tdiff = (ta - tb).abs()
             p32 = fp32_predictions(model, root, names, dev, size, args.workers) if dev.type == "cuda" else None
             out[name] = {"images": len(names),
                          "pixel_mean_abs_diff": round(float(diff.mean()), 4),
@@ -100,6 +105,9 @@ def main() -> None:
                          "prob_std_across_images": round(float(pw.std()), 5),
                          "prob_max_abs_diff_device_vs_workers": round(float((pw - pd).abs().max()), 5),
                          "prob_mean_abs_diff_device_vs_workers": round(float((pw - pd).abs().mean()), 5),
+                         "prob_max_abs_diff_decoded_ahead_vs_in_series": round(float((pd - pd0).abs().max()), 6),
+                         "train_augmented_pixel_mean_abs_diff": round(float(tdiff.mean()), 4),
+                         "train_augmented_pixel_max_abs_diff": float(tdiff.max()),
                          "prob_mean_abs_diff_bf16_vs_fp32": None if p32 is None else round(float((pw - p32).abs().mean()), 5),
                          "prob_max_abs_diff_bf16_vs_fp32": None if p32 is None else round(float((pw - p32).abs().max()), 5)}
         # device decode + resize alone, batches of 128 Kaggle-sized JPEGs
@@ -115,6 +123,20 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         out["device_decode_resize_img_s"] = round(reps * len(data) / (time.perf_counter() - t0), 1)
+        # the same with training's random crop, resize and flip (one batched resample)
+        import random
+
+        from engine.data import device_plan
+        plans = [device_plan(768, 512, size, train=True, mode="resize", rng=random.Random(i)) for i in range(128)]
+        decode_on_device(data, dev, size, plans=plans)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            decode_on_device(data, dev, size, plans=plans)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        out["device_decode_train_augment_img_s"] = round(reps * len(data) / (time.perf_counter() - t0), 1)
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU figure in docs/benchmarks.md, measured in one go on one CUDA machine.
+# Every GPU figure in docs/benchmarks.md, measured in one go on one CUDA machine (about 9 minutes).
 #
 #   bash benchmarks/gpu_session.sh OUTDIR [CHECKPOINT]
 #
-# Run from the repository root with torch, torchvision, SQLAlchemy and captum importable.
+# Run from the repository root with torch, torchvision and SQLAlchemy importable.
 # CHECKPOINT: a trained aivh checkpoint for the decode check (default: random weights).
-# Each step has its own time limit so that one slow step cannot take the others with it;
-# every step's output is kept in OUTDIR.
+# Steps run most important first, each with its own time limit so that one slow step cannot
+# take the others with it; every step's output is kept in OUTDIR.
 set -u -o pipefail
 out=${1:-gpu-results}
 ck=${2:-}
@@ -18,16 +18,23 @@ step() {  # step NAME SECONDS COMMAND...
   shift 2
   echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
   local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.log" | tail -n 3
-  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  tail -n 2 "$out/$name.log"
+  echo "== $name: exit $rc after $((SECONDS - t0)) s"
 }
-{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; echo "cpus $(nproc)";
+{ date -u; git rev-parse --short HEAD 2>/dev/null; git status --short 2>/dev/null | grep -v '^??' | head;
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; echo "cpus $(nproc)";
   python3 -c 'import sys, torch, torchvision; print(sys.version.split()[0], torch.__version__, torchvision.__version__)'
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
-step bench_eager 120 python3 -m engine.cli bench --json --data /tmp/aivh-bench
-step decode_check 90 python3 benchmarks/decode_check.py --json ${ck:+--checkpoint "$ck"}
-step saliency 60 python3 benchmarks/saliency_speed.py --device cuda --img-size 300 --json
-step epoch_80k 240 python3 -m engine.cli bench --json --steps 5 --data /tmp/aivh-bench --epoch 80000
-step bench_workers_decode 90 python3 -m engine.cli bench --json --decode workers --data /tmp/aivh-bench
-step bench_compile 240 python3 -m engine.cli bench --json --compile --data /tmp/aivh-bench
+bench="python3 -m engine.cli bench --json --data /tmp/aivh-bench"
+# correctness first: every decode path gives the Pillow path's pixels and predictions
+step decode_check 100 python3 benchmarks/decode_check.py --json ${ck:+--checkpoint "$ck"}
+# training and prediction, decode on the GPU vs Pillow workers, each overlapped vs in series
+step bench_b128_device 110 $bench --decode device
+step bench_b128_workers 90 $bench --decode workers
+# the headline: one 80,000-image epoch, compiled, GPU decode (compiled bench phases first)
+step epoch_80k_compiled 240 $bench --compile --decode device --steps 10 --epoch 80000
+step bench_b256_device 100 $bench --decode device --batch-size 256
+step bench_b256_compiled 200 $bench --decode device --batch-size 256 --compile

@@ -109,13 +109,14 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     from engine.model import build_model
     from engine.predict import (
         autocast,
+        default_ahead,
         default_workers,
+        device_batches,
         infer,
         make_loader,
         prepare,
         resolve_decode,
         resolve_device,
-        to_device,
     )
     from engine.train import train_step
 
@@ -151,27 +152,37 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
         x, y = batch[0], batch[1]
         if x is None:
             return 0
-        x, rows, _ = to_device(x, dev, img_size, "resize")
-        train_step(step_model, x, y if rows is None else y[rows], opt, loss_fn, dev)
+        train_step(step_model, x, y, opt, loss_fn, dev)
         return int(x.shape[0])
+
+    ahead = default_ahead(dev)
 
     out: dict = {"device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({os.cpu_count()} cores)",
                  "img_size": img_size, "batch_size": batch_size, "compile": compile, "steps": steps,
                  "predict_steps": pred_steps,
-                 "workers": workers, "decode": decode, "train_decode": train_decode, "torch": torch.__version__}
+                 "workers": workers, "decode": decode, "train_decode": train_decode, "ahead": ahead,
+                 "torch": torch.__version__}
     say(f"bench on {out['device']}: {img_size} px, batch {batch_size}, {steps} timed steps ({pred_steps} predicting), {workers} workers, "
         f"JPEGs decoded by the {train_decode} (training) and the {decode} (prediction)")
     step_model.train()
     out["train_model_img_s"] = _timed(((x_dev, y_dev) for _ in range(n)), train_on, dev, warmup)
     say(f"  train, model only:  {out['train_model_img_s']:8.1f} img/s")
-    loader = make_loader(root, paths, labels, size=img_size, batch_size=batch_size, workers=workers,
-                         device=dev, train=True, sampler=RandomSampler(range(n_files), generator=gen),
-                         decode=train_decode)
-    step_model.train()
-    it = iter(loader)
-    out["train_e2e_img_s"] = _timed(((b[0], b[1]) for _, b in zip(range(n), it)), train_on, dev, warmup)
-    del it
-    say(f"  train, end to end:  {out['train_e2e_img_s']:8.1f} img/s")
+    def train_e2e(feed_ahead: int) -> float:
+        loader = make_loader(root, paths, labels, size=img_size, batch_size=batch_size, workers=workers,
+                             device=dev, train=True, sampler=RandomSampler(range(n_files), generator=gen),
+                             decode=train_decode)
+        step_model.train()
+        feed = device_batches(loader, dev, ahead=feed_ahead)
+        try:
+            return _timed((b for _, b in zip(range(n), feed)), train_on, dev, warmup)
+        finally:
+            feed.close()
+
+    out["train_e2e_img_s"] = train_e2e(ahead)
+    say(f"  train, end to end:  {out['train_e2e_img_s']:8.1f} img/s (decoding {ahead} batches ahead)")
+    if ahead:  # the same in series, for the comparison
+        out["train_serial_img_s"] = train_e2e(0)
+        say(f"  train, end to end, decoding in series: {out['train_serial_img_s']:8.1f} img/s")
     # model-only again, after the end-to-end phase: the first phase also pays the allocator's
     # first-touch page faults, so the faster of the two passes is the model's speed
     again = _timed(((x_dev, y_dev) for _ in range(n)), train_on, dev, warmup)
@@ -191,17 +202,30 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     say(f"  predict, model only: {out['predict_model_img_s']:8.1f} img/s")
     # infer() hands batch k over once k + 1 is queued: with m + 1 batches in the loader and m
     # taken, every batch counted after the clock starts was computed after it started
-    pred_loader = make_loader(root, paths[: (m + 1) * batch_size], None, size=img_size, batch_size=batch_size,
-                              workers=workers, device=dev, decode=decode)
-    out["predict_e2e_img_s"] = _timed(
-        (torch.sigmoid(logits).tolist() for _, (_idx, logits, _f) in zip(range(m), infer(step_model, pred_loader, dev))),
-        len, dev, warmup, lag=1)
-    say(f"  predict, end to end: {out['predict_e2e_img_s']:8.1f} img/s")
+
+    def predict_e2e(feed_ahead: int) -> float:
+        pred_loader = make_loader(root, paths[: (m + 1) * batch_size], None, size=img_size, batch_size=batch_size,
+                                  workers=workers, device=dev, decode=decode)
+        batches = infer(step_model, pred_loader, dev, ahead=feed_ahead)
+        try:
+            return _timed((torch.sigmoid(logits).tolist() for _, (_idx, logits, _f) in zip(range(m), batches)),
+                          len, dev, warmup, lag=1)
+        finally:
+            batches.close()
+
+    out["predict_e2e_img_s"] = predict_e2e(ahead)
+    say(f"  predict, end to end: {out['predict_e2e_img_s']:8.1f} img/s (decoding {ahead} batches ahead)")
+    if ahead:
+        out["predict_serial_img_s"] = predict_e2e(0)
+        say(f"  predict, end to end, decoding in series: {out['predict_serial_img_s']:8.1f} img/s")
     again = _timed((x_dev for _ in range(m)), infer_on, dev, warmup)
     out["predict_model_img_s"] = max(out["predict_model_img_s"], again)
     say(f"  predict, model only, second pass: {again:8.1f} img/s")
     out["train_ratio"] = out["train_e2e_img_s"] / out["train_model_img_s"]
     out["predict_ratio"] = out["predict_e2e_img_s"] / out["predict_model_img_s"]
+    if ahead:
+        out["train_serial_ratio"] = out["train_serial_img_s"] / out["train_model_img_s"]
+        out["predict_serial_ratio"] = out["predict_serial_img_s"] / out["predict_model_img_s"]
     out["peak_device_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None
     out["peak_host_mem_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out["peak_worker_mem_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
@@ -212,15 +236,38 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     return out
 
 
+def _warm_compile(cfg, dev) -> None:
+    """Compile the training step once, outside the clock, as a run's every epoch after its
+    first finds it: a model of the same shape, a few steps on random batches (the compiled
+    code and Inductor's caches are then reused by the trainer's own torch.compile)."""
+    import torch
+    from torch import nn
+
+    from engine.model import build_model
+    from engine.predict import prepare
+    from engine.train import train_step
+
+    model = prepare(build_model(None), dev)
+    step_model = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, 256, (cfg.batch_size, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, device=dev)
+    y = torch.randint(0, 2, (cfg.batch_size,), device=dev).float()
+    step_model.train()
+    for _ in range(3):
+        train_step(step_model, x, y, opt, nn.BCEWithLogitsLoss(), dev)
+    _sync(dev)
+
+
 def run_epoch(n: int, *, device: str = "auto", img_size: int = 300, batch_size: int | None = None,
               compile: bool = False, workers: int | None = None, data_dir: Path | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, decode: str = "auto") -> dict:
     """One full training epoch through aivh's trainer over n generated Kaggle-sized JPEGs:
     90% trained on, 10% validated (BatchNorm re-estimation and validation included), as
-    `aivh train` does it, without the store."""
+    `aivh train` does it, without the store. With compile, the model is compiled once before
+    the clock starts (a one-off per run, reported as epoch_compile_seconds)."""
     import tempfile
 
-    from engine.predict import default_workers, resolve_device
+    from engine.predict import default_workers, resolve_decode, resolve_device
     from engine.train import TrainConfig, TrainData, train
 
     dev = resolve_device(device)
@@ -230,8 +277,14 @@ def run_epoch(n: int, *, device: str = "auto", img_size: int = 300, batch_size: 
     labels = [i % 2 for i in range(n)]
     n_val = n // 10
     cfg = TrainConfig(epochs=1, img_size=img_size, batch_size=batch_size or (128 if cuda else 32),
-                      device=str(dev), compile=compile, workers=default_workers(cuda) if workers is None else workers)
+                      device=str(dev), compile=compile, workers=default_workers(cuda) if workers is None else workers,
+                      decode=decode)
     data = TrainData(root, paths[n_val:], labels[n_val:], paths[:n_val], labels[:n_val])
+    warm = None
+    if compile:
+        t0 = time.perf_counter()
+        _warm_compile(cfg, dev)
+        warm = time.perf_counter() - t0
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         result = train(cfg, data, Path(out), progress=progress)
@@ -240,4 +293,6 @@ def run_epoch(n: int, *, device: str = "auto", img_size: int = 300, batch_size: 
     return {"epoch_images": n, "epoch_train_images": n - n_val, "epoch_val_images": n_val,
             "epoch_seconds": round(ep.seconds, 1), "epoch_wall_seconds": round(wall, 1),
             "epoch_img_s": round(ep.images_per_s, 1), "epoch_workers": cfg.workers,
-            "epoch_batch_size": cfg.batch_size, "epoch_compile": compile}
+            "epoch_batch_size": cfg.batch_size, "epoch_compile": compile,
+            "epoch_compile_seconds": None if warm is None else round(warm, 1),
+            "epoch_train_decode": resolve_decode(decode, dev, train=True)}

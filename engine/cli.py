@@ -282,7 +282,7 @@ def cmd_bench(args) -> None:
                     progress=not args.json, decode=args.decode)
     if args.epoch:
         out |= run_epoch(args.epoch, device=args.device, img_size=args.img_size, batch_size=args.batch_size,
-                         compile=args.compile, workers=args.workers,
+                         compile=args.compile, workers=args.workers, decode=args.decode,
                          data_dir=data and data.with_name(f"{data.name}-{args.epoch}"), progress=not args.json)
     _emit(args, out, f"train {out['train_e2e_img_s']} / {out['train_model_img_s']} img/s "
           f"(ratio {out['train_ratio']:.3f}); predict {out['predict_e2e_img_s']} / "

@@ -302,20 +302,33 @@ def jpeg_for_device(path: Path) -> tuple[bytes, int, int] | None:
 class DeviceBatch:
     """A batch whose JPEGs are still compressed: decoded on the model's device (nvJPEG on CUDA).
 
-    pixels: uint8 (P, 3, S, S) of the images Pillow decoded (or None); jpegs: the other
-    images' file bytes as 1-D uint8 tensors; plans: per JPEG, device_plan()'s crop box and
+    pixels: uint8 (P, 3, S, S) of the images Pillow decoded (or None); the JPEGs' file bytes
+    travel as one 1-D uint8 tensor (one shared-memory segment from a worker, not one per
+    image) cut into per-image views by `jpegs`; plans: per JPEG, device_plan()'s crop box and
     flip. Positions and labels list the pixels first.
     """
 
-    def __init__(self, pixels, jpegs: list, plans: list | None = None):
-        self.pixels, self.jpegs = pixels, jpegs
-        self.plans = plans if plans is not None else [None] * len(jpegs)
+    def __init__(self, pixels, jpegs: list, plans: list | None = None, *, sizes: list[int] | None = None):
+        import torch
+
+        self.pixels = pixels
+        if sizes is None:  # a list of 1-D uint8 tensors, packed here
+            sizes = [int(j.numel()) for j in jpegs]
+            jpegs = torch.cat(list(jpegs)) if jpegs else torch.empty(0, dtype=torch.uint8)
+        self.blob, self.sizes = jpegs, sizes
+        self.plans = plans if plans is not None else [None] * len(sizes)
+
+    @property
+    def jpegs(self) -> list:
+        """Each JPEG's bytes: contiguous views of the packed tensor."""
+        return list(self.blob.split(self.sizes)) if self.sizes else []
 
     def __len__(self) -> int:
-        return (0 if self.pixels is None else len(self.pixels)) + len(self.jpegs)
+        return (0 if self.pixels is None else len(self.pixels)) + len(self.sizes)
 
     def pin_memory(self) -> DeviceBatch:  # DataLoader's pin_memory thread calls this
-        return DeviceBatch(None if self.pixels is None else self.pixels.pin_memory(), self.jpegs, self.plans)
+        return DeviceBatch(None if self.pixels is None else self.pixels.pin_memory(), self.blob, self.plans,
+                           sizes=self.sizes)
 
 
 def to_chw(im: Image.Image):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import os
+import queue
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -135,69 +137,190 @@ def decode_on_device(jpegs: list[torch.Tensor], device: torch.device, size: int,
     kept = [k for k, img in enumerate(images) if img is not None]
     out = torch.empty(len(kept), 3, size, size, dtype=torch.uint8, device=device)
     slot = {k: n for n, k in enumerate(kept)}
-    by_shape = defaultdict(list)  # whole-image fits, batched per input shape
+    fits, crops = defaultdict(list), defaultdict(list)  # batched per input shape
     for k in kept:
         plan = plans[k]
         if plan is None or not plan[5]:
-            by_shape[tuple(images[k].shape[-2:])].append(k)
-            continue
-        x0, y0, x1, y1, flip, _ = plan
-        crop = images[k][None, :, y0:y1, x0:x1]
-        crop = crop if crop.shape[-2:] == (size, size) else _resize(crop, size, size)
-        out[slot[k]] = crop[0].flip(-1) if flip else crop[0]
-    for (h, w), ks in by_shape.items():
+            fits[tuple(images[k].shape[-2:])].append(k)
+        elif (plan[2] - plan[0], plan[3] - plan[1]) == (size, size):  # crop mode: native pixels
+            x0, y0, x1, y1, flip, _ = plan
+            crop = images[k][:, y0:y1, x0:x1]
+            out[slot[k]] = crop.flip(-1) if flip else crop
+        else:
+            crops[tuple(images[k].shape[-2:])].append(k)
+    for (h, w), ks in fits.items():
         batch = torch.stack([images[k] for k in ks])
         out[[slot[k] for k in ks]] = batch if (h, w) == (size, size) else _fit(batch, size, mode)
+    for (h, w), ks in crops.items():
+        out[[slot[k] for k in ks]] = resample_boxes(torch.stack([images[k] for k in ks]),
+                                                    [plans[k] for k in ks], size)
     return out, kept, errors
 
 
-_streams: dict = {}
+def _bicubic(t: torch.Tensor) -> torch.Tensor:
+    """Pillow's bicubic kernel (a = -0.5)."""
+    a, t = -0.5, t.abs()
+    near = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+    far = (((t - 5.0) * t + 8.0) * t - 4.0) * a
+    return torch.where(t < 1.0, near, torch.where(t < 2.0, far, torch.zeros_like(t)))
+
+
+def _resample_weights(lo: torch.Tensor, hi: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    """(N, n_out, n_in) weights of Pillow's antialiased bicubic resize of the span [lo, hi) of
+    each row to n_out pixels: the coefficients Pillow's precompute_coeffs computes, pixels
+    beyond the span included where the kernel reaches them, as Image.resize(box=...) does."""
+    dev = lo.device
+    scale = (hi - lo) / n_out  # (N,)
+    fscale = scale.clamp(min=1.0)
+    support = 2.0 * fscale
+    center = lo[:, None] + (torch.arange(n_out, device=dev, dtype=torch.float32) + 0.5) * scale[:, None]
+    first = (center - support[:, None] + 0.5).trunc().clamp(min=0)
+    stop = (center + support[:, None] + 0.5).trunc().clamp(max=n_in)
+    j = torch.arange(n_in, device=dev, dtype=torch.float32)
+    w = _bicubic((j - center[..., None] + 0.5) / fscale[:, None, None])
+    w = w * ((j >= first[..., None]) & (j < stop[..., None]))
+    total = w.sum(-1, keepdim=True)
+    return w / torch.where(total == 0, 1.0, total)
+
+
+def resample_boxes(images: torch.Tensor, plans: list, size: int) -> torch.Tensor:
+    """Training's random crop, resize and flip for a batch of same-sized images in two batched
+    matrix products: (N, 3, H, W) uint8 and per image device_plan()'s (x0, y0, x1, y1, flip)
+    -> (N, 3, S, S) uint8, within rounding of Pillow's transform() on each image."""
+    n, _, h, w = images.shape
+    box = torch.tensor([p[:4] for p in plans], dtype=torch.float32, device=images.device)
+    wx = _resample_weights(box[:, 0], box[:, 2], w, size)  # (N, S, W)
+    wy = _resample_weights(box[:, 1], box[:, 3], h, size)  # (N, S, H)
+    flip = torch.tensor([bool(p[4]) for p in plans], device=images.device)
+    wx = torch.where(flip[:, None, None], wx.flip(1), wx)  # a mirrored output is reversed columns
+    rows = images.float() @ wx.transpose(1, 2)[:, None]  # (N, 3, H, S)
+    out = wy[:, None] @ rows  # (N, 3, S, S)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def to_device(x, device: torch.device, size: int, mode: str,
               ) -> tuple[torch.Tensor, list[int] | None, list[tuple[int, str]]]:
-    """A collated batch (uint8 tensor or DeviceBatch) as uint8 on the device.
+    """A collated batch (uint8 tensor or DeviceBatch) as uint8 on the device, on the current stream.
 
     Returns it, the rows of the batch it holds (None: all of them, in order) and
-    (row, message) for rows that failed to decode. On CUDA the decode runs on a side
-    stream, so the host's share of it overlaps the model's work already queued.
+    (row, message) for rows that failed to decode.
     """
     if not isinstance(x, DeviceBatch):
         return x.to(device, non_blocking=True), None, []
     n_pix = 0 if x.pixels is None else len(x.pixels)
-    if device.type == "cuda":
-        side = _streams.setdefault(device, torch.cuda.Stream(device))
-        with torch.cuda.stream(side):
-            decoded, kept, errors = decode_on_device(x.jpegs, device, size, mode, x.plans)
-        main = torch.cuda.current_stream(device)
-        main.wait_stream(side)
-        decoded.record_stream(main)
-    else:
-        decoded, kept, errors = decode_on_device(x.jpegs, device, size, mode, x.plans)
+    decoded, kept, errors = decode_on_device(x.jpegs, device, size, mode, x.plans)
     parts = [decoded] if x.pixels is None else [x.pixels.to(device, non_blocking=True), decoded]
     rows = list(range(n_pix)) + [n_pix + k for k in kept]
     return torch.cat(parts), (None if len(rows) == len(x) else rows), [(n_pix + k, m) for k, m in errors]
 
 
+def default_ahead(device: torch.device) -> int:
+    """Batches the feed prepares ahead of the model: 2 beside a GPU, none on the CPU (there the
+    cores that would decode ahead are the ones the model computes on)."""
+    return 2 if device.type == "cuda" else 0
+
+
+_END = object()
+
+
+def device_batches(loader: DataLoader, device: torch.device, *, ahead: int | None = None,
+                   ) -> Iterator[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, list[tuple[int, str]]]]:
+    """The loader's batches with their images on the device: (x uint8 (B', 3, S, S) or None,
+    labels (B',), positions (B',), failed [(position, "path: reason")]), rows that failed to
+    decode on the device dropped from x, labels and positions and named in failed.
+
+    ahead > 0: a thread takes the next batches from the loader and moves or decodes them
+    (nvJPEG's batch decode blocks its caller until done) on a CUDA stream of its own, up to
+    `ahead` batches before the model needs them, so the host never waits for a decode between
+    two model steps and the decoder's work overlaps the model's. ahead = 0: in line, in series.
+    """
+    ds = loader.dataset
+    ahead = default_ahead(device) if ahead is None else ahead
+
+    def place(batch):
+        x, y, idx, failed = batch
+        if x is None:
+            return None, None, torch.empty(0, dtype=torch.long), failed
+        x, rows, errors = to_device(x, device, ds.size, ds.mode)
+        failed = failed + [(int(idx[r]), f"{ds.rel_paths[int(idx[r])]}: {m}") for r, m in errors]
+        if rows is not None:
+            y, idx = y[rows], idx[rows]
+        return x, y, idx, failed
+
+    if ahead <= 0:
+        for batch in loader:
+            yield place(batch)
+        return
+    cuda = device.type == "cuda"
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    batches = iter(loader)  # worker processes start here, in the calling thread
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+
+    def work() -> None:
+        try:
+            if cuda:
+                torch.cuda.set_device(index)  # the current device is per thread
+                stream = torch.cuda.Stream(index)
+            with torch.cuda.stream(stream) if cuda else nullcontext():
+                for batch in batches:
+                    placed = place(batch)
+                    ready = None
+                    if cuda:
+                        ready = torch.cuda.Event()
+                        ready.record(stream)
+                    if not put((placed, ready)):
+                        return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - raised again in the consumer
+            put(e)
+
+    thread = threading.Thread(target=work, name="aivh-device-feed", daemon=True)
+    thread.start()
+    main = torch.cuda.current_stream(device) if cuda else None
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            (x, y, idx, failed), ready = item
+            if cuda:
+                main.wait_event(ready)
+                if x is not None:
+                    x.record_stream(main)  # made on the feed's stream, used on this one
+            yield x, y, idx, failed
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 @torch.no_grad()
-def infer(model: nn.Module, loader: DataLoader, device: torch.device,
+def infer(model: nn.Module, loader: DataLoader, device: torch.device, *, ahead: int | None = None,
           ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]]:
     """Yields (positions, logits as float32 on the CPU, failed [(position, message)]) per batch.
 
-    Pipelined: batch k+1 is fetched, decoded and queued on the device before batch k's
-    logits are copied back, so the device does not wait for the host between batches.
+    Pipelined: batch k+1 is queued on the device before batch k's logits are copied back, so
+    the device does not wait for the host between batches; with ahead > 0 the decoding of
+    the next batches overlaps the model too (device_batches).
     """
     model.eval()
-    ds = loader.dataset
     pending = None
-    for x, _y, idx, failed in loader:
+    for x, _y, idx, failed in device_batches(loader, device, ahead=ahead):
         if x is None:
-            out = (torch.empty(0, dtype=torch.long), None, failed)
+            out = (idx, None, failed)
         else:
-            x, rows, errors = to_device(x, device, ds.size, ds.mode)
-            failed = failed + [(int(idx[r]), f"{ds.rel_paths[int(idx[r])]}: {m}") for r, m in errors]
-            if rows is not None:
-                idx = idx[rows]
             with autocast(device):
                 logits = model(normalize(x, device, channels_last=device.type == "cuda")).squeeze(1)
             out = (idx, logits, failed)

@@ -19,7 +19,7 @@ from engine import metrics
 from engine.atomic import atomic_path
 from engine.data import normalize
 from engine.model import build_model
-from engine.predict import autocast, default_workers, infer, make_loader, prepare, resolve_device, to_device
+from engine.predict import autocast, default_workers, device_batches, infer, make_loader, prepare, resolve_device
 
 log = logging.getLogger("aivh.train")
 
@@ -173,7 +173,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step_model = torch.compile(wrapped) if cfg.compile else wrapped
-    eval_model = model if world > 1 else step_model  # rank 0 validates alone: no collectives
+    # validation runs the eager module: rank 0 validates alone (no collectives), and a compiled
+    # module would compile again for eval mode and for the last, shorter batch mid-epoch
+    eval_model = model
     loss_fn = nn.BCEWithLogitsLoss()
     val_y = np.asarray(data.val_labels)
     for epoch in range(start, cfg.epochs + 1):
@@ -264,9 +266,8 @@ def _recalibrate_bn(model: nn.Module, loader, device) -> None:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average
         bn.train()
-    for x, _y, _idx, _failed in loader:
-        if x is not None:
-            x = to_device(x, device, loader.dataset.size, loader.dataset.mode)[0]
+    for x, _y, _idx, _failed in device_batches(loader, device):
+        if x is not None and len(x):
             with autocast(device):
                 model(normalize(x, device, channels_last=device.type == "cuda"))
     for bn, momentum in zip(bns, saved):
@@ -304,31 +305,35 @@ def train_step(model, x, y, opt, loss_fn, device) -> torch.Tensor:
 
 def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, progress):
     model.train()
-    ds = loader.dataset
     total = torch.zeros((), device=device)  # summed on the device: no host sync per batch
     seen, skipped, shown = 0, 0, float("nan")
-    t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
+    t0 = asked = time.perf_counter()
+    on_its_way = None  # (pinned host copy, event, images) of the running loss on a GPU
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
                leave=False, mininterval=0.5)
-    for b, (x, y, idx, failed) in enumerate(bar, 1):
+    for b, (x, y, _idx, failed) in enumerate(device_batches(loader, device), 1):
         skipped += len(failed)
         for _pos, msg in failed:
             log.warning("skipped %s", msg)
-        if x is not None:
-            x, rows, errors = to_device(x, device, ds.size, ds.mode)
-            for r, msg in errors:
-                skipped += 1
-                log.warning("skipped %s: %s", ds.rel_paths[int(idx[r])], msg)
-            y = y if rows is None else y[rows]
-            if len(y):
-                loss = train_step(model, x, y, opt, loss_fn, device)
-                total += loss.float() * y.numel()
-                seen += y.numel()
+        if x is not None and len(y):
+            loss = train_step(model, x, y, opt, loss_fn, device)
+            total += loss.float() * y.numel()
+            seen += y.numel()
         sched.step()
-        if b % 20 == 0 or b == len(loader):  # the loss shown is read back now and then
+        now = time.perf_counter()
+        if device.type != "cuda":  # nothing to wait for on the CPU
             shown = total.item() / max(seen, 1)
-        ips = seen / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{shown:.4f}", img_s=f"{ips:.1f}")
+        elif on_its_way is not None and on_its_way[1].query():  # arrived: no host sync, ever
+            shown, on_its_way = on_its_way[0].item() / max(on_its_way[2], 1), None
+        elif on_its_way is None and (now - asked > 2.0 or b == 1):  # ask again every 2 s
+            host = torch.empty((), pin_memory=True)
+            host.copy_(total, non_blocking=True)
+            arrived = torch.cuda.Event()
+            arrived.record()
+            on_its_way, asked = (host, arrived, seen), now
+        ips = seen / max(now - t0, 1e-9)
+        bar.set_postfix(loss=f"{shown:.4f}", img_s=f"{ips:.1f}", refresh=False)
+        bar.update()
         cb.on_batch(epoch, b, len(loader), ips)
     return total.item() / max(seen, 1), seen, skipped
 

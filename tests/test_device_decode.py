@@ -131,3 +131,84 @@ def test_training_with_device_decode(tmp_path):
     ep = result.history[0]
     assert ep.skipped == 0 and np.isfinite(ep.train_loss) and np.isfinite(ep.val_loss)
     assert np.isfinite(result.best_val_probs).all() and len(result.best_val_probs) == 12
+
+
+@pytest.mark.parametrize("size", [64, 300, 600])
+def test_batched_crop_resize_flip_is_pillows_within_one_grey_level(size):
+    """resample_boxes (two batched matrix products on the device) against Pillow's
+    Image.resize(box=...) and mirror, image by image: 20 random training boxes, down and up."""
+    import io
+    import random
+
+    from engine.data import random_box
+    from engine.predict import resample_boxes
+
+    ims = [Image.open(io.BytesIO(b)).convert("RGB") for b in base_jpegs(4)]
+    x = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in ims])
+    for seed in range(5):
+        plans, pil = [], []
+        for k, im in enumerate(ims):
+            rng = random.Random(seed * 10 + k)
+            box = random_box(*im.size, rng)
+            flip = int(rng.random() < 0.5)
+            plans.append((*box, flip, 1))
+            out = im.resize((size, size), Image.BICUBIC, box=box)
+            pil.append(np.asarray(out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out, dtype=np.float32))
+        dev = resample_boxes(x, plans, size).permute(0, 2, 3, 1).numpy().astype(np.float32)
+        diff = np.abs(dev - np.stack(pil))
+        assert diff.max() <= 1 and diff.mean() < 0.3, (seed, diff.max(), diff.mean())
+
+
+def test_jpeg_bytes_travel_as_one_tensor():
+    """A worker's batch of JPEGs is one shared-memory segment, not one per image."""
+    import pickle
+
+    parts = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in base_jpegs(3, size=(64, 48))]
+    b = DeviceBatch(None, parts, [None] * 3)
+    assert b.blob.ndim == 1 and b.sizes == [len(p) for p in parts] and len(b) == 3
+    assert all(torch.equal(a, c) for a, c in zip(b.jpegs, parts))
+    again = pickle.loads(pickle.dumps(b.pin_memory()))
+    assert all(torch.equal(a, c) for a, c in zip(again.jpegs, parts))
+
+
+def _feed_loader(images, workers=0):
+    from engine.predict import make_loader
+
+    root, names = images
+    return make_loader(root, names * 3, list(range(len(names) * 3)), size=32, batch_size=4, workers=workers,
+                       device=CPU, decode="device")
+
+
+def test_the_feed_ahead_gives_the_batches_in_series_gives(images):
+    """device_batches with a thread decoding ahead: the same batches, in the same order."""
+    from engine.predict import device_batches
+
+    serial = list(device_batches(_feed_loader(images), CPU, ahead=0))
+    ahead = list(device_batches(_feed_loader(images), CPU, ahead=2))
+    assert len(serial) == len(ahead) == 6
+    for (x0, y0, i0, f0), (x1, y1, i1, f1) in zip(serial, ahead):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(i0, i1) and f0 == f1 == []
+
+
+def test_the_feed_stops_its_thread_when_left_early_and_passes_errors_on(images):
+    import threading
+
+    from engine.predict import device_batches
+
+    feed = device_batches(_feed_loader(images), CPU, ahead=2)
+    next(feed)
+    feed.close()
+    assert not [t for t in threading.enumerate() if t.name == "aivh-device-feed"]
+
+    class Broken:
+        dataset = _feed_loader(images).dataset
+
+        def __iter__(self):
+            yield next(iter(_feed_loader(images)))
+            raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for batch in device_batches(Broken(), CPU, ahead=2):
+            got.append(batch)
+    assert len(got) == 1
