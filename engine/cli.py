@@ -277,20 +277,25 @@ def cmd_bench(args) -> None:
     from engine.bench import run_bench, run_epoch
 
     data = Path(args.data).expanduser() if args.data else None
-    out = run_bench(device=args.device, img_size=args.img_size, batch_size=args.batch_size,
-                    compile=args.compile, steps=args.steps, workers=args.workers, data_dir=data,
-                    progress=not args.json, decode=args.decode)
+    if args.epoch_only and not args.epoch:
+        raise UsageError("--epoch-only needs --epoch N")
+    out = {} if args.epoch_only else run_bench(
+        device=args.device, img_size=args.img_size, batch_size=args.batch_size, compile=args.compile,
+        steps=args.steps, workers=args.workers, data_dir=data, progress=not args.json, decode=args.decode)
     if args.epoch:
         out |= run_epoch(args.epoch, device=args.device, img_size=args.img_size, batch_size=args.batch_size,
                          compile=args.compile, workers=args.workers, decode=args.decode,
                          data_dir=data and data.with_name(f"{data.name}-{args.epoch}"), progress=not args.json)
-    _emit(args, out, f"train {out['train_e2e_img_s']} / {out['train_model_img_s']} img/s "
-          f"(ratio {out['train_ratio']:.3f}); predict {out['predict_e2e_img_s']} / "
-          f"{out['predict_model_img_s']} img/s (ratio {out['predict_ratio']:.3f}); peak host memory "
-          f"{out['peak_host_mem_gb']} GB" + (f", device {out['peak_device_mem_gb']} GB"
-                                             if out["peak_device_mem_gb"] is not None else "")
-          + (f"; one epoch over {out['epoch_images']:,} images: {out['epoch_seconds']} s "
-             f"({out['epoch_img_s']} training img/s)" if args.epoch else ""))
+    parts = []
+    if not args.epoch_only:
+        parts.append(f"train {out['train_e2e_img_s']} / {out['train_model_img_s']} img/s (ratio {out['train_ratio']:.3f}); "
+                     f"predict {out['predict_e2e_img_s']} / {out['predict_model_img_s']} img/s (ratio "
+                     f"{out['predict_ratio']:.3f}); peak host memory {out['peak_host_mem_gb']} GB"
+                     + (f", device {out['peak_device_mem_gb']} GB" if out["peak_device_mem_gb"] is not None else ""))
+    if args.epoch:
+        parts.append(f"one epoch over {out['epoch_images']:,} images: {out['epoch_seconds']} s "
+                     f"({out['epoch_img_s']} training img/s)")
+    _emit(args, out, "; ".join(parts))
 
 
 # ---------------------------------------------------------------- serve / demo
@@ -475,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epoch", type=int, metavar="N",
                    help="also time one full training epoch (trainer, validation included) over N generated "
                         "Kaggle-sized images, e.g. 80000")
+    c.add_argument("--epoch-only", action="store_true", help="with --epoch: time the epoch alone, no bench phases")
     c.add_argument("--data", help="where the generated Kaggle-sized JPEGs are cached "
                                   "(default ~/.cache/aivh/bench-data)")
     c.set_defaults(func=cmd_bench)
