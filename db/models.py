@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -52,6 +53,9 @@ class Image(Base):
     bytes: Mapped[int | None] = mapped_column(Integer)
     sha1: Mapped[str | None] = mapped_column(String(40))
     status: Mapped[str] = mapped_column(String(12), default="ok")  # ok | unreadable
+    # added in migration 0003: the file's modification time when it was probed (with `bytes`,
+    # how a file replaced after import is noticed)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Label(Base):
@@ -96,6 +100,12 @@ class Run(Base):
     audit_id: Mapped[int | None] = mapped_column(ForeignKey("audits.id"))
     fold: Mapped[int | None] = mapped_column(Integer)  # 0-based fold of an audit's k-fold runs
     like_run_id: Mapped[int | None] = mapped_column(Integer)  # config copied from this run
+    # added in migration 0003: the process that owns the run is (host, pid, pid_started), the
+    # start time telling a reused pid apart; world_size: processes that train it (DDP)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid_started: Mapped[float | None] = mapped_column(Float)
+    world_size: Mapped[int | None] = mapped_column(Integer)
+    threshold_note: Mapped[str | None] = mapped_column(Text)  # why best_threshold is missing or suspect
 
 
 class Epoch(Base):
@@ -129,6 +139,9 @@ class Prediction(Base):
         ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
     )
     prob: Mapped[float] = mapped_column(Float)  # probability of label 1 (AI-generated)
+    # added in migration 0003: the checkpoint that made it (its epoch and the file's sha1)
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    checkpoint_sha1: Mapped[str | None] = mapped_column(String(40))
 
 
 class Export(Base):
@@ -140,6 +153,9 @@ class Export(Base):
     rows: Mapped[int] = mapped_column(Integer)
     positive_rate: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # added in migration 0003: a refusal the user overrode (and why), warnings shown at export
+    override: Mapped[str | None] = mapped_column(Text)
+    warnings: Mapped[list | None] = mapped_column(JSON)
 
 
 class Audit(Base):
