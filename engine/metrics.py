@@ -41,8 +41,11 @@ class Sweep:
 
 
 def sweep(y, p) -> Sweep:
-    """Every distinct score as a threshold, in one sort."""
+    """Every distinct score as a threshold, in one sort (no scores: empty curves)."""
     y, p = _check(y, p)
+    if y.size == 0:
+        empty = np.zeros(0)
+        return Sweep(empty, empty, empty, empty, empty, empty)
     order = np.argsort(-p, kind="mergesort")
     ys, ps = y[order], p[order]
     last = np.r_[np.flatnonzero(np.diff(ps)), ps.size - 1]  # last index of each distinct score

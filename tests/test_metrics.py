@@ -54,3 +54,12 @@ def test_sweep_matches_sklearn_curves():
 
 def test_one_class_auc_is_nan_not_a_crash():
     assert np.isnan(metrics.roc_auc([1, 1, 1], [0.2, 0.4, 0.9]))
+
+
+def test_empty_input_gives_empty_curves_not_a_crash():
+    m = metrics
+    s = m.sweep([], [])
+    assert all(a.size == 0 for a in (s.thresholds, s.precision, s.recall, s.f1, s.fpr, s.positive_rate))
+    assert m.best_threshold([], []) == (0.5, 0.0)
+    assert m.average_precision([], []) == 0.0 and np.isnan(m.roc_auc([], []))
+    assert m.summary([], [])["best_f1"] == 0.0
