@@ -147,16 +147,22 @@ def cmd_predict(args) -> None:
                          decode=args.decode)
     for msg in result.pop("skipped_files"):
         print(f"skipped {msg}", file=sys.stderr)
-    _emit(args, result, f"run {args.run}: {result['images']} {args.split} predictions stored "
-          f"in {result['seconds']} s ({result['skipped']} skipped)")
+    made_by = f"epoch {result['epoch']} checkpoint" if result["epoch"] is not None else "checkpoint"
+    _emit(args, result, f"run {args.run}: {result['images']} {args.split} predictions by its {made_by} "
+          f"(sha1 {result['checkpoint_sha1'][:12]}) stored in {result['seconds']} s ({result['skipped']} skipped)")
 
 
 def cmd_export(args) -> None:
     from engine.export import export_run
 
-    result = export_run(session_factory(), args.run, Path(args.out), args.threshold)
+    from engine.export import fmt_threshold
+
+    result = export_run(session_factory(), args.run, Path(args.out), args.threshold,
+                        allow_stale=args.allow_stale_predictions)
+    for line in ([result["override"]] if result["override"] else []) + result["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     _emit(args, result, f"wrote {result['rows']} rows to {result['path']} (threshold "
-          f"{result['threshold']:.4f} [{result['threshold_source']}], {result['positive_rate']:.1%} AI)")
+          f"{fmt_threshold(result['threshold'])} [{result['threshold_source']}], {result['positive_rate']:.1%} AI)")
 
 
 def cmd_runs(args) -> None:
@@ -449,8 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("export", parents=[common], help="write a Kaggle submission CSV")
     c.add_argument("--run", type=int, required=True)
-    c.add_argument("--threshold", type=float)
+    c.add_argument("--threshold", type=float,
+                   help="default: the run's chosen, else best validation-F1 threshold (refused when degenerate)")
     c.add_argument("--out", default="submission.csv")
+    c.add_argument("--allow-stale-predictions", action="store_true",
+                   help="export even when the test predictions do not come from the run's best checkpoint "
+                        "(recorded with the export)")
     c.set_defaults(func=cmd_export)
 
     from engine.saliency_choices import BASELINES, METHODS

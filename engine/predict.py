@@ -344,14 +344,15 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
                 decode: str = "auto") -> dict:
     """Probabilities for a split's images from the run's best checkpoint, streamed into the store.
 
-    Each batch is written in its own short transaction, so memory stays flat and a crash
-    keeps what was already predicted.
+    Each prediction is stored with the checkpoint that made it (its epoch and the sha1 of the
+    file's bytes, hashed from the very bytes that were loaded), so export can tell predictions
+    of an older best epoch from the current one. Each batch is written in its own short
+    transaction, so memory stays flat and a crash keeps what was already predicted.
     """
     from tqdm import tqdm
 
-    from db import queries
+    from db import predictions, queries
     from db.models import Dataset
-    from engine.model import load_trained
 
     t0 = time.perf_counter()
     with sessions() as s:
@@ -360,7 +361,7 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
             raise ValueError(f"run {run_id} has no checkpoint yet (status {run.status})")
         ds = s.get(Dataset, run.dataset_id)
         ims = _split_images(s, run, split)
-    model, cfg = load_trained(Path(run.checkpoint))
+    model, cfg, epoch, sha1 = _load_checkpoint(Path(run.checkpoint))
     dev = resolve_device(device)
     model = prepare(model, dev)
     workers = cfg.get("workers", 2) if workers is None else workers
@@ -373,12 +374,37 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
     for idx, logits, failed in infer(model, loader, dev):
         probs = torch.sigmoid(logits).tolist()
         with sessions.begin() as s:
-            done += queries.upsert_predictions(s, run_id, [(ims[i][0], p) for i, p in zip(idx.tolist(), probs)])
+            done += predictions.upsert(s, run_id, [(ims[i][0], p) for i, p in zip(idx.tolist(), probs)],
+                                       epoch=epoch, checkpoint_sha1=sha1)
         skipped += [msg for _, msg in failed]
         bar.update(len(probs) + len(failed))
     bar.close()
     return {"run": run_id, "split": split, "images": done, "skipped": len(skipped),
-            "skipped_files": skipped, "seconds": round(time.perf_counter() - t0, 2)}
+            "skipped_files": skipped, "epoch": epoch, "checkpoint_sha1": sha1,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _load_checkpoint(path: Path) -> tuple[nn.Module, dict, int | None, str]:
+    """(model, config, epoch, sha1) of an aivh checkpoint, read once: the hash is of the bytes
+    loaded, even if the trainer replaces the file meanwhile. weights_only: no code runs."""
+    import hashlib
+
+    from engine.model import WeightsError, build_model, read_weights
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read the checkpoint ({e.strerror or type(e).__name__})") from None
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a WeightsError
+        raise WeightsError(f"{path}: not a PyTorch weights file ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise WeightsError(f"{path}: not an aivh checkpoint (no config inside)")
+    model = build_model(None)
+    model.load_state_dict(read_weights(path, ckpt))
+    epoch = ckpt.get("epoch")
+    return model, ckpt["config"], int(epoch) if epoch is not None else None, hashlib.sha1(data).hexdigest()
 
 
 def _split_images(s, run, split: str) -> list[tuple[int, str]]:
