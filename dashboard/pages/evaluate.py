@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import common
 from db import queries
 from engine import metrics
+from engine.export import fmt_threshold, prediction_source, stale_problem, threshold_warnings
 
 SPLITS = {"val": "validation (held out by the run)", "test": "test (unlabelled)",
           "train": "training images of the run"}
@@ -25,11 +26,30 @@ def _fig(title: str, x: str, y: str, height: int = 320) -> go.Figure:
 
 
 def threshold_ui(run, default: float) -> float:
+    """The widget holds the exact value (a best threshold of 0.99957 stays 0.99957, it is not
+    rounded to 1.000); only the slider's display is rounded, the caption shows the value."""
     key = f"thr_{run.id}"
     if key not in st.session_state:
-        st.session_state[key] = round(default, 3)
-    return st.slider("Threshold (call AI-generated when p ≥ threshold)", 0.0, 1.0, step=0.001,
-                     format="%.3f", key=key)
+        st.session_state[key] = float(default)
+    t = st.slider("Threshold (call AI-generated when p ≥ threshold)", 0.0, 1.0, step=0.001,
+                  format="%.4f", key=key)
+    st.caption(f"Threshold: {fmt_threshold(t)}")
+    return t
+
+
+def provenance_ui(run, split: str, t: float, p_test: np.ndarray | None) -> None:
+    """Which checkpoint made these predictions; stale test predictions and degenerate thresholds
+    said plainly."""
+    with common.sessions()() as s:
+        r = queries.get_run(s, run.id)
+        st.caption(f"Made by: {prediction_source(s, r, split)}")
+        stale = stale_problem(s, r) if split == "test" else None
+        labels = None if p_test is None else [int(v) for v in (p_test >= t)]
+        warnings = threshold_warnings(s, r, t, labels)
+    if stale:
+        st.warning(stale)
+    for w in warnings:
+        st.warning(w)
 
 
 def confusion_ui(y, p, t, run_id: int, split: str) -> None:
@@ -48,7 +68,7 @@ def confusion_ui(y, p, t, run_id: int, split: str) -> None:
                                       ("true positive", tp), ("true negative", tn))):
         if col.button(f"{name}s ({n:,})", key=f"open_{name}"):
             st.switch_page("pages/review.py", query_params={
-                "run": str(run_id), "split": split, "outcome": name, "threshold": f"{t:.4f}"})
+                "run": str(run_id), "split": split, "outcome": name, "threshold": repr(float(t))})
 
 
 def metrics_ui(y, p, t) -> None:
@@ -61,7 +81,7 @@ def metrics_ui(y, p, t) -> None:
     cols[1].metric("Precision", f"{precision:.4f}")
     cols[2].metric("Recall", f"{recall:.4f}")
     cols[3].metric("Called AI", f"{(p >= t).mean():.1%}")
-    cols[4].metric("Best F1", f"{best_f1:.4f}", help=f"at threshold {best_t:.3f}")
+    cols[4].metric("Best F1", f"{best_f1:.4f}", help=f"at threshold {fmt_threshold(best_t)}")
 
 
 def curves_ui(y, p, t) -> None:
@@ -114,16 +134,17 @@ def test_rate_ui(p, t, run) -> None:
 
 
 def _set_threshold(run_id: int, value: float) -> None:
-    st.session_state[f"thr_{run_id}"] = round(value, 3)
+    st.session_state[f"thr_{run_id}"] = float(value)
 
 
 def save_ui(run, t: float) -> None:
     current = run.chosen_threshold
-    label = f"Save {t:.3f} as the run's threshold" + (f" (now {current:.3f})" if current is not None else "")
+    label = f"Save {fmt_threshold(t)} as the run's threshold" + (
+        f" (now {fmt_threshold(current)})" if current is not None else "")
     if st.button(label, type="primary"):
         with common.sessions().begin() as s:
             queries.set_chosen_threshold(s, run.id, float(t))
-        st.success(f"Run #{run.id} now exports at threshold {t:.3f} by default.")
+        st.success(f"Run #{run.id} now exports at threshold {fmt_threshold(t)} by default.")
 
 
 st.title("Evaluate")
@@ -141,6 +162,7 @@ if run is not None:
         t = threshold_ui(run, common.run_threshold(run))
         p = df["prob"].to_numpy()
         labelled = df["label"].notna().to_numpy()
+        provenance_ui(run, split, t, p if split == "test" else None)
         if split == "test" or not labelled.any():
             test_rate_ui(p, t, run)
         else:

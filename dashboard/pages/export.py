@@ -5,7 +5,16 @@ import streamlit as st
 from dashboard import common
 from db import queries
 from db.store import home
-from engine.export import ExportRefused, default_threshold, export_run, submission_rows
+from engine.export import (
+    ExportRefused,
+    default_threshold,
+    export_run,
+    fmt_threshold,
+    prediction_source,
+    stale_problem,
+    submission_rows,
+    threshold_warnings,
+)
 
 
 def preview(run, threshold: float) -> list[tuple[str, int]] | None:
@@ -17,10 +26,21 @@ def preview(run, threshold: float) -> list[tuple[str, int]] | None:
             return None
 
 
+def checks(run, threshold: float, rows: list[tuple[str, int]]) -> tuple[str | None, list[str]]:
+    """Which checkpoint made the test predictions (shown), why they may be stale, and what is
+    wrong with the threshold."""
+    with common.sessions()() as s:
+        r = queries.get_run(s, run.id)
+        st.caption(f"Made by: {prediction_source(s, r, 'test')}")
+        return stale_problem(s, r), threshold_warnings(s, r, threshold, [label for _, label in rows])
+
+
 def history_ui() -> None:
     with common.sessions()() as s:
-        rows = [{"when": e.created_at, "run": e.run_id, "threshold": e.threshold, "rows": e.rows,
-                 "called AI": f"{e.positive_rate:.1%}", "path": e.path} for e in queries.exports(s)]
+        rows = [{"when": e.created_at, "run": e.run_id, "threshold": fmt_threshold(e.threshold), "rows": e.rows,
+                 "called AI": f"{e.positive_rate:.1%}", "path": e.path,
+                 "warnings": "; ".join(e.warnings or []), "override": e.override or ""}
+                for e in queries.exports(s)]
     st.subheader("Past exports")
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True)
@@ -33,20 +53,36 @@ runs = common.runs_by_id()
 run = common.pick_run(runs)
 if run is not None:
     default, source = default_threshold(run)
-    threshold = st.number_input("Threshold", 0.0, 1.0, value=round(float(default), 4), step=0.01,
-                                format="%.4f", key=f"export_thr_{run.id}",
+    # the widget holds the exact value (0.99957 stays 0.99957); only its display is rounded
+    threshold = st.number_input("Threshold", 0.0, 1.0, value=float(default), step=0.01,
+                                format="%.6f", key=f"export_thr_{run.id}",
                                 help=f"default: {source.replace('_', ' ')}")
+    st.caption(f"Threshold: {fmt_threshold(threshold)} (call AI-generated when p ≥ threshold)")
     rows = preview(run, threshold)
     if rows:
         positive = sum(label for _, label in rows) / len(rows)
         c1, c2 = st.columns(2)
         c1.metric("Rows", f"{len(rows):,}")
         c2.metric("Called AI-generated", f"{positive:.1%}")
-        out = home() / "exports" / f"run{run.id}_t{threshold:.4f}.csv"
-        if st.button("Write submission", type="primary"):
-            result = export_run(common.sessions(), run.id, out, threshold)
-            st.session_state["last_export"] = result["path"]
-            st.success(f"Wrote {result['rows']:,} rows to {result['path']}")
+        stale, warnings = checks(run, threshold, rows)
+        ready = True
+        if stale:
+            st.error(stale)
+            ready = st.checkbox("Export anyway with these predictions (recorded with the export)",
+                                key="export_stale")
+        if warnings:
+            st.warning(" · ".join(warnings))
+            ready = st.checkbox("Export anyway at this threshold (the warning is recorded with the export)",
+                                key="export_warned") and ready
+        out = home() / "exports" / f"run{run.id}_t{fmt_threshold(threshold)}.csv"
+        if st.button("Write submission", type="primary", disabled=not ready):
+            try:
+                result = export_run(common.sessions(), run.id, out, threshold, allow_stale=bool(stale))
+            except ExportRefused as e:
+                st.error(str(e))
+            else:
+                st.session_state["last_export"] = result["path"]
+                st.success(f"Wrote {result['rows']:,} rows to {result['path']}")
         last = st.session_state.get("last_export")
         if last and last == str(out.resolve()) and out.is_file():
             st.download_button("Download submission.csv", out.read_bytes(), file_name="submission.csv",
