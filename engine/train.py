@@ -4,7 +4,9 @@ It knows nothing of the store: `engine.jobs` ties a run row to it through callba
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +21,16 @@ from engine import metrics
 from engine.atomic import atomic_path
 from engine.data import normalize
 from engine.model import build_model
-from engine.predict import autocast, default_workers, device_batches, infer, make_loader, prepare, resolve_device
+from engine.predict import (
+    DECODES,
+    autocast,
+    default_workers,
+    device_batches,
+    infer,
+    make_loader,
+    prepare,
+    resolve_device,
+)
 
 log = logging.getLogger("aivh.train")
 
@@ -55,6 +66,51 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def problems(self) -> list[str]:
+        """Every reason this config cannot train, one line each (empty when it can): the one
+        check shared by `aivh train` and the dashboard's Train page."""
+        found = []
+        if self.epochs < 1:
+            found.append(f"epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            found.append(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.img_size < 16:
+            found.append(f"image size must be at least 16 px (got {self.img_size})")
+        if not self.lr > 0:
+            found.append(f"learning rate must be above 0 (got {self.lr})")
+        if self.weight_decay < 0:
+            found.append(f"weight decay must be 0 or more (got {self.weight_decay})")
+        if not 0.0 < self.val_fraction < 1.0:
+            found.append(f"validation fraction must be between 0 and 1 (got {self.val_fraction})")
+        if self.limit is not None and self.limit < 2:
+            found.append(f"limit must be at least 2 images (got {self.limit})")
+        if self.workers < 0:
+            found.append(f"decoding workers must be 0 or more (got {self.workers})")
+        if self.patience < 1:
+            found.append(f"patience must be at least 1 epoch (got {self.patience}): with 0, "
+                         "training would stop after its first epoch")
+        if self.bn_batches < 0:
+            found.append(f"precise-BN batches must be 0 or more (got {self.bn_batches})")
+        if self.resize_mode not in ("resize", "crop"):
+            found.append(f"resize mode must be resize or crop (got {self.resize_mode!r})")
+        if self.select not in ("best", "last"):
+            found.append(f"select must be best or last (got {self.select!r})")
+        if self.decode not in DECODES:
+            found.append(f"decode must be one of {', '.join(DECODES)} (got {self.decode!r})")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            found.append(f"device must be auto, cpu or cuda (got {self.device!r})")
+        if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
+            found.append(f"pretrained weights file not found: {self.pretrained}")
+        return found
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """The config, or ValueError with its first problem (see TrainConfig.problems)."""
+    found = cfg.problems()
+    if found:
+        raise ValueError(found[0])
+    return cfg
 
 
 @dataclass
@@ -106,7 +162,9 @@ class Callbacks:
                  phase: str = "train") -> None: ...
 
     def on_epoch(self, result: EpochResult, *, is_best: bool, val_probs: np.ndarray,
-                 checkpoint: Path) -> None: ...
+                 checkpoint: Path, checkpoint_sha1: str | None = None) -> None:
+        """Record the epoch. Called after its checkpoints are staged and before they replace
+        last.pt and best.pt (see _end_epoch); checkpoint_sha1 is best.pt's hash when is_best."""
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -157,8 +215,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
         train_loader = make_loader(data.root, data.train_paths, data.train_labels, train=True,
                                    sampler=sampler, **loader_args)
     val_loader = make_loader(data.root, data.val_paths, data.val_labels, **loader_args)
-    n_bn = min(len(data.train_paths), cfg.bn_batches * cfg.batch_size)
-    bn_loader = make_loader(data.root, data.train_paths[:n_bn], None, **loader_args)
+    bn_loader = make_loader(data.root, bn_sample(data.train_paths, cfg.bn_batches * cfg.batch_size, cfg.seed),
+                            None, **loader_args)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # sized in batches and stepped per batch (the notebook's bug was per-epoch stepping)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -166,7 +224,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     result = TrainResult(best=None)
     start, bad_epochs = 1, 0
     if resume is not None:
-        start, bad_epochs = _restore(resume, model, opt, sched, result, cfg.select)
+        start, bad_epochs = _restore(resume, model, opt, sched, result, cfg.select, world)
     wrapped = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -198,13 +256,13 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
             bad_epochs = 0 if is_best else bad_epochs + 1
             if is_best:
                 result.best, result.best_val_probs = er, probs
-            _save_checkpoints(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, is_best=is_best)
             result.checkpoint = out_dir / "best.pt"
             log.info("epoch %d/%d train_loss %.4f val_loss %.4f f1@0.5 %.4f best_f1 %.4f@%.3f auc %.4f "
                      "%.1f img/s%s", epoch, cfg.epochs, er.train_loss, er.val_loss, er.val_f1,
                      er.val_best_f1, er.val_best_threshold, er.val_auc, er.images_per_s,
                      f" skipped {er.skipped}" if er.skipped else "")
-            cb.on_epoch(er, is_best=is_best, val_probs=probs, checkpoint=out_dir / "best.pt")
+            _end_epoch(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, world, cb, er,
+                       is_best=is_best, probs=probs)
             stop = cfg.select != "last" and bad_epochs >= cfg.patience
             if stop:
                 log.info("early stop: no better validation F1 for %d epochs", bad_epochs)
@@ -219,26 +277,119 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     return result
 
 
+def bn_sample(paths: list[str], n: int, seed: int) -> list[str]:
+    """The training images that re-estimate BatchNorm: a seeded random sample of `n` (in list
+    order), not the first `n` of a CSV that may be sorted by class or source."""
+    if n >= len(paths):
+        return list(paths)
+    pick = np.random.default_rng([seed, 0xB4]).choice(len(paths), size=n, replace=False)
+    return [paths[i] for i in sorted(pick)]
+
+
+def threshold_note(val_y: np.ndarray, probs: np.ndarray) -> str | None:
+    """Why no validation threshold can be chosen (None when one can): F1 over one class
+    is the same at every cut, so any threshold picked would be arbitrary."""
+    keep = ~np.isnan(probs)
+    y = np.asarray(val_y)[keep]
+    if not y.size:
+        return "no validation image could be decoded, so no threshold was chosen"
+    if not (y == 1).any():
+        return (f"validation has no AI-generated (label 1) image among its {y.size}, so no threshold "
+                "was chosen; set one (Evaluate page or `aivh export --threshold`)")
+    if not (y == 0).any():
+        return (f"validation has no human-made (label 0) image among its {y.size}, so no threshold "
+                "was chosen; set one (Evaluate page or `aivh export --threshold`)")
+    return None
+
+
 def _epoch_result(epoch, train_loss, val_loss, val_y, probs, lr, seen, seconds, skipped) -> EpochResult:
     keep = ~np.isnan(probs)  # undecodable validation images are left out of the metrics
     s = metrics.summary(val_y[keep], probs[keep]) if keep.any() else {}
+    # one class (or none) in validation: every cut scores the same F1, no threshold is chosen
+    threshold = s.get("best_threshold", 0.5) if threshold_note(val_y, probs) is None else float("nan")
     return EpochResult(epoch, train_loss, val_loss, s.get("f1", 0.0), s.get("best_f1", 0.0),
-                       s.get("best_threshold", 0.5), s.get("auc", float("nan")), lr,
+                       threshold, s.get("auc", float("nan")), lr,
                        seen / max(seconds, 1e-9), seconds, skipped)
 
 
-def _save_checkpoints(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: TrainResult,
-                      epoch: int, bad_epochs: int, *, is_best: bool) -> None:
-    """last.pt holds everything --resume needs; best.pt only what prediction needs."""
+# The end of an epoch writes in this order, so that a kill or an error at any point leaves a
+# state `--resume` brings back to one epoch history (recover_checkpoints):
+#   1. stage: last.next.pt, then best.next.pt (each written whole, then renamed into place)
+#   2. the store records the epoch (cb.on_epoch: one transaction, the commit point)
+#   3. promote: best.next.pt -> best.pt, then last.next.pt -> last.pt
+# Before the commit the staged files are thrown away on resume; after it they are promoted.
+LAST_NEXT, BEST_NEXT = "last.next.pt", "best.next.pt"
+
+
+def _end_epoch(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: TrainResult, epoch: int,
+               bad_epochs: int, world: int, cb: Callbacks, er: EpochResult, *, is_best: bool,
+               probs: np.ndarray) -> None:
+    _stage_checkpoints(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, world, is_best=is_best)
+    sha1 = file_sha1(out_dir / BEST_NEXT) if is_best else None
+    cb.on_epoch(er, is_best=is_best, val_probs=probs, checkpoint=out_dir / "best.pt", checkpoint_sha1=sha1)
+    promote_checkpoints(out_dir)
+
+
+def _stage_checkpoints(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: TrainResult,
+                       epoch: int, bad_epochs: int, world: int = 1, *, is_best: bool) -> None:
+    """last.next.pt holds everything --resume needs; best.next.pt only what prediction needs."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
              "config": cfg.to_dict(), "history": [asdict(h) for h in result.history],
              "best_val_probs": torch.from_numpy(result.best_val_probs).float(),
-             "rng": torch.get_rng_state()}
-    save_atomic(state, out_dir / "last.pt")
+             "rng": torch.get_rng_state(), "world_size": world}
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # the GPU's generator too (dropout, stochastic depth on the device)
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    save_atomic(state, out_dir / LAST_NEXT)
     if is_best:
         save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch},
-                    out_dir / "best.pt")
+                    out_dir / BEST_NEXT)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    os.replace(src, dst)
+
+
+def promote_checkpoints(out_dir: Path) -> None:
+    """Staged files replace best.pt, then last.pt (a rename each: never a torn file)."""
+    for staged, final in ((BEST_NEXT, "best.pt"), (LAST_NEXT, "last.pt")):
+        if (out_dir / staged).is_file():
+            _rename(out_dir / staged, out_dir / final)
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover_checkpoints(out_dir: Path, recorded_epochs: set[int]) -> int | None:
+    """Finish or undo an end of epoch that a kill or an error interrupted: staged files whose
+    epoch the store recorded are promoted, others deleted. Returns last.pt's epoch (None: none)."""
+    last_next, best_next = out_dir / LAST_NEXT, out_dir / BEST_NEXT
+    if last_next.is_file():
+        epoch = int(torch.load(last_next, map_location="cpu", weights_only=True)["epoch"])
+        if epoch in recorded_epochs:
+            log.info("epoch %d was recorded but its checkpoints not yet in place: promoting them", epoch)
+            promote_checkpoints(out_dir)
+        else:
+            log.info("epoch %d was not recorded: discarding its staged checkpoints", epoch)
+            best_next.unlink(missing_ok=True)  # best first: a lone best.next.pt is always discarded
+            last_next.unlink()
+    else:
+        best_next.unlink(missing_ok=True)
+    last = out_dir / "last.pt"
+    if not last.is_file():
+        return None
+    return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+
+
+def file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _rank(e: EpochResult) -> tuple[float, float, float]:
@@ -275,12 +426,24 @@ def _recalibrate_bn(model: nn.Module, loader, device) -> None:
     model.eval()
 
 
-def _restore(path: Path, model, opt, sched, result: TrainResult, select: str) -> tuple[int, int]:
+def _restore(path: Path, model, opt, sched, result: TrainResult, select: str,
+             world: int = 1) -> tuple[int, int]:
     state = torch.load(path, map_location="cpu", weights_only=True)
+    saved_world = state.get("world_size")
+    if saved_world is not None and saved_world != world:
+        raise ValueError(f"{path} was trained by {saved_world} process(es); resume it with "
+                         f"{saved_world}, not {world}")
+    saved_steps = state["scheduler"].get("total_steps")
+    if saved_steps is not None and saved_steps != sched.total_steps:
+        raise ValueError(f"{path} was trained with {saved_steps} scheduler steps in all, this setup "
+                         f"has {sched.total_steps}: resume with the same process count and config")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    device = next(model.parameters()).device
+    if state.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     result.history = [EpochResult(**h) for h in state["history"]]
     pick = (lambda h: h[-1] if h else None) if select == "last" else (
         lambda h: max(h, key=_rank, default=None))
