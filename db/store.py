@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from functools import lru_cache
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 FIRST_REVISION = "0001"  # the schema stores had before migrations: they are stamped with it
+log = logging.getLogger("aivh.store")
 
 
 def home() -> Path:
@@ -98,32 +100,58 @@ def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic logs its plugins and each step at INFO; a command that set up INFO logging for
+    its own progress would print a dozen such lines. Only its warnings pass."""
+    logger = logging.getLogger("alembic")
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the store's schema to `revision` (Alembic), keeping every row.
 
     A store made before migrations existed (tables, no alembic_version) is stamped with the
-    first revision, then upgraded like any other.
+    first revision, then upgraded like any other. Silent for a current or a new store; one
+    line (a warning on the "aivh.store" logger) when an existing store's schema changes.
     """
+    with _quiet_alembic():
+        changed = _migrate(engine, revision)
+    if changed is not None:
+        where = engine.url.render_as_string(hide_password=True)
+        log.warning("aivh: store %s upgraded from schema %s to %s", where, *changed)
+
+
+def _migrate(engine: Engine, revision: str) -> tuple[str, str] | None:
+    """(from, to) when an existing store's schema changed; None when current or new."""
     from alembic import command
 
     target = head_revision() if revision == "head" else revision
     with engine.connect() as conn:
         if current_revision(conn) == target:
-            return
+            return None
         with _migration_lock(engine, conn):
             conn.rollback()  # see what the process that held the lock did
             current = current_revision(conn)
             if current == target:
-                return
+                return None
             if engine.dialect.name == "sqlite":
                 conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # no cascade may fire mid-migration
             cfg = _alembic_config(conn)
-            if current is None and inspect(conn).has_table("datasets"):
+            existing = current is not None or inspect(conn).has_table("datasets")
+            if current is None and existing:
+                current = FIRST_REVISION
                 command.stamp(cfg, FIRST_REVISION)
             command.upgrade(cfg, revision)
             conn.commit()
             if engine.dialect.name == "sqlite":
                 conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+    return (current, target) if existing else None
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:

@@ -1,0 +1,106 @@
+"""What a new user sees: no migration chatter for a current store, one line when one is migrated;
+`aivh demo` a second time keeps the previous workspace unless told --fresh."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from sqlalchemy import create_engine
+
+from db import store
+from engine import cli
+from tests.conftest import aivh
+
+
+@pytest.fixture()
+def info_logging():
+    """What `aivh train`/`aivh demo` set up (logging.basicConfig at INFO), captured."""
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield buf
+    root.removeHandler(handler)
+    root.setLevel(old)
+
+
+def test_migrating_says_one_line_and_a_current_store_says_nothing(tmp_path, info_logging, capfd):
+    engine = create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    store.migrate(engine)  # a new store: created quietly
+    assert info_logging.getvalue() == "" and capfd.readouterr().err == ""
+    store.migrate(engine)  # current: nothing
+    assert info_logging.getvalue() == ""
+
+    old = create_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    store.migrate(old, "0002")
+    info_logging.truncate(0)
+    info_logging.seek(0)
+    store.migrate(old)
+    lines = info_logging.getvalue().splitlines()
+    assert len(lines) == 1 and "0002" in lines[0] and store.head_revision() in lines[0], lines
+    assert "Context impl" not in info_logging.getvalue() and "setup plugin" not in info_logging.getvalue()
+
+
+def test_a_command_on_an_old_store_prints_one_line_then_nothing(workspace):
+    workspace.mkdir(parents=True, exist_ok=True)
+    store.migrate(create_engine(f"sqlite:///{workspace / 'aivh.db'}"), "0002")
+    first = aivh("runs", env_home=workspace)
+    lines = first.stderr.strip().splitlines()
+    assert len(lines) == 1 and "0002" in lines[0] and "upgraded" in lines[0], first.stderr
+    second = aivh("runs", env_home=workspace)
+    assert second.stderr == ""
+
+
+def _demo(ws, *extra) -> int:
+    return cli.main(["demo", "--workspace", str(ws), "--no-serve", "--json", *extra])
+
+
+def test_demo_a_second_time_reuses_the_workspace(workspace, tmp_path, monkeypatch, capsys):
+    import engine.ingest
+
+    monkeypatch.setenv("AIVH_HOME", str(workspace))  # demo points AIVH_HOME at its workspace; restored after
+    ws = tmp_path / "aivh-demo"
+    ws.mkdir()
+    (ws / ".aivh-demo").touch()
+    (ws / "relabels-and-runs.txt").write_text("made in the first demo")
+
+    def no_retraining(*a, **k):
+        raise AssertionError("the demo imported and trained again")
+
+    monkeypatch.setattr(engine.ingest, "import_dataset", no_retraining)
+    assert _demo(ws) == 0
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out.strip().splitlines()[-1])
+    assert payload["reused"] is True and payload["workspace"] == str(ws)
+    assert "--fresh" in captured.err
+    assert (ws / "relabels-and-runs.txt").read_text() == "made in the first demo"
+
+
+def test_demo_fresh_starts_afresh_and_never_deletes_a_folder_it_did_not_make(workspace, tmp_path,
+                                                                            monkeypatch, capsys):
+    import engine.ingest
+
+    monkeypatch.setenv("AIVH_HOME", str(workspace))
+    ws = tmp_path / "aivh-demo"
+    ws.mkdir()
+    (ws / ".aivh-demo").touch()
+    (ws / "old.txt").write_text("x")
+
+    def stop(*a, **k):
+        raise RuntimeError("stopped after the workspace was made")
+
+    monkeypatch.setattr(engine.ingest, "import_dataset", stop)
+    assert _demo(ws, "--fresh") == 1
+    assert "stopped after" in capsys.readouterr().err
+    assert not (ws / "old.txt").exists() and (ws / ".aivh-demo").exists()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("y")
+    assert _demo(mine, "--fresh") == 1
+    assert "not an aivh demo workspace" in capsys.readouterr().err
+    assert (mine / "thesis.tex").exists()
