@@ -77,3 +77,46 @@ def test_best_epoch_is_f1_then_auc_then_the_lower_validation_loss():
     assert max([epoch(1, 0.9, 0.95, 0.1), epoch(2, 0.91, 0.90, 0.5)], key=_rank).epoch == 2  # F1 first
     assert max([epoch(1, 0.9, 0.95, 0.5), epoch(2, 0.9, 0.90, 0.1)], key=_rank).epoch == 1  # then AUC
     assert max([epoch(1, 0.9, 0.9, float("nan")), epoch(2, 0.9, 0.9, 3.0)], key=_rank).epoch == 2
+
+
+def test_byte_identical_copies_land_on_the_same_side_of_the_split():
+    keys, strata = _data()
+    # 60 files have a copy under another name (content hash shared); one pair's copies disagree on the label
+    content = {i: f"{i % 340:040x}" if i % 340 < 60 else None for i in keys}
+    for i in range(340, 400):
+        content[i] = f"{(i - 340):040x}"
+    strata[345] = 1 - strata[5]
+    for seed in range(5):
+        train, val = split_images(keys, strata, val_fraction=0.2, seed=seed, content=content)
+        assert sorted(train + val) == list(range(400)) and not set(train) & set(val)
+        side = {i: "val" for i in val} | {i: "train" for i in train}
+        for i in range(340, 400):
+            assert side[i] == side[i - 340], (seed, i)
+        assert 70 <= len(val) <= 90  # still about 20%
+    plain = split_images(keys, strata, val_fraction=0.2, seed=0)
+    assert split_images(keys, strata, val_fraction=0.2, seed=0, content={i: None for i in keys}) == plain
+
+
+def test_a_run_splits_its_images_by_content(sessions, tmp_path):
+    from db import queries
+    from db.models import Dataset, Image, Label, Run
+    from engine.jobs import _train_data
+    from engine.train import TrainConfig
+
+    with sessions.begin() as s:
+        ds = Dataset(name="dups", root=str(tmp_path))
+        s.add(ds)
+        s.flush()
+        for i in range(80):  # every image stored twice under two names
+            for copy in ("a", "b"):
+                im = Image(dataset_id=ds.id, rel_path=f"train_data/{copy}{i:03d}.jpg", split="train",
+                           csv_row=2 * i + (copy == "b"), status="ok", sha1=f"{i:040x}")
+                s.add(im)
+                s.flush()
+                s.add(Label(image_id=im.id, label=i % 2, source="import"))
+        run = Run(dataset_id=ds.id, status="queued", config=TrainConfig(val_fraction=0.25).to_dict())
+        s.add(run)
+        s.flush()
+        _data_, train_ids, val_ids = _train_data(s, run)
+        sha = {im.id: im.sha1 for im in queries.images(s, ds.id)}
+    assert len(val_ids) == 40 and not {sha[i] for i in train_ids} & {sha[i] for i in val_ids}
