@@ -379,3 +379,26 @@ def test_training_flags_are_checked_in_one_place(sessions, tmp_path, monkeypatch
     with pytest.raises(ValueError, match="patience must be at least 1"):
         jobs.execute(run_id, progress=False, sessions=sessions)
     assert not trained and "patience must be at least 1" in _get(sessions, run_id).error
+
+
+def test_the_train_pages_resume_is_refused_in_one_line(sessions, tmp_path, monkeypatch, live_child):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    ds = _dataset(sessions, tmp_path, 8)
+    ddp = _run(sessions, ds, status="failed", error="killed", world_size=2)
+    owned = _run(sessions, ds, status="failed", error="marked failed", **_owner(live_child))
+    for run_id in (ddp, owned):
+        (run_dir(run_id) / "last.pt").write_bytes(b"x")
+    started = []
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: started.append(a))
+    expected = {ddp: "resume it with --nproc 2", owned: f"is already running (pid {live_child.pid}"}
+    for run_id, why in expected.items():
+        at = AppTest.from_file(str(ROOT / "dashboard" / "pages" / "train.py"), default_timeout=60).run()
+        at.selectbox[-2].set_value(run_id)  # "Resume a run that died"
+        next(b for b in at.button if b.label == "Resume").click().run()
+        assert not at.exception
+        assert any(why in e.value for e in at.error), [e.value for e in at.error]
+    assert not started
+    assert [_get(sessions, i).status for i in (ddp, owned)] == ["failed", "failed"]

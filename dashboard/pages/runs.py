@@ -40,7 +40,8 @@ def runs_table(runs: dict) -> pd.DataFrame:
                      "labels as of": r.labels_as_of, "best epoch": r.best_epoch,
                      "val F1 (best thr.)": b.val_best_f1 if b else None,
                      "best thr.": r.best_threshold, "val AUC": b.val_auc if b else None,
-                     "chosen thr.": r.chosen_threshold, "error": r.error or ""})
+                     "chosen thr.": r.chosen_threshold, "processes": r.world_size,
+                     "threshold note": r.threshold_note or "", "error": r.error or ""})
     return pd.DataFrame(rows)
 
 
@@ -76,7 +77,7 @@ def retrain_ui(runs: dict) -> None:
     if st.button("Retrain with current labels", type="primary", key="retrain_go"):
         with common.sessions().begin() as s:
             new_id = jobs.create_like_run(s, run_id).id
-        jobs.launch(new_id)
+        jobs.launch(new_id, sessions=common.sessions())
         st.success(f"Run #{new_id} started with run #{run_id}'s config; watch it on the Train page.")
 
 

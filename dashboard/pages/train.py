@@ -41,21 +41,24 @@ def form_ui(names: dict[int, str], runs: dict) -> None:
         c1, c2 = st.columns([3, 1])
         chosen = c1.selectbox("Resume a run that died", resumable, format_func=lambda i: f"#{i}")
         if c2.button("Resume"):
-            with common.sessions().begin() as s:
-                jobs.check_resumable(s, chosen)
-            jobs.launch(chosen, resume=True)
-            st.query_params["watch"] = str(chosen)
-            st.rerun()
+            try:  # refused while its process lives, or when it trained with several processes
+                jobs.launch(chosen, resume=True, sessions=common.sessions())
+            except (ValueError, FileNotFoundError) as e:
+                st.error(f"Run #{chosen} not resumed: {e}")
+            else:
+                st.query_params["watch"] = str(chosen)
+                st.rerun()
 
 
 def start_run(dataset_id: int, cfg: TrainConfig) -> None:
-    if cfg.pretrained and not Path(cfg.pretrained).is_file():
-        st.error(f"Pretrained weights file not found: {cfg.pretrained}")
+    problems = cfg.problems()  # the same check as `aivh train`
+    if problems:
+        st.error("Not started: " + "; ".join(problems))
         return
     with common.sessions().begin() as s:
         ds = next(d for d in queries.list_datasets(s) if d.id == dataset_id)
         run_id = jobs.create_run(s, ds, cfg).id
-    jobs.launch(run_id)
+    jobs.launch(run_id, sessions=common.sessions())
     st.query_params["watch"] = str(run_id)
     st.success(f"Run #{run_id} started.")
 
@@ -79,8 +82,10 @@ def watch_ui(run_id: int) -> None:
     elif run.status == "cancelled":
         st.warning("Cancelled.")
     elif run.status == "succeeded":
-        st.success(f"Finished: best epoch {run.best_epoch}, threshold {run.best_threshold:.3f}"
-                   if run.best_epoch else "Finished.")
+        threshold = f"threshold {run.best_threshold:.4g}" if run.best_threshold is not None else "no threshold"
+        st.success(f"Finished: best epoch {run.best_epoch}, {threshold}" if run.best_epoch else "Finished.")
+    if run.threshold_note:
+        st.warning(f"Threshold: {run.threshold_note}")
     epoch, total = prog.get("epoch", 0), cfg.get("epochs", 1)
     st.progress(min(1.0, len(epochs) / total), text=f"epoch {epoch or '-'} of {total}")
     if prog.get("batches"):
