@@ -35,6 +35,20 @@ def test_a_checkpoint_with_code_in_it_is_refused_and_the_code_never_runs(tmp_pat
     assert not marker.exists()
 
 
+def test_predict_reads_its_checkpoint_without_running_code(sessions, tmp_path):
+    """predict hashes and loads the checkpoint's bytes itself: still weights_only."""
+    from engine.predict import predict_run
+    from tests.test_trust_export import _dataset, _run
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "best.pt"
+    torch.save({"model": {}, "config": {"img_size": 32}, "epoch": 1, "extra": _Payload(marker)}, path)
+    run_id = _run(sessions, _dataset(tmp_path / "data"), checkpoint=str(path))
+    with pytest.raises(WeightsError, match=str(path)):
+        predict_run(sessions, run_id, "test", device="cpu", workers=0, progress=False)
+    assert not marker.exists()
+
+
 CRAFTED = ["../../../../../../etc/passwd", "/etc/passwd", "train_data/../../outside.jpg", "link.jpg"]
 
 
