@@ -1,5 +1,7 @@
 """Writes a file over and over through aivh's atomic writers, for the kill -9 test.
-Usage: python -m tests.kill_writer checkpoint|export PATH"""
+Usage: python -m tests.kill_writer checkpoint|export PATH
+       python -m tests.kill_writer epoch-end POINT RUN_ID: trains the run (AIVH_HOME's store) and
+       kills itself with SIGKILL at POINT of epoch 2's end (see tests/test_trust_runs.py)"""
 from __future__ import annotations
 
 import sys
@@ -8,7 +10,42 @@ from pathlib import Path
 import torch
 
 
+def kill_at_epoch_end(point: str, run_id: int) -> None:
+    import os
+    import signal
+
+    from engine import jobs
+    from engine import train as tr
+
+    real_save, real_rename, real_store = tr.save_atomic, tr._rename, jobs._store_val_predictions
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def save(obj, path):
+        if obj.get("epoch") == 2 and point == f"writing {Path(path).name}":
+            die()
+        real_save(obj, path)
+
+    def store(s, rid, ids, probs, **kw):
+        real_store(s, rid, ids, probs, **kw)
+        if kw.get("epoch") == 2 and point == "store":
+            s.flush()
+            die()  # the epoch's rows written, not committed
+
+    def rename(src, dst):
+        if point == f"renaming {dst.name}" and torch.load(src, weights_only=True)["epoch"] == 2:
+            die()
+        real_rename(src, dst)
+
+    tr.save_atomic, tr._rename, jobs._store_val_predictions = save, rename, store
+    jobs.execute(run_id, progress=False)
+
+
 def main() -> int:
+    if sys.argv[1] == "epoch-end":
+        kill_at_epoch_end(sys.argv[2], int(sys.argv[3]))
+        return 0
     kind, path = sys.argv[1], Path(sys.argv[2])
     n = 0
     while True:  # until killed

@@ -305,6 +305,33 @@ def test_an_epoch_end_interrupted_at_any_point_resumes_to_one_epoch_history(sess
     assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(run.best_epoch, tr.file_sha1(out / "best.pt"))}
 
 
+@pytest.mark.parametrize("point", ["writing best.next.pt", "store", "renaming last.pt"])
+def test_a_kill_at_an_epoch_end_resumes_to_one_epoch_history(sessions, tmp_path, point):
+    from tests.conftest import ROOT
+
+    ds = _dataset(sessions, tmp_path)
+    if "straight" not in _REFERENCE:
+        _REFERENCE["straight"] = _history(sessions, jobs.execute(_run(sessions, ds), progress=False,
+                                                                 sessions=sessions).id)
+    run_id = _run(sessions, ds)
+    proc = subprocess.run([sys.executable, "-m", "tests.kill_writer", "epoch-end", point, str(run_id)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert _get(sessions, run_id).status == "running"  # as the kill left it
+    with sessions.begin() as s:
+        assert jobs.reap_stale(s) == [run_id]  # its process is gone
+    assert jobs.execute(run_id, resume=True, progress=False, sessions=sessions).status == "succeeded"
+    out = run_dir(run_id)
+    assert _history(sessions, run_id) == _REFERENCE["straight"]
+    assert [h["epoch"] for h in torch.load(out / "last.pt", weights_only=True)["history"]] == [1, 2, 3]
+    assert not list(out.glob("*.next.pt"))
+    run = _get(sessions, run_id)
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == run.best_epoch == 3
+    with sessions() as s:
+        rows = s.query(Prediction).filter_by(run_id=run_id).all()
+    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(3, tr.file_sha1(out / "best.pt"))}
+
+
 def test_the_cuda_generator_is_saved_and_restored(tmp_path, monkeypatch):
     class OnCuda(torch.nn.Linear):  # a module whose parameters report a CUDA device
         def parameters(self, recurse=True):
