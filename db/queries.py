@@ -1,9 +1,10 @@
 """Query functions. Each takes a session first; callers own the transaction."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -54,6 +55,44 @@ def list_runs(s: Session, dataset_id: int | None = None) -> list[Run]:
     return list(s.scalars(q))
 
 
+def image_stamps(s: Session, dataset_id: int) -> dict[str, tuple[int | None, int | None]]:
+    """rel_path -> (bytes, mtime_ns) of the readable images as import recorded them: what a
+    loader compares with the file on disk (engine.data.check_unchanged) to notice a replaced file."""
+    q = select(Image.rel_path, Image.bytes, Image.mtime_ns).where(Image.dataset_id == dataset_id,
+                                                                 Image.status == "ok")
+    return {path: (size, mtime) for path, size, mtime in s.execute(q)}
+
+
+def image_sha1s(s: Session, dataset_id: int) -> dict[str, str | None]:
+    q = select(Image.rel_path, Image.sha1).where(Image.dataset_id == dataset_id)
+    return {path: sha1 for path, sha1 in s.execute(q)}
+
+
+def duplicate_groups(s: Session, dataset_id: int) -> list[tuple[str, list[tuple[int, str, str]]]]:
+    """Byte-identical readable images: (sha1, [(image id, rel_path, split), ...]) per sha1 held by
+    more than one image, in sha1 order, members in id order."""
+    shared = (select(Image.sha1).where(Image.dataset_id == dataset_id, Image.status == "ok",
+                                       Image.sha1.is_not(None))
+              .group_by(Image.sha1).having(func.count(Image.id) > 1).subquery())
+    q = (select(Image.sha1, Image.id, Image.rel_path, Image.split)
+         .where(Image.dataset_id == dataset_id, Image.status == "ok", Image.sha1.in_(select(shared.c.sha1)))
+         .order_by(Image.sha1, Image.id))
+    groups: dict[str, list[tuple[int, str, str]]] = {}
+    for sha1, i, path, split in s.execute(q):
+        groups.setdefault(sha1, []).append((i, path, split))
+    return list(groups.items())
+
+
+def content_keys(s: Session, dataset_id: int, split: str | None = "train") -> dict[int, str]:
+    """image id -> sha1 of its bytes (its path when no sha1 was recorded): byte-identical copies
+    share a key, so a split or fold that groups by it keeps every copy on one side."""
+    q = select(Image.id, Image.sha1, Image.rel_path).where(Image.dataset_id == dataset_id,
+                                                           Image.status == "ok")
+    if split is not None:
+        q = q.where(Image.split == split)
+    return {i: sha1 or f"path:{path}" for i, sha1, path in s.execute(q)}
+
+
 def existing_paths(s: Session, dataset_id: int) -> dict[str, tuple[int, str]]:
     """rel_path -> (image id, status), without loading ORM objects (80k rows stay fast)."""
     q = select(Image.rel_path, Image.id, Image.status).where(Image.dataset_id == dataset_id)
@@ -69,8 +108,16 @@ def _label_rows(dataset_id: int, pick=func.max, as_of: int | None = None):
     return q.group_by(Label.image_id).subquery()
 
 
+# Label sources: "import" (the CSV's label), "review" (a reviewer's relabel), "undo" (restores
+# the label before an undone review; its note names it) and "unlabel" (undoes an image's first
+# review when it had no label before, a test image: its label column repeats the undone one
+# and means nothing; the image has no current label).
+UNDO_SOURCES = ("undo", "unlabel")
+
+
 def _labels_by(s: Session, rows) -> dict[int, int]:
-    found = s.execute(select(Label.image_id, Label.label).join(rows, Label.id == rows.c.lid))
+    found = s.execute(select(Label.image_id, Label.label).join(rows, Label.id == rows.c.lid)
+                      .where(Label.source != "unlabel"))
     return {image_id: label for image_id, label in found}
 
 
@@ -158,9 +205,17 @@ def add_export(s: Session, **values) -> Export:
     return export
 
 
+def _lock_image(s: Session, image_id: int) -> None:
+    """Serialise label writes per image (PostgreSQL: row lock until commit; SQLite writes are
+    serialised anyway), so an undo never reads a history that a relabel is changing."""
+    if s.execute(select(Image.id).where(Image.id == image_id).with_for_update()).first() is None:
+        raise NotFound(f"no image {image_id}")
+
+
 def relabel(s: Session, image_id: int, label: int, *, author: str, note: str | None = None) -> Label:
     if label not in (0, 1):
         raise ValueError(f"label must be 0 or 1, not {label!r}")
+    _lock_image(s, image_id)
     row = Label(image_id=image_id, label=label, source="review", author=author, note=note)
     s.add(row)
     s.flush()
@@ -171,12 +226,19 @@ def relabel(s: Session, image_id: int, label: int, *, author: str, note: str | N
 
 
 def _newest_labels(dataset_id: int):
+    """(newest label row per image, reviews still in force per image: reviews minus undos)."""
     newest = _label_rows(dataset_id, func.max)
-    reviews = (select(Label.image_id, func.count(Label.id).label("n"))
+    counted = case((Label.source == "review", 1), (Label.source.in_(UNDO_SOURCES), -1), else_=0)
+    reviews = (select(Label.image_id, func.sum(counted).label("n"))
                .join(Image, Image.id == Label.image_id)
-               .where(Image.dataset_id == dataset_id, Label.source == "review")
+               .where(Image.dataset_id == dataset_id, Label.source.in_(("review", *UNDO_SOURCES)))
                .group_by(Label.image_id).subquery())
     return newest, reviews
+
+
+def _current(newest):
+    """Join condition for the current label row (none when an undo left the image unlabelled)."""
+    return (Label.id == newest.c.lid) & (Label.source != "unlabel")
 
 
 def prediction_rows(s: Session, run: Run, split: str) -> list[tuple]:
@@ -189,7 +251,7 @@ def prediction_rows(s: Session, run: Run, split: str) -> list[tuple]:
                 func.coalesce(reviews.c.n, 0))
          .join(Prediction, (Prediction.image_id == Image.id) & (Prediction.run_id == run.id))
          .outerjoin(newest, newest.c.image_id == Image.id)
-         .outerjoin(Label, Label.id == newest.c.lid)
+         .outerjoin(Label, _current(newest))
          .outerjoin(reviews, reviews.c.image_id == Image.id))
     if split in ("val", "train"):
         q = q.join(RunImage, (RunImage.image_id == Image.id) & (RunImage.run_id == run.id)
@@ -203,13 +265,53 @@ def label_history(s: Session, image_id: int) -> list[Label]:
     return list(s.scalars(select(Label).where(Label.image_id == image_id).order_by(Label.id)))
 
 
-def undo_last_review(s: Session, image_id: int, *, author: str) -> Label | None:
-    """Append a row that restores the label before the newest review; history stays whole."""
+class UndoRefused(ValueError):
+    """An undo that would not restore what the reviewer expects; the message is one line."""
+
+
+_LABEL_WORDS = {0: "human-made", 1: "AI-generated"}
+
+
+def _stamp(when) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when is not None else "an unknown time"
+
+
+def undo_last_review(s: Session, image_id: int, *, author: str) -> Label:
+    """Undo `author`'s newest review of the image that is still in force: append a row that
+    restores the label the image had just before it (an "unlabel" row when it had none, as a
+    test image before its first review). History stays whole; undo rows name what they undo,
+    so a second undo goes one review further back, never forward.
+
+    Raises UndoRefused when the author has no review left to undo, or when someone else has
+    relabelled the image since (naming who and when): undoing then would silently revert their
+    change.
+    """
+    _lock_image(s, image_id)
     history = label_history(s, image_id)
-    if len(history) < 2 or history[-1].source != "review":
-        return None
-    last, before = history[-1], history[-2]
-    return relabel(s, image_id, before.label, author=author, note=f"undo of #{last.id}")
+    undone = {int(m.group(1)) for h in history if h.source in UNDO_SOURCES
+              and (m := re.match(r"undo of #(\d+)", h.note or ""))}
+    in_force = [h for h in history if h.source == "review" and h.id not in undone]
+    mine = [h for h in in_force if h.author == author]
+    if not mine:
+        raise UndoRefused(f"nothing to undo: {author} has no review of image {image_id} left to undo")
+    last = mine[-1]
+    others = [h for h in in_force if h.id > last.id and h.author != author]
+    if others:
+        o = others[-1]
+        raise UndoRefused(
+            f"cannot undo {author}'s review #{last.id} of image {image_id}: {o.author or 'someone'} "
+            f"relabelled it {_LABEL_WORDS.get(o.label, o.label)} at {_stamp(o.created_at)} since; "
+            f"ask them to undo theirs, or relabel it directly")
+    before = [h for h in history if h.id < last.id]
+    if before and before[-1].source != "unlabel":
+        row = Label(image_id=image_id, label=before[-1].label, source="undo", author=author,
+                    note=f"undo of #{last.id}")
+    else:  # the image had no label before this review
+        row = Label(image_id=image_id, label=last.label, source="unlabel", author=author,
+                    note=f"undo of #{last.id} (no label before it)")
+    s.add(row)
+    s.flush()
+    return row
 
 
 def exports(s: Session) -> list[Export]:
@@ -280,7 +382,7 @@ def audit_rows(s: Session, audit_id: int, *, flagged_only: bool = False, limit: 
                 func.coalesce(reviews.c.n, 0).label("reviews"))
          .join(Image, Image.id == AuditScore.image_id)
          .outerjoin(newest, newest.c.image_id == Image.id)
-         .outerjoin(Label, Label.id == newest.c.lid)
+         .outerjoin(Label, _current(newest))
          .outerjoin(reviews, reviews.c.image_id == Image.id)
          .where(AuditScore.audit_id == audit_id))
     if flagged_only:

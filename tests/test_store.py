@@ -80,11 +80,13 @@ def test_import_relabel_undo_and_history_on_each_backend(store_url):
     with sessions.begin() as s:
         assert queries.current_labels(s, ds)[image_id] == 1 - first
         assert queries.import_labels(s, ds)[image_id] == first
-        queries.undo_last_review(s, image_id, author="ben")
+        with pytest.raises(queries.UndoRefused, match="nothing to undo: ben"):
+            queries.undo_last_review(s, image_id, author="ben")  # not ben's review to undo
+        queries.undo_last_review(s, image_id, author="ana")
     with sessions() as s:
         history = queries.label_history(s, image_id)
         assert [(h.label, h.source, h.author) for h in history] == [
-            (first, "import", "import"), (1 - first, "review", "ana"), (first, "review", "ben")]
+            (first, "import", "import"), (1 - first, "review", "ana"), (first, "undo", "ana")]
         assert queries.labels_changed(s, ds, history[0].id, history[1].id) == [image_id]
         assert queries.labels_changed(s, ds, history[0].id, history[2].id) == []
         rows = queries.prediction_rows(s, queries.get_run(s, run_id), "val")
