@@ -25,13 +25,30 @@ log = logging.getLogger("aivh.audit")
 CSV_COLUMNS = ("file_name", "given_label", "prob", "quality", "flagged")
 
 
-def assign_folds(keys: dict[int, str], strata: dict[int, int], folds: int, seed: int) -> dict[int, int]:
-    """image id -> fold: each class ordered by sha1(seed:key) and dealt round-robin."""
+def assign_folds(keys: dict[int, str], strata: dict[int, int], folds: int, seed: int,
+                 groups: dict[int, str] | None = None) -> dict[int, int]:
+    """image id -> fold: each class ordered by sha1(seed:key) and dealt round-robin.
+
+    groups: image id -> content key (sha1 of the bytes, queries.content_keys): images sharing one
+    are byte-identical copies and all go to one fold, so no copy is trained on while another is
+    held out. A group is dealt as a unit, in the class of its lowest label and ordered by its
+    first key, to the fold with the fewest images of that class so far (ties: the lowest fold):
+    without copies this is exactly the round-robin above.
+    """
+    groups = groups or {i: f"id:{i}" for i in keys}
+    members: dict[str, list[int]] = {}
+    for i in keys:
+        members.setdefault(groups.get(i, f"id:{i}"), []).append(i)
     out: dict[int, int] = {}
+    units = [(min(strata[i] for i in ids), min(keys[i] for i in ids), ids) for ids in members.values()]
     for cls in sorted(set(strata.values())):
-        members = sorted((i for i in keys if strata[i] == cls),
-                         key=lambda i: hashlib.sha1(f"audit:{seed}:{keys[i]}".encode()).hexdigest())
-        out.update({i: n % folds for n, i in enumerate(members)})
+        ordered = sorted((u for u in units if u[0] == cls),
+                         key=lambda u: hashlib.sha1(f"audit:{seed}:{u[1]}".encode()).hexdigest())
+        filled = [0] * folds
+        for _, _, ids in ordered:
+            k = min(range(folds), key=lambda f: (filled[f], f))
+            filled[k] += len(ids)
+            out.update({i: k for i in ids})
     return out
 
 
@@ -45,7 +62,8 @@ def create_audit(s: Session, dataset: Dataset, cfg: TrainConfig, folds: int) -> 
     if min(np.bincount(list(strata.values()), minlength=2)) < folds:
         raise ValueError(f"dataset {dataset.name!r} needs at least {folds} labelled images of each "
                          f"class for {folds} folds")
-    fold_of = assign_folds({i: ims[i] for i in strata}, strata, folds, cfg.seed)
+    fold_of = assign_folds({i: ims[i] for i in strata}, strata, folds, cfg.seed,
+                           groups=queries.content_keys(s, dataset.id, "train"))
     audit = Audit(dataset_id=dataset.id, folds=folds, config=cfg.to_dict(), status="queued",
                   labels_as_of=queries.newest_label_id(s, dataset.id))
     s.add(audit)

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class ImageInfo:
     height: int
     bytes: int
     sha1: str
+    mtime_ns: int | None = None  # the file's modification time when it was read
 
 
 def _parse_label(text: str) -> int | None:
@@ -147,44 +149,155 @@ class UnreadableImage(OSError):
     """An image that cannot be decoded: deleted, replaced, truncated, too large or not an image."""
 
 
-def _truncated(data: bytes, fmt: str | None) -> str | None:
-    """A cheap end-of-file check on bytes already read for sha1: no pixel is decoded."""
-    tail = data[-1024:].rstrip(b"\0")
-    if fmt == "JPEG" and b"\xff\xd9" not in tail:
-        return "truncated JPEG: no end-of-image marker"
-    if fmt == "PNG" and b"IEND" not in tail[-64:]:
-        return "truncated PNG: no IEND chunk"
+def _ends_with_eoi(data: bytes) -> bool:
+    """Whether a JPEG's last bytes hold its end-of-image marker: the device decoder's route
+    takes only such files; any other (a camera's trailer, a truncated file) goes to Pillow."""
+    return b"\xff\xd9" in data[-1024:].rstrip(b"\0")
+
+
+_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")  # "<_io.BytesIO object at 0x7f...>"
+
+
+def _words(e: BaseException) -> str:
+    """An exception's message without Python object reprs, on one line."""
+    text = _REPR.sub("", str(e)).split("\n")[0].strip().rstrip(".")
+    return text[:160]
+
+
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # ends a JPEG's entropy-coded data
+
+
+def _jpeg_reaches_eoi(data: bytes) -> bool:
+    """Whether the JPEG's segments, walked as a decoder reads them (each scan's entropy-coded
+    data runs to the next marker that is neither a stuffed byte nor a restart), reach the
+    end-of-image marker. Bytes after it (a camera's trailer) are never looked at. About 85 us
+    for a 115 KB 768x512 file, against 2.4 ms for decoding it at 1/8 scale."""
+    n, pos = len(data), 2
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:
+            return True
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            if pos + 4 > n:
+                return False
+            end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if end > n:
+                return False
+            if marker == 0xDA:  # start of scan: its data runs to the next real marker
+                found = _NEXT_MARKER.search(data, end)
+                if found is None:
+                    return False
+                pos = found.start()
+            else:
+                pos = end
+    return False
+
+
+def _decodes(im: Image.Image, fmt: str | None, data: bytes) -> str | None:
+    """Why the pixels do not decode, or None. Truncation is judged by decoding, not by where
+    the end marker sits (phone cameras append trailers after it), and cheaply: a JPEG whose
+    segments reach its end-of-image marker is whole without decoding (_jpeg_reaches_eoi); one
+    whose do not is decoded at 1/8 scale (every coefficient is still read, so a cut file fails)
+    and refused only if that fails. A PNG checks its chunks and their CRCs without inflating;
+    other formats decode in full."""
+    what = fmt or "image"
+    try:
+        if fmt == "PNG":
+            im.verify()
+        elif fmt == "JPEG" and _jpeg_reaches_eoi(data):
+            return None
+        else:
+            if fmt == "JPEG":
+                im.draft("RGB", (1, 1))
+            im.load()
+    except Image.DecompressionBombError:
+        raise
+    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError ...
+        text = _words(e).lower()
+        if "truncated" in text or "not processed" in text or "broken" in text:
+            return (f"truncated {what}: the file ends before the picture does "
+                    "(an interrupted copy or download?)")
+        return f"damaged {what}: its pixels cannot be decoded ({_words(e) or 'no detail'})"
     return None
 
 
 def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
-    """Size, byte count and sha1 from the header and bytes, without decoding pixels."""
+    """Size, byte count, modification time and sha1, and whether the pixels decode (cheaply,
+    see _decodes). Returns the reason in words when the file cannot be used."""
     try:
         path = resolve_inside(root, rel_path)
     except PermissionError:
-        return "path escapes DATA_DIR"
+        return "a symlink leads outside DATA_DIR (images are read only from inside it)"
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            mtime_ns = os.fstat(f.fileno()).st_mtime_ns
+            data = f.read()
     except FileNotFoundError:
         return "missing file"
+    except IsADirectoryError:
+        return "a folder, not an image file"
     except OSError as e:
-        return f"unreadable file ({e.strerror or e})"
+        return f"unreadable file ({e.strerror or _words(e)})"
     if not data:
-        return "unreadable: empty file"
+        return "empty file (0 bytes)"
     try:
         with warnings.catch_warnings():  # over the limit is reported below, not warned
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 width, height, fmt = *im.size, im.format
+                if width * height > MAX_PIXELS:
+                    return (f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,}; "
+                            "a decompression bomb?)")
+                if problem := _decodes(im, fmt, data):
+                    return problem
     except Image.DecompressionBombError as e:
-        return f"decompression bomb ({e})".split("\n")[0][:200]
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for non-images
-        return f"not an image ({type(e).__name__}: {e})".split("\n")[0][:200]
-    if width * height > MAX_PIXELS:
-        return f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,}; a decompression bomb?)"
-    if problem := _truncated(data, fmt):
-        return problem
-    return ImageInfo(width, height, len(data), hashlib.sha1(data).hexdigest())
+        return f"decompression bomb ({_words(e)})"
+    except Image.UnidentifiedImageError:
+        return f"not an image: no image format recognised in its {len(data):,} bytes ({_sniff(data)})"
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for damaged headers
+        return f"not an image: damaged header ({_words(e) or 'no detail'})"
+    return ImageInfo(width, height, len(data), hashlib.sha1(data).hexdigest(), mtime_ns)
+
+
+def _sniff(data: bytes) -> str:
+    """What the bytes look like, for a file that is no image."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page: a failed download?"
+    try:
+        data[:512].decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "binary data of no known image format"
+
+
+def check_unchanged(path: Path, size: int | None, mtime_ns: int | None) -> None:
+    """Raise UnreadableImage when the file's size or modification time is not what import
+    recorded: the file was replaced, and the store's sha1, size and thumbnails describe
+    another picture. None (a store from before mtimes were recorded) skips that check."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UnreadableImage(f"{path.name}: missing file") from None
+    if size is not None and st.st_size != size:
+        why = f"{st.st_size:,} bytes now, {size:,} at import"
+    elif mtime_ns is not None and st.st_mtime_ns != mtime_ns:
+        why = "modified at " + _when(st.st_mtime_ns) + ", imported as of " + _when(mtime_ns)
+    else:
+        return
+    raise UnreadableImage(f"changed since import ({why}); run `aivh import DATA_DIR` again to record it")
+
+
+def _when(ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # ---------------------------------------------------------------- decoding and transforms
@@ -285,7 +398,7 @@ def jpeg_for_device(path: Path) -> tuple[bytes, int, int] | None:
     EXIF-rotated, truncated, any other format): only the header is parsed here."""
     with open(path, "rb") as f:
         data = f.read()
-    if data[:2] != b"\xff\xd8" or _truncated(data, "JPEG"):
+    if data[:2] != b"\xff\xd8" or not _ends_with_eoi(data):
         return None
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -348,8 +461,12 @@ class ImageDataset:
     """
 
     def __init__(self, root: Path, rel_paths: list[str], labels: list[int] | None, *,
-                 size: int, train: bool, mode: str = "resize", seed: int = 0, raw_jpeg: bool = False):
+                 size: int, train: bool, mode: str = "resize", seed: int = 0, raw_jpeg: bool = False,
+                 stamps: dict[str, tuple[int | None, int | None]] | None = None):
         self.root, self.rel_paths, self.labels = Path(root), rel_paths, labels
+        # rel_path -> (bytes, mtime_ns) as import recorded them (queries.image_stamps): a file
+        # that no longer matches was replaced after import and is skipped like an unreadable one
+        self.stamps = stamps
         self.size, self.train, self.mode, self.seed = size, train, mode, seed
         self.raw_jpeg = raw_jpeg
         self.epoch = 0  # set by the trainer so augmentation differs per epoch but is repeatable
@@ -367,6 +484,8 @@ class ImageDataset:
         y = float(self.labels[i]) if self.labels is not None else -1.0
         try:
             path = resolve_inside(self.root, self.rel_paths[i])
+            if self.stamps is not None and (stamp := self.stamps.get(self.rel_paths[i])) is not None:
+                check_unchanged(path, *stamp)
             if self.raw_jpeg and (found := jpeg_for_device(path)) is not None:
                 data, w, h = found
                 plan = device_plan(w, h, self.size, train=self.train, mode=self.mode, rng=self._rng(i))
@@ -374,6 +493,8 @@ class ImageDataset:
                     return (torch.frombuffer(bytearray(data), dtype=torch.uint8), i, y, plan)
             rng = self._rng(i)  # Pillow draws the same numbers afresh
             im = transform(load_rgb(path, self.size, draft=self.mode != "crop"), self.size, train=self.train, mode=self.mode, rng=rng)
+        except UnreadableImage as e:  # its message is words already
+            return (None, i, f"{self.rel_paths[i]}: {e}")
         except Exception as e:  # noqa: BLE001 - a file deleted, replaced or corrupt after import
             return (None, i, f"{self.rel_paths[i]}: {type(e).__name__}: {e}")
         return (to_chw(im), i, y)
