@@ -429,3 +429,21 @@ def test_the_train_pages_resume_is_refused_in_one_line(sessions, tmp_path, monke
         assert any(why in e.value for e in at.error), [e.value for e in at.error]
     assert not started
     assert [_get(sessions, i).status for i in (ddp, owned)] == ["failed", "failed"]
+
+
+def test_two_processes_taking_one_run_only_one_wins_on_each_store(store_url, tmp_path):
+    from db import runs as owners
+    from db.store import session_factory
+
+    sessions = session_factory(store_url)
+    ds = _dataset(sessions, tmp_path, 2)
+    run_id = _run(sessions, ds, status="failed", host="h", pid=7, pid_started=1.25)
+    with sessions.begin() as s:  # both saw the dead owner (h, 7, 1.25)
+        first = owners.take(s, run_id, ("h", 7, 1.25), ("h", 8, 2.5), status="running")
+    with sessions.begin() as s:
+        second = owners.take(s, run_id, ("h", 7, 1.25), ("h", 9, 3.5), status="running")
+        assert not owners.set_if_owner(s, run_id, ("h", 9, 3.5), status="succeeded")
+        assert owners.set_if_owner(s, run_id, ("h", 8, 2.5), heartbeat_at=jobs.now())
+    assert (first, second) == (True, False)
+    run = _get(sessions, run_id)
+    assert (run.status, run.pid, run.pid_started) == ("running", 8, 2.5)
