@@ -150,13 +150,17 @@ def _called(share: float) -> str | None:
     return None
 
 
-def threshold_warnings(s: Session, run: Run, threshold: float,
-                       test_labels: list[int] | None = None) -> list[str]:
+def threshold_warnings(s: Session, run: Run, threshold: float, test_labels: list[int] | None = None,
+                       *, val: tuple[np.ndarray, np.ndarray] | None = None) -> list[str]:
     """What is wrong with exporting at `threshold`: it calls (nearly) every validation or test
-    image one class, or the validation AUC says the model does no better than chance."""
-    rows = [(p, label) for _, _, p, label, _ in queries.prediction_rows(s, run, "val") if label is not None]
-    p = np.array([r[0] for r in rows], dtype=float)
-    y = np.array([r[1] for r in rows], dtype=int)
+    image one class, or the validation AUC says the model does no better than chance.
+
+    val: the run's labelled validation (labels, probabilities) when the caller has them loaded.
+    """
+    if val is None:
+        rows = [(p, label) for _, _, p, label, _ in queries.prediction_rows(s, run, "val") if label is not None]
+        val = (np.array([r[1] for r in rows], dtype=int), np.array([r[0] for r in rows], dtype=float))
+    y, p = np.asarray(val[0], dtype=int), np.asarray(val[1], dtype=float)
     t = fmt_threshold(threshold)
     out = []
     if p.size:

@@ -37,6 +37,13 @@ def threshold_ui(run, default: float) -> float:
     return t
 
 
+def labelled_val(run_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of the run's labelled validation images, from the cached frame."""
+    df = common.prediction_frame(run_id, "val")
+    df = df[df["label"].notna()]
+    return df["label"].to_numpy(dtype=int), df["prob"].to_numpy(dtype=float)
+
+
 def provenance_ui(run, split: str, t: float, p_test: np.ndarray | None) -> None:
     """Which checkpoint made these predictions; stale test predictions and degenerate thresholds
     said plainly."""
@@ -45,7 +52,7 @@ def provenance_ui(run, split: str, t: float, p_test: np.ndarray | None) -> None:
         st.caption(f"Made by: {prediction_source(s, r, split)}")
         stale = stale_problem(s, r) if split == "test" else None
         labels = None if p_test is None else [int(v) for v in (p_test >= t)]
-        warnings = threshold_warnings(s, r, t, labels)
+        warnings = threshold_warnings(s, r, t, labels, val=labelled_val(run.id))
     if stale:
         st.warning(stale)
     for w in warnings:

@@ -32,7 +32,10 @@ def checks(run, threshold: float, rows: list[tuple[str, int]]) -> tuple[str | No
     with common.sessions()() as s:
         r = queries.get_run(s, run.id)
         st.caption(f"Made by: {prediction_source(s, r, 'test')}")
-        return stale_problem(s, r), threshold_warnings(s, r, threshold, [label for _, label in rows])
+        df = common.prediction_frame(run.id, "val")
+        df = df[df["label"].notna()]
+        val = (df["label"].to_numpy(dtype=int), df["prob"].to_numpy(dtype=float))
+        return stale_problem(s, r), threshold_warnings(s, r, threshold, [label for _, label in rows], val=val)
 
 
 def history_ui() -> None:
