@@ -128,12 +128,13 @@ def _train_run_id(args, sessions) -> int:
 
 
 def _check_config(cfg) -> None:
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.img_size < 16:
-        raise UsageError("--epochs and --batch-size must be >= 1 and --img-size >= 16")
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise UsageError("--val-fraction must be between 0 and 1")
-    if cfg.pretrained not in (None, "imagenet") and not Path(cfg.pretrained).is_file():
-        raise UsageError(f"--pretrained {cfg.pretrained}: file not found")
+    """The check the Train page shares (TrainConfig.problems): refused before a run exists."""
+    from engine.train import validate_config
+
+    try:
+        validate_config(cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 # ---------------------------------------------------------------- predict / export / runs

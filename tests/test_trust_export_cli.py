@@ -104,3 +104,16 @@ def test_demo_fresh_starts_afresh_and_never_deletes_a_folder_it_did_not_make(wor
     assert _demo(mine, "--fresh") == 1
     assert "not an aivh demo workspace" in capsys.readouterr().err
     assert (mine / "thesis.tex").exists()
+
+
+def test_train_flags_are_checked_by_the_shared_config_check(workspace, tiny_dataset, capsys):
+    """`aivh train --patience 0` would stop after epoch 1: refused in one line before a run exists."""
+    from db.models import Run
+
+    assert cli.main(["import", str(tiny_dataset), "--name", "tiny", "--json"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--dataset", "tiny", "--patience", "0", "--epochs", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "patience must be at least 1" in err, err
+    with store.session_factory()() as s:
+        assert s.query(Run).count() == 0
