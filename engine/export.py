@@ -236,6 +236,10 @@ def export_run(sessions: sessionmaker[Session], run_id: int, out: Path,
         if stale and not allow_stale:
             raise ExportRefused(stale)
         warnings = threshold_warnings(s, run, threshold, [label for _, label in rows])
+        if source == "default":
+            why = run.threshold_note or "validation stored none"
+            warnings.insert(0, f"the run has no threshold of its own ({why}): {fmt_threshold(threshold)} "
+                               f"is a guess")
         if warnings and source != "given":
             raise ExportRefused(f"{'; '.join(warnings)} (the {source.replace('_', ' ')} threshold); "
                                 f"pass --threshold to export anyway")

@@ -245,3 +245,14 @@ def test_a_sound_threshold_exports_without_warnings(sessions, tmp_path):
     with sessions() as s:
         e = queries.exports(s)[0]
         assert (e.warnings, e.override) in (([], None), (None, None))
+
+
+def test_a_run_without_a_threshold_of_its_own_is_not_exported_at_a_silent_guess(sessions, tmp_path):
+    root = _dataset(tmp_path / "data")
+    run_id = _run(sessions, root, best_threshold=None)
+    with sessions.begin() as s:
+        s.execute(update(Run).where(Run.id == run_id).values(threshold_note="validation has no AI-generated image"))
+    with pytest.raises(ExportRefused, match=r"no threshold of its own.*no AI-generated image.*--threshold"):
+        export_run(sessions, run_id, tmp_path / "s.csv")
+    result = export_run(sessions, run_id, tmp_path / "s.csv", 0.5)
+    assert result["threshold_source"] == "given" and result["warnings"] == []

@@ -94,3 +94,18 @@ def test_pages_say_when_the_threshold_is_degenerate(sessions, tmp_path):
     with sessions() as s:
         (e,) = queries.exports(s)
         assert any("AUC 0.500" in w for w in e.warnings)
+
+
+def test_pages_say_when_the_run_has_no_threshold_of_its_own(sessions, tmp_path):
+    from sqlalchemy import update
+
+    from db.models import Run
+
+    root = _dataset(tmp_path / "data")
+    run_id = _run(sessions, root, best_threshold=None)
+    with sessions.begin() as s:
+        s.execute(update(Run).where(Run.id == run_id).values(threshold_note="validation has no human-made image"))
+    for name in ("evaluate", "export"):
+        at = page(name, run=str(run_id))
+        assert not at.exception
+        assert any("no human-made image" in w.value and "guess" in w.value for w in at.warning), _texts(at)

@@ -53,6 +53,9 @@ def provenance_ui(run, split: str, t: float, p_test: np.ndarray | None) -> None:
         stale = stale_problem(s, r) if split == "test" else None
         labels = None if p_test is None else [int(v) for v in (p_test >= t)]
         warnings = threshold_warnings(s, r, t, labels, val=labelled_val(run.id))
+    if run.chosen_threshold is None and run.best_threshold is None:
+        st.warning(f"The run has no threshold of its own ({run.threshold_note or 'validation stored none'}): "
+                   "the slider starts at 0.5, a guess.")
     if stale:
         st.warning(stale)
     for w in warnings:

@@ -73,6 +73,9 @@ if run is not None:
             st.error(stale)
             ready = st.checkbox("Export anyway with these predictions (recorded with the export)",
                                 key="export_stale")
+        if source == "default":
+            warnings.insert(0, f"the run has no threshold of its own ({run.threshold_note or 'validation stored none'}):"
+                               f" {fmt_threshold(default)} is a guess")
         if warnings:
             st.warning(" · ".join(warnings))
             ready = st.checkbox("Export anyway at this threshold (the warning is recorded with the export)",
