@@ -447,3 +447,17 @@ def test_two_processes_taking_one_run_only_one_wins_on_each_store(store_url, tmp
     assert (first, second) == (True, False)
     run = _get(sessions, run_id)
     assert (run.status, run.pid, run.pid_started) == ("running", 8, 2.5)
+
+
+def test_a_one_process_run_resumed_with_two_is_refused_before_any_process_starts(sessions, tmp_path, monkeypatch):
+    import torch.multiprocessing as mp
+
+    ds = _dataset(sessions, tmp_path, 8)
+    run_id = _run(sessions, ds, status="failed", error="killed", world_size=1)
+    (run_dir(run_id) / "last.pt").write_bytes(b"x")
+    spawned = []
+    monkeypatch.setattr(mp, "spawn", lambda *a, **k: spawned.append(a))
+    with pytest.raises(ValueError, match="cannot resume with 2: resume it with one process \\(no --nproc\\)"):
+        jobs.execute_distributed(run_id, 2, resume=True)
+    assert not spawned
+    assert (_get(sessions, run_id).status, _get(sessions, run_id).error) == ("failed", "killed")
