@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from db import queries
 from db.models import Epoch, Prediction, Run
 from engine import cli
-from engine.export import ExportRefused, export_run, validate_submission
+from engine.export import ExportRefused, export_run, stale_problem, validate_submission
 from tests.conftest import draw_jpeg, write_kaggle
 
 
@@ -256,3 +256,23 @@ def test_a_run_without_a_threshold_of_its_own_is_not_exported_at_a_silent_guess(
         export_run(sessions, run_id, tmp_path / "s.csv")
     result = export_run(sessions, run_id, tmp_path / "s.csv", 0.5)
     assert result["threshold_source"] == "given" and result["warnings"] == []
+
+
+def test_predictions_keep_their_checkpoint_on_both_backends(store_url, tmp_path):
+    """Re-predicting replaces the probability and the checkpoint together (SQLite and PostgreSQL)."""
+    from db import predictions
+    from db.store import session_factory
+
+    sessions = session_factory(store_url)
+    run_id = _run(sessions, _dataset(tmp_path / "data"), best_epoch=3, pred_epoch=1, sha1="1" * 40)
+    with sessions() as s:
+        assert [(x.epoch, x.count) for x in predictions.sources(s, run_id, "test")] == [(1, 6)]
+        assert [(x.epoch, x.count) for x in predictions.sources(s, run_id, "val")] == [(3, 40)]
+        test_ids = [im.id for im in queries.images(s, queries.get_run(s, run_id).dataset_id, "test")]
+    with sessions.begin() as s:
+        predictions.upsert(s, run_id, [(i, 0.25) for i in test_ids[:2]], epoch=3, checkpoint_sha1="3" * 40)
+    with sessions() as s:
+        found = predictions.sources(s, run_id, "test")
+        assert [(x.epoch, x.checkpoint_sha1, x.count) for x in found] == [(1, "1" * 40, 4), (3, "3" * 40, 2)]
+        assert queries.predictions(s, run_id, test_ids[:2]) == {test_ids[0]: 0.25, test_ids[1]: 0.25}
+        assert "several checkpoints" in stale_problem(s, queries.get_run(s, run_id))
