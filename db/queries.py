@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from datetime import UTC
 
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -273,7 +274,12 @@ _LABEL_WORDS = {0: "human-made", 1: "AI-generated"}
 
 
 def _stamp(when) -> str:
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when is not None else "an unknown time"
+    """A label row's time in UTC (SQLite hands back naive UTC, PostgreSQL the session's zone)."""
+    if when is None:
+        return "an unknown time"
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def undo_last_review(s: Session, image_id: int, *, author: str) -> Label:

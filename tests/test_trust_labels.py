@@ -418,3 +418,35 @@ def test_the_jpeg_walk_finds_the_end_marker_as_a_decoder_does():
         assert _jpeg_reaches_eoi(data) and _jpeg_reaches_eoi(data + os.urandom(3000)), save
         for cut in (2, 50, len(data) // 2):
             assert not _jpeg_reaches_eoi(data[:-cut]), (save, cut)
+
+
+def test_undo_refusal_names_the_time_in_utc_on_each_backend(store_url):
+    """PostgreSQL hands timestamps back in the session's time zone: the message says UTC and means it."""
+    from datetime import UTC
+
+    from sqlalchemy import event
+
+    from db import store
+
+    engine = store.get_engine(store_url)
+    if engine.dialect.name == "postgresql":
+        @event.listens_for(engine, "connect")
+        def _zone(dbapi_conn, _):  # a server or user whose zone is not UTC
+            with dbapi_conn.cursor() as c:
+                c.execute("SET TIME ZONE 'America/Sao_Paulo'")
+        engine.dispose()
+    sessions = store.session_factory(store_url)
+    from tests.conftest import finished_run
+
+    run_id = finished_run(sessions)
+    with sessions.begin() as s:
+        image_id = queries.run_image_ids(s, run_id, "val")[0]
+        queries.relabel(s, image_id, 1, author="ana")
+    with sessions.begin() as s:
+        queries.relabel(s, image_id, 0, author="ben")
+    with sessions() as s:
+        when = queries.label_history(s, image_id)[-1].created_at
+    when = when.astimezone(UTC) if when.tzinfo else when
+    with pytest.raises(queries.UndoRefused) as err, sessions.begin() as s:
+        queries.undo_last_review(s, image_id, author="ana")
+    assert f"ben relabelled it human-made at {when:%Y-%m-%d %H:%M:%S} UTC" in str(err.value), str(err.value)
