@@ -174,8 +174,9 @@ def _summary(result: ImportResult, rows: int) -> str | None:
                 "(listed above)")
     kind = kinds.pop()
     advice = _ADVICE.get(kind)
-    line = f"nothing imported: all {rows} rows were rejected: {result.rejects[0].reason}"
-    return f"{line}; {advice}" if advice else line
+    if advice is None:
+        return f"nothing imported: all {rows} rows were rejected: {result.rejects[0].reason}"
+    return f"nothing imported: all {rows} rows were rejected ({kind}): {advice}"
 
 
 def _dataset(s: Session, name: str, root: Path) -> Dataset:
