@@ -18,7 +18,7 @@ from db import queries
 from db.models import Dataset, Run
 from engine import atomic
 
-AUC_NEAR_CHANCE = 0.55  # validation AUC at or below this: the model does no better than chance
+AUC_MARGIN = 0.05  # validation AUC within 0.5 + this (or two null standard deviations): chance
 ONE_CLASS_SHARE = 0.98  # a threshold calling at least this share one class calls "everything" it
 STALE_FLAG = "--allow-stale-predictions"
 
@@ -142,6 +142,17 @@ def _val_auc(s: Session, run: Run, y: np.ndarray, p: np.ndarray) -> float | None
     return None
 
 
+def chance_margin(y: np.ndarray) -> float:
+    """How far above 0.5 a validation AUC must be to beat chance: AUC_MARGIN, or two standard
+    deviations of the AUC of random scores on these labels (Mann-Whitney null:
+    sqrt((n1 + n0 + 1) / (12 n1 n0))) when validation is small; 30 images give 0.21."""
+    pos = int(np.sum(y))
+    neg = int(np.size(y)) - pos
+    if pos == 0 or neg == 0:
+        return AUC_MARGIN
+    return max(AUC_MARGIN, 2 * float(np.sqrt((pos + neg + 1) / (12 * pos * neg))))
+
+
 def _called(share: float) -> str | None:
     if share >= ONE_CLASS_SHARE:
         return "AI-generated"
@@ -170,8 +181,9 @@ def threshold_warnings(s: Session, run: Run, threshold: float, test_labels: list
             out.append(f"degenerate threshold: {t} calls {share:.1%} of the validation images AI-generated "
                        f"({truth:.1%} are), nearly everything {cls}")
     auc = _val_auc(s, run, y, p)
-    if auc is not None and auc <= AUC_NEAR_CHANCE:
-        out.append(f"degenerate model: validation AUC {auc:.3f}, no better than chance")
+    if auc is not None and auc <= 0.5 + (margin := chance_margin(y)):
+        out.append(f"degenerate model: validation AUC {auc:.3f}, no better than chance "
+                   f"(0.5 + {margin:.3f} on {y.size:,} labelled validation images)")
     if test_labels:
         share = sum(test_labels) / len(test_labels)
         cls = _called(share)

@@ -276,3 +276,25 @@ def test_predictions_keep_their_checkpoint_on_both_backends(store_url, tmp_path)
         assert [(x.epoch, x.checkpoint_sha1, x.count) for x in found] == [(1, "1" * 40, 4), (3, "3" * 40, 2)]
         assert queries.predictions(s, run_id, test_ids[:2]) == {test_ids[0]: 0.25, test_ids[1]: 0.25}
         assert "several checkpoints" in stale_problem(s, queries.get_run(s, run_id))
+
+
+def test_chance_is_judged_by_the_size_of_validation():
+    """AUC 0.55 on 30 validation images is chance (the issue's demo run); on 8,000 it is not
+    far from it either, but the fixed margin of 0.05 is what is left there."""
+    from engine.export import chance_margin
+
+    small = np.array([0, 1] * 15)
+    assert 0.5 + chance_margin(small) > 0.55 and chance_margin(small) == pytest.approx(0.2144, abs=1e-3)
+    assert chance_margin(np.array([0, 1] * 4000)) == 0.05
+    # the margin is what random scores reach: 2 standard deviations of their AUC (about 2.3% above)
+    from engine import metrics
+    rng = np.random.default_rng(0)
+    aucs = np.array([metrics.roc_auc(small, rng.uniform(size=small.size)) for _ in range(2000)])
+    assert 0.005 < (aucs > 0.5 + chance_margin(small)).mean() < 0.05
+
+
+def test_a_small_validation_with_auc_just_above_half_is_chance(sessions, tmp_path):
+    root = _dataset(tmp_path / "data")  # 40 validation images: 0.5 + 0.185 is chance
+    run_id = _run(sessions, root, val_auc=0.62)
+    with pytest.raises(ExportRefused, match=r"AUC 0.620, no better than chance \(0.5 \+ 0.185 on 40"):
+        export_run(sessions, run_id, tmp_path / "s.csv")
