@@ -368,7 +368,7 @@ def cmd_demo(args) -> None:
         export = export_run(sessions, run_id, ws / "submission.csv")["path"]
     except ExportRefused as e:  # e.g. a degenerate threshold: said, and the dashboard still opens
         export = None
-        say(f"no submission written: {e}")
+        say(f"no submission written: {e} (`aivh export --run {run_id} --threshold T`, or the Export page)")
     payload = {"workspace": str(ws), "reused": False, "run": run_id, "status": run.status,
                "test_predictions": pred["images"], "submission": export}
     _emit(args, payload, f"demo workspace {ws}: run {run_id} {run.status}, "

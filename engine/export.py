@@ -253,8 +253,9 @@ def export_run(sessions: sessionmaker[Session], run_id: int, out: Path,
             warnings.insert(0, f"the run has no threshold of its own ({why}): {fmt_threshold(threshold)} "
                                f"is a guess")
         if warnings and source != "given":
-            raise ExportRefused(f"{'; '.join(warnings)} (the {source.replace('_', ' ')} threshold); "
-                                f"pass --threshold to export anyway")
+            which = {"chosen": "chosen", "best_val_f1": "best validation-F1"}.get(source, "default")
+            raise ExportRefused(f"{'; '.join(warnings)}; refused at the run's {which} threshold "
+                                f"{fmt_threshold(threshold)}: pass --threshold to export anyway")
         found = preds.sources(s, run.id, "test")
         made_by = {"epoch": found[0].epoch, "checkpoint_sha1": found[0].checkpoint_sha1} \
             if len(found) == 1 else None
