@@ -10,7 +10,11 @@ because Captum's hooks see corrupted gradients through them):
 - occlusion: logit drop when a sliding grey window hides a region
 
 Every map is (H, W), non-negative, at the size the model saw, over the same pixels as
-prediction (same decode, resize and normalisation).
+prediction with Pillow decoding (same decode, resize and normalisation; a CUDA prediction
+decodes JPEGs on the device, whose pixels can differ slightly). For display, `on_image` puts
+the map back over the image at its own aspect ratio: resize mode squashes the whole picture
+into the square the model sees, so the map is stretched back over all of it; crop mode sees
+a centre square, so the map covers that square and the rest is dimmed.
 """
 from __future__ import annotations
 
@@ -48,6 +52,10 @@ class Settings:
             raise ValueError("steps must be >= 2, samples and batch >= 1")
 
 
+DISPLAY_SIDE = 512  # longest side of the picture a map is shown over
+MIN_DISPLAY_SIDE = 256  # smaller pictures (CIFAKE's 32 px) are enlarged, crisp
+
+
 @dataclass
 class Attribution:
     image: np.ndarray  # (H, W, 3) uint8: the pixels the model saw
@@ -55,6 +63,8 @@ class Attribution:
     prob: float  # probability of AI-generated
     settings: Settings
     delta: float | None = None  # integrated gradients: Captum's convergence delta
+    picture: np.ndarray | None = None  # (h, w, 3) uint8: the image at its own aspect ratio
+    box: tuple[int, int, int, int] | None = None  # where `image` came from in `picture`: x0, y0, x1, y1
 
 
 def for_captum(model: nn.Module) -> nn.Module:
@@ -68,10 +78,62 @@ def for_captum(model: nn.Module) -> nn.Module:
 
 def preprocess(path: Path, size: int, mode: str = "resize") -> tuple[np.ndarray, torch.Tensor]:
     """The exact prediction preprocessing: (H, W, 3) uint8 and the (1, 3, S, S) model input."""
-    im = transform(load_rgb(path, size, draft=mode != "crop"), size, train=False, mode=mode, rng=None)
+    pixels, x, _ = _decode(path, size, mode)
+    return pixels, x
+
+
+def _decode(path: Path, size: int, mode: str):
+    decoded = load_rgb(path, size, draft=mode != "crop")
+    im = transform(decoded, size, train=False, mode=mode, rng=None)
     pixels = np.asarray(im, dtype=np.uint8).copy()
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    return pixels, normalize(x, torch.device("cpu"))
+    return pixels, normalize(x, torch.device("cpu")), decoded
+
+
+def model_box(w: int, h: int, size: int, mode: str) -> tuple[float, float, float, float]:
+    """The region of a w x h image that the model's size x size input shows (prediction's
+    transform): all of it in resize mode, the centre crop in crop mode (after crop mode
+    enlarges an image whose short side is under `size`)."""
+    if mode != "crop":
+        return 0.0, 0.0, float(w), float(h)
+    scale = 1.0
+    if min(w, h) < size:
+        scale = size / min(w, h)
+    sw, sh = (max(size, round(w * scale)), max(size, round(h * scale))) if scale != 1.0 else (w, h)
+    x, y = (sw - size) // 2, (sh - size) // 2
+    return x / scale, y / scale, (x + size) / scale, (y + size) / scale
+
+
+def picture_view(decoded: Image.Image, size: int, mode: str,
+                 max_side: int = DISPLAY_SIDE) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The decoded image at its own aspect ratio (longest side at most `max_side`; a small one
+    enlarged by a whole factor) and the model input's box in its pixels."""
+    w, h = decoded.size
+    im = decoded.copy()
+    if max(w, h) < MIN_DISPLAY_SIDE:
+        k = MIN_DISPLAY_SIDE // max(w, h)
+        im = im.resize((w * k, h * k), Image.NEAREST)
+    im.thumbnail((max_side, max_side), Image.BICUBIC)
+    sx, sy = im.width / w, im.height / h
+    x0, y0, x1, y1 = model_box(w, h, size, mode)
+    box = (round(x0 * sx), round(y0 * sy), min(im.width, round(x1 * sx)), min(im.height, round(y1 * sy)))
+    return np.asarray(im, dtype=np.uint8).copy(), box
+
+
+def on_image(att: Attribution) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(picture, map, inside): the picture at its own aspect ratio, the map resized back onto
+    the region the model saw (zero elsewhere), and the boolean mask of that region.
+    Without a picture (an Attribution made by hand): the model's input as it is."""
+    if att.picture is None or att.box is None:
+        return att.image, att.map, np.ones(att.map.shape, dtype=bool)
+    h, w = att.picture.shape[:2]
+    x0, y0, x1, y1 = att.box
+    heat = np.zeros((h, w), dtype=np.float32)
+    inside = np.zeros((h, w), dtype=bool)
+    resized = Image.fromarray(att.map.astype(np.float32)).resize((x1 - x0, y1 - y0), Image.BILINEAR)
+    heat[y0:y1, x0:x1] = np.clip(np.asarray(resized, dtype=np.float32), 0, None)
+    inside[y0:y1, x0:x1] = True
+    return att.picture, heat, inside
 
 
 def _logit(model: nn.Module, sign: float = 1.0):
@@ -132,7 +194,8 @@ def attribute(model: nn.Module, x: torch.Tensor, settings: Settings) -> tuple[np
 def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode: str = "resize",
             cache: Path | None = None, cache_key: str = "") -> Attribution:
     """Attribution for one image file, from the on-disk cache when it was computed before."""
-    pixels, x = preprocess(path, size, mode)
+    pixels, x, decoded = _decode(path, size, mode)
+    picture, box = picture_view(decoded, size, mode)
     file = None
     if cache is not None:
         digest = hashlib.sha1(json.dumps([cache_key, str(path), size, mode, asdict(settings)],
@@ -141,7 +204,7 @@ def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode
         if file.is_file():
             saved = np.load(file, allow_pickle=False)
             delta = float(saved["delta"]) if saved["delta"].size else None
-            return Attribution(pixels, saved["map"], float(saved["prob"]), settings, delta)
+            return Attribution(pixels, saved["map"], float(saved["prob"]), settings, delta, picture, box)
     model = for_captum(model)
     with torch.no_grad():
         prob = float(torch.sigmoid(model(x)[0, 0]))
@@ -149,7 +212,7 @@ def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode
     if file is not None:
         with atomic_path(file, durable=False) as tmp:
             np.savez(tmp, map=heat, prob=np.float32(prob), delta=np.array([] if delta is None else [delta]))
-    return Attribution(pixels, heat, prob, settings, delta)
+    return Attribution(pixels, heat, prob, settings, delta, picture, box)
 
 
 def mass_summary(heat: np.ndarray) -> dict:
@@ -181,15 +244,31 @@ def colorize(heat: np.ndarray) -> np.ndarray:
     return (colormaps["inferno"](scaled)[..., :3] * 255).astype(np.uint8)
 
 
-def overlay(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.ndarray:
-    return (pixels * (1 - opacity) + colorize(heat) * opacity).astype(np.uint8)
+def overlay(pixels: np.ndarray, heat: np.ndarray, opacity: float = 0.5,
+            inside: np.ndarray | None = None) -> np.ndarray:
+    """The map over the pixels; with `inside`, pixels outside it (not seen by the model) dimmed."""
+    if inside is None:
+        return (pixels * (1 - opacity) + colorize(heat) * opacity).astype(np.uint8)
+    out = pixels.astype(np.float32) * 0.35
+    colours = colorize(np.where(inside, heat, heat[inside].min() if inside.any() else 0))
+    out[inside] = pixels[inside] * (1 - opacity) + colours[inside] * opacity
+    return out.astype(np.uint8)
+
+
+def panels(att: Attribution, opacity: float = 0.5) -> np.ndarray:
+    """Image | overlay | heatmap side by side, at the image's own aspect ratio."""
+    picture, heat, inside = on_image(att)
+    colours = colorize(np.where(inside, heat, heat[inside].min() if inside.any() else 0))
+    colours[~inside] = 0
+    return np.concatenate([picture, overlay(picture, heat, opacity, inside), colours], axis=1)
 
 
 def render(att: Attribution, out: Path, *, opacity: float = 0.5, scale: int = 0) -> Path:
-    """Image | overlay | heatmap side by side, written through a temporary file."""
-    panels = np.concatenate([att.image, overlay(att.image, att.map, opacity), colorize(att.map)], axis=1)
-    im = Image.fromarray(panels)
-    scale = scale or max(1, 256 // att.image.shape[0])
+    """Image | overlay | heatmap side by side at the image's own aspect ratio, written through a
+    temporary file."""
+    side = panels(att, opacity)
+    im = Image.fromarray(side)
+    scale = scale or max(1, 256 // side.shape[0])
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
     with atomic_path(out) as tmp:
