@@ -1,16 +1,25 @@
 """What every page shares: the store, cached loaders, pickers and the reviewer's name.
 
 Pages hold no SQL: loaders here call `db.queries` and return plain frames and values.
+
+Every cached loader is keyed on everything that can change its result, read cheaply on each
+call (one small query): the label version, the run's predictions version (count and sum of its
+probabilities, checkpoints that made them), the run's state (status, best epoch, thresholds,
+checkpoint). New predictions, a new best epoch or a finished run show on the next rerun.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import Run
+from db.models import Dataset, Image, Label, Prediction, Run
 from db.store import db_url, home, session_factory
 
 OUTCOMES = ("false positive", "false negative", "true positive", "true negative")
@@ -69,8 +78,34 @@ def label_version() -> int:
         return queries.label_version(s)
 
 
+def _predictions_version(s: Session, run_id: int) -> tuple:
+    """Changes whenever a run's predictions do: rows added or removed, a probability rewritten
+    (an upsert keeps the row, so a row count or id alone would not see it), another checkpoint."""
+    q = select(func.count(), func.sum(Prediction.prob), func.min(Prediction.epoch),
+               func.max(Prediction.epoch), func.min(Prediction.checkpoint_sha1),
+               func.max(Prediction.checkpoint_sha1))
+    return tuple(s.execute(q.where(Prediction.run_id == run_id)).one())
+
+
+def _run_state(run: Run | None) -> tuple:
+    if run is None:
+        return (None,)
+    return (run.status, run.best_epoch, run.best_threshold, run.chosen_threshold, run.checkpoint,
+            run.labels_as_of, str(run.finished_at))
+
+
+def run_version(run_id: int) -> tuple:
+    """The cache key of everything a page shows about a run: labels, predictions, run state."""
+    with sessions()() as s:
+        return _run_version(s, run_id)
+
+
+def _run_version(s: Session, run_id: int) -> tuple:
+    return (queries.label_version(s), _predictions_version(s, run_id), _run_state(s.get(Run, run_id)))
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
-def _prediction_frame(url: str, run_id: int, split: str, version: int) -> pd.DataFrame:
+def _prediction_frame(url: str, run_id: int, split: str, version: tuple) -> pd.DataFrame:
     with _sessions(url)() as s:
         rows = queries.prediction_rows(s, queries.get_run(s, run_id), split)
     df = pd.DataFrame(rows, columns=["image_id", "rel_path", "prob", "label", "reviews"])
@@ -79,8 +114,95 @@ def _prediction_frame(url: str, run_id: int, split: str, version: int) -> pd.Dat
 
 
 def prediction_frame(run_id: int, split: str) -> pd.DataFrame:
-    """A run's predictions on a split with current labels; cached until a label changes."""
-    return _prediction_frame(db_url(), run_id, split, label_version())
+    """A run's predictions on a split with current labels; cached until a label, a prediction
+    or the run's state changes."""
+    return _prediction_frame(db_url(), run_id, split, run_version(run_id))
+
+
+def image_sha1s(image_ids) -> dict[int, str | None]:
+    """image id -> content sha1 for a page of images, in one query (names their thumbnails)."""
+    ids = [int(i) for i in image_ids]
+    if not ids:
+        return {}
+    with sessions()() as s:
+        return dict(s.execute(select(Image.id, Image.sha1).where(Image.id.in_(ids))).all())
+
+
+@dataclass(frozen=True)
+class SubmissionScores:
+    """A run's test predictions in test.csv order, or why a submission would be refused."""
+
+    ids: tuple[str, ...]
+    probs: np.ndarray
+    refused: str | None = None
+
+    def called_ai(self, threshold: float) -> np.ndarray:
+        """0/1 per test image at `threshold`: the submission's labels (p >= threshold is AI)."""
+        return (self.probs >= threshold).astype(int)
+
+
+def _test_version(s: Session, run: Run) -> tuple:
+    """Test images of the run's dataset (added, re-probed) and test.csv on disk (size, mtime)."""
+    from engine.data import TEST_CSV
+
+    q = select(func.count(), func.max(Image.id), func.sum(Image.mtime_ns % 1_000_003), func.max(Image.sha1),
+               func.sum(func.length(Image.status)))
+    images = s.execute(q.where(Image.dataset_id == run.dataset_id, Image.split == "test")).one()
+    root = s.scalar(select(Dataset.root).where(Dataset.id == run.dataset_id))
+    try:
+        st_ = (Path(root) / TEST_CSV).stat()
+        csv_state = (st_.st_size, st_.st_mtime_ns)
+    except OSError:
+        csv_state = None
+    return tuple(images), csv_state
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _test_scores(url: str, run_id: int, version: tuple) -> SubmissionScores:
+    from engine.export import ExportRefused, submission_rows
+
+    with _sessions(url)() as s:
+        run = queries.get_run(s, run_id)
+        try:
+            ids = [rel for rel, _ in submission_rows(s, run, 0.5)]  # the engine's own refusals
+        except ExportRefused as e:
+            return SubmissionScores((), np.zeros(0), str(e))
+        tests = queries.images(s, run.dataset_id, "test", ok_only=False)  # csv order, as submission_rows
+        probs = queries.predictions(s, run_id, [im.id for im in tests])
+    return SubmissionScores(tuple(ids), np.array([probs[im.id] for im in tests], dtype=float))
+
+
+def submission_scores(run_id: int) -> SubmissionScores:
+    """The submission's ids and probabilities, loaded once per predictions version: a threshold
+    typed on the Export page counts rows from these without reading the store again."""
+    with sessions()() as s:
+        run = queries.get_run(s, run_id)
+        version = (_run_version(s, run_id), _test_version(s, run))
+    return _test_scores(db_url(), run_id, version)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _compare(url: str, a: int, b: int, eval_set: str | None,
+             version: tuple) -> tuple[dict | None, str | None]:
+    from engine.compare import compare_runs as compare
+
+    with _sessions(url)() as s:
+        try:
+            return compare(s, a, b, eval_set=eval_set), None
+        except (ValueError, LookupError) as e:
+            return None, str(e)
+
+
+def compare_runs(a: int, b: int, *, eval_set: str | None = None) -> dict:
+    """engine.compare.compare_runs, computed once per state of both runs and the labels.
+    Raises ValueError (with the engine's message) when the runs cannot be compared."""
+    with sessions()() as s:
+        sets = tuple(e.id for e in queries.list_eval_sets(s, queries.get_run(s, a).dataset_id))
+        version = (_run_version(s, a), _predictions_version(s, b), _run_state(s.get(Run, b)), sets)
+    result, error = _compare(db_url(), a, b, eval_set, version)
+    if error is not None:
+        raise ValueError(error)
+    return result
 
 
 def outcome(df: pd.DataFrame, threshold: float) -> np.ndarray:
@@ -149,7 +271,7 @@ def workspace_caption() -> None:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _audit_frame(url: str, audit_id: int, version: int) -> pd.DataFrame:
+def _audit_frame(url: str, audit_id: int, version: tuple) -> pd.DataFrame:
     with _sessions(url)() as s:
         rows = queries.audit_rows(s, audit_id)
         fold_run = {i: r.id for r in queries.audit_runs(s, audit_id)
@@ -162,8 +284,13 @@ def _audit_frame(url: str, audit_id: int, version: int) -> pd.DataFrame:
 
 
 def audit_frame(audit_id: int) -> pd.DataFrame:
-    """An audit's ranked images (worst first) with current labels; cached until a label changes."""
-    return _audit_frame(db_url(), audit_id, label_version())
+    """An audit's ranked images (worst first) with current labels; cached until a label or the
+    audit (its status, flagged count, fold runs) changes."""
+    with sessions()() as s:
+        audit = queries.get_audit(s, audit_id)
+        version = (queries.label_version(s), audit.status, audit.flagged,
+                   tuple((r.id, r.status) for r in queries.audit_runs(s, audit_id)))
+    return _audit_frame(db_url(), audit_id, version)
 
 
 def audits() -> list:
@@ -172,12 +299,73 @@ def audits() -> list:
 
 
 def labels_changed(dataset_id: int, before: int | None, after: int | None) -> int:
-    """How many images' labels differ between two label states (None after: now)."""
+    """How many images' labels differ between two label states (None after: now). Label rows
+    are only ever added, so the two label ids fix the answer: cached on them."""
     with sessions()() as s:
         after = after if after is not None else queries.newest_label_id(s, dataset_id)
-        return len(queries.labels_changed(s, dataset_id, before, after))
+    return _labels_changed(db_url(), dataset_id, before, after)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _labels_changed(url: str, dataset_id: int, before: int | None, after: int | None) -> int:
+    """queries.labels_changed's count, reading only the images labelled between the two states
+    (a relabel or two since a run trained, not the whole dataset twice)."""
+    lo, hi = sorted((before or 0, after or 0))
+    if lo == hi or lo == 0:  # the same state, or one with no label at all: nothing differs
+        return 0
+    with _sessions(url)() as s:
+        touched = (select(Label.image_id).join(Image, Image.id == Label.image_id)
+                   .where(Image.dataset_id == dataset_id, Label.id > lo, Label.id <= hi).distinct())
+        found = s.execute(select(Label.image_id, Label.id, Label.label)
+                          .where(Label.image_id.in_(touched), Label.id <= hi).order_by(Label.id)).all()
+    at_lo: dict[int, int] = {}
+    at_hi: dict[int, int] = {}
+    for image_id, label_id, label in found:
+        if label_id <= lo:
+            at_lo[image_id] = label
+        at_hi[image_id] = label
+    return sum(1 for i, v in at_lo.items() if at_hi.get(i) != v)
 
 
 def eval_set_names(dataset_id: int) -> list[str]:
     with sessions()() as s:
         return [e.name for e in queries.list_eval_sets(s, dataset_id)]
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _provenance(url: str, run_id: int, split: str, version: tuple) -> tuple[str, str | None]:
+    from engine.export import prediction_source, stale_problem
+
+    with _sessions(url)() as s:
+        run = queries.get_run(s, run_id)
+        return prediction_source(s, run, split), stale_problem(s, run) if split == "test" else None
+
+
+def provenance(run_id: int, split: str) -> tuple[str, str | None]:
+    """engine.export's line on which checkpoint made a run's predictions on a split, and (test
+    split) why they may not come from the best checkpoint; once per state of the run."""
+    return _provenance(db_url(), run_id, split, run_version(run_id))
+
+
+def labelled_val(run_id: int, version: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of the run's labelled validation images, from the cached frame."""
+    df = _prediction_frame(db_url(), run_id, "val", version or run_version(run_id))
+    df = df[df["label"].notna()]
+    return df["label"].to_numpy(dtype=int), df["prob"].to_numpy(dtype=float)
+
+
+def export_checks(run_id: int, threshold: float) -> tuple[str, str | None, list[str]]:
+    """For the Export page: which checkpoint made the test predictions, why they may be stale,
+    and what is wrong with `threshold` (engine.export's own checks). The store is read once per
+    state of the run (its predictions, labels, test images and test.csv), not per keystroke."""
+    from engine.export import threshold_warnings
+
+    url = db_url()
+    with sessions()() as s:
+        run = queries.get_run(s, run_id)
+        version = _run_version(s, run_id)
+        scores = _test_scores(url, run_id, (version, _test_version(s, run)))
+        made_by, stale = _provenance(url, run_id, "test", version)
+        labels = None if scores.refused else scores.called_ai(threshold).tolist()
+        warnings = threshold_warnings(s, run, threshold, labels, val=labelled_val(run_id, version))
+    return made_by, stale, warnings

@@ -30,7 +30,10 @@ def filters_ui(run) -> dict:
         t = float(qp.get("threshold", common.run_threshold(run)))
     except ValueError:
         t = common.run_threshold(run)
-    t = c4.number_input("Threshold", 0.0, 1.0, value=round(t, 4), step=0.01, format="%.4f")
+    t = min(1.0, max(0.0, t))
+    # the widget keeps the exact threshold (0.99957 stays 0.99957); only its display is rounded
+    t = c4.number_input("Threshold", 0.0, 1.0, value=t, step=0.01, format="%.4f",
+                        help=f"exact value: {t:.6g}")
     relabelled = c5.selectbox("Relabelled", ["any", "only relabelled", "not relabelled"])
     return {"split": split, "outcomes": outcomes, "range": (lo, hi), "threshold": t, "relabelled": relabelled}
 
@@ -49,9 +52,7 @@ def filtered(df: pd.DataFrame, f: dict) -> pd.DataFrame:
     return out.assign(wrongness=wrongness).sort_values(["wrongness", "image_id"], ascending=[False, True])
 
 
-def show_image(root: str, image_id: int, rel_path: str, size: int, caption: str | None = None) -> None:
-    with common.sessions()() as s:
-        sha1 = queries.image(s, image_id).sha1
+def show_image(root: str, rel_path: str, sha1: str | None, size: int, caption: str | None = None) -> None:
     try:
         st.image(str(thumbnail(home() / "cache", root, rel_path, sha1, size)), caption=caption)
     except (FileNotFoundError, PermissionError, OSError) as e:
@@ -70,11 +71,12 @@ def queue_caption(r) -> str:
 
 def grid_ui(page: pd.DataFrame, root: str, caption=prediction_caption) -> None:
     rows = [page.iloc[i : i + COLS] for i in range(0, len(page), COLS)]
+    sha1s = common.image_sha1s(page["image_id"])  # one query for the page, not one per thumbnail
     for chunk in rows:
         cols = st.columns(COLS)
         for col, (_, r) in zip(cols, chunk.iterrows()):
             with col:
-                show_image(root, int(r["image_id"]), r["rel_path"], 192, caption(r))
+                show_image(root, r["rel_path"], sha1s.get(int(r["image_id"])), 192, caption(r))
                 if st.button("Open", key=f"open_{r['image_id']}", use_container_width=True):
                     st.session_state["selected_image"] = int(r["image_id"])
 
@@ -89,7 +91,7 @@ def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int 
     st.divider()
     left, right = st.columns([1, 2])
     with left:
-        show_image(root, image_id, r["rel_path"], 512)
+        show_image(root, r["rel_path"], common.image_sha1s([image_id]).get(image_id), 512)
     with right:
         st.subheader(r["rel_path"])
         with common.sessions()() as s:
@@ -103,7 +105,7 @@ def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int 
                      f"{LABELS[int(r['given_label'])]}")
         st.write(f"Current label: **{LABELS.get(current, 'none (test image)')}**")
         relabel_ui(image_id, current, who)
-        saliency_ui(run_id, r["rel_path"])
+        saliency_ui(run_id, r["rel_path"], float(r["prob"]))
         if history:
             st.dataframe(pd.DataFrame([{
                 "when": h.created_at, "who": h.author, "source": h.source,
@@ -121,10 +123,16 @@ def _model(checkpoint: str, key: str):
     return load_trained(Path(checkpoint))[0], threading.Lock()
 
 
-def saliency_ui(run_id: int, rel_path: str) -> None:
+DECODE_NOTE = ("The map is computed here, on the CPU, from the file as Pillow decodes it. A prediction "
+               "made on a CUDA GPU decodes JPEGs on the GPU (nvJPEG), whose pixels can differ slightly, so "
+               "the probability below can differ a little from the stored one.")
+
+
+def saliency_ui(run_id: int, rel_path: str, stored_prob: float | None = None) -> None:
     from engine import saliency
 
     with st.expander("Why? Saliency map"):
+        st.caption(DECODE_NOTE)
         c1, c2, c3 = st.columns(3)
         method = c1.selectbox("Method", saliency.METHODS, key="sal_method")
         opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.5, key="sal_opacity")
@@ -140,18 +148,27 @@ def saliency_ui(run_id: int, rel_path: str) -> None:
             key = saliency.checkpoint_key(Path(run.checkpoint))
             model, lock = _model(run.checkpoint, key)
             with lock, st.spinner(f"Computing {method} (cached after the first time)..."):
-                att, _ = saliency.explain_run_image(common.sessions(), run_id, rel_path, settings, model=model)
+                att, _ = saliency.explain_run_image(common.sessions(), run_id, rel_path, settings,
+                                                    model=model)
         except (OSError, ValueError, LookupError) as e:
             st.warning(f"No saliency map: {e}")
             return
+        picture, heat, inside = saliency.on_image(att)
+        h, w = picture.shape[:2]
         left, right = st.columns([1, 2])
-        left.image(saliency.overlay(att.image, att.map, opacity), caption=f"{method} over the image",
+        left.image(saliency.overlay(picture, heat, opacity, inside), caption=f"{method} over the image",
                    use_container_width=True)
-        right.image(np.concatenate([att.image, saliency.colorize(att.map)], axis=1),
-                    caption="what the model saw | attribution", use_container_width=True)
+        right.image(np.concatenate([picture, saliency.panels(att, opacity)[:, 2 * w:]], axis=1),
+                    caption="the image | attribution", use_container_width=True)
+        seen = ("the whole image, squashed to a square" if inside.all()
+                else "the centre square only (the dimmed rest was not seen)")
         mass = saliency.mass_summary(att.map)
-        st.caption(f"p(AI) = {att.prob:.4f} · {settings} · centre of mass at "
-                   f"{mass.get('center')} (x, y as fractions)"
+        st.caption(f"Shown at {w}x{h}, the image's own aspect ratio; the model saw {seen} at "
+                   f"{att.image.shape[1]}x{att.image.shape[0]} px, and the map is resized back onto it.")
+        st.caption(f"p(AI) = {att.prob:.4f}"
+                   + (f" (stored prediction: {stored_prob:.4f})" if stored_prob is not None else "")
+                   + f" · {settings} · centre of mass at {mass.get('center')} (x, y as fractions of what "
+                   "the model saw)"
                    + (f" · IG convergence delta {att.delta:.2e}" if att.delta is not None else ""))
 
 

@@ -1,0 +1,278 @@
+"""Dashboard pages that must not show stale, rounded or slow results (issue 13: items 5, 6,
+16, 18 and 19), each page under AppTest against a temporary store."""
+import io
+
+import pytest
+import torch
+from PIL import Image
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from streamlit.testing.v1 import AppTest
+
+from db import queries
+from tests.conftest import ROOT, draw_jpeg, finished_run, write_kaggle
+
+PAGES = ROOT / "dashboard" / "pages"
+
+
+def page(name: str, **query) -> AppTest:
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at.run()
+
+
+@pytest.fixture()
+def run_id(sessions):
+    return finished_run(sessions)
+
+
+class Statements:
+    """Records the SQL statements every engine executes while active."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.engine = Engine
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._hook)
+
+    def _hook(self, conn, cursor, statement, *args):
+        self.seen.append(statement)
+
+
+@pytest.fixture()
+def shown_images(monkeypatch) -> list[bytes]:
+    """The bytes of every image a page shows with st.image while the test runs it."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    seen: list[bytes] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if isinstance(path_or_data, bytes) and mimetype.startswith("image/"):
+            seen.append(path_or_data)
+        return original(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    return seen
+
+
+def metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+# ---------------------------------------------------------------- item 5: stale pages
+
+
+def test_new_predictions_show_on_the_next_rerun(run_id, sessions):
+    """Predicting again rewrites the same rows (same count, same ids): Evaluate must show the
+    new probabilities without a server restart."""
+    at = page("evaluate", run=str(run_id))
+    assert metric(at, "Called AI") != "100.0%"
+    with sessions.begin() as s:
+        val = queries.run_image_ids(s, run_id, "val")
+        queries.upsert_predictions(s, run_id, [(i, 0.99) for i in val])
+    at.run()
+    assert not at.exception
+    assert metric(at, "Called AI") == "100.0%"
+
+
+def test_predictions_arriving_for_a_split_show_on_the_next_rerun(run_id, sessions):
+    """A page opened before `aivh predict --split train` finished shows the new rows next time."""
+    at = page("review", run=str(run_id), split="train", reviewer="ana")
+    assert any("no predictions on the train split" in i.value for i in at.info)
+    with sessions.begin() as s:
+        train = queries.run_image_ids(s, run_id, "train")
+        queries.upsert_predictions(s, run_id, [(i, 0.7) for i in train])
+    at.run()
+    assert not at.exception
+    assert not any("no predictions" in i.value for i in at.info)
+    assert any("images match" in c.value for c in at.caption)
+
+
+def test_a_new_best_epoch_or_status_changes_the_cache_key(run_id, sessions):
+    from dashboard import common
+
+    before = common.run_version(run_id)
+    with sessions.begin() as s:
+        queries.get_run(s, run_id).best_epoch = 1
+    assert common.run_version(run_id) != before
+    middle = common.run_version(run_id)
+    with sessions.begin() as s:
+        queries.get_run(s, run_id).status = "running"
+    assert common.run_version(run_id) != middle
+
+
+# ---------------------------------------------------------------- item 6: exact thresholds
+
+
+def test_review_threshold_widget_keeps_the_exact_value(run_id, sessions):
+    with sessions.begin() as s:
+        queries.get_run(s, run_id).best_threshold = 0.99957
+    at = page("review", run=str(run_id))
+    box = next(n for n in at.number_input if n.label == "Threshold")
+    assert box.value == 0.99957  # not 0.9996, nor 1.000
+    at = page("review", run=str(run_id), threshold="0.123456789")
+    assert next(n for n in at.number_input if n.label == "Threshold").value == 0.123456789
+
+
+# ---------------------------------------------------------------- item 19: speed
+
+
+def test_review_grid_reads_the_thumbnails_names_in_one_query(run_id):
+    """24 thumbnails a page: one query for their sha1s, not one session per thumbnail."""
+    at = page("review", run=str(run_id))
+    with Statements() as sql:
+        next(n for n in at.number_input if n.label.startswith("Page")).set_value(2).run()
+    assert not at.exception
+    per_image = [q for q in sql.seen if "FROM images" in q and "images.id = ?" in q]
+    assert sql.seen and len(per_image) <= 2, f"{len(per_image)} single-image queries on a page turn"
+    assert len(sql.seen) < 24, f"{len(sql.seen)} statements for a page turn"
+
+
+def test_labels_changed_is_exact_and_cached(run_id, sessions):
+    from dashboard import common
+
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        ds, before = run.dataset_id, run.labels_as_of
+        val = queries.run_image_ids(s, run_id, "val")
+        now = queries.current_labels(s, ds)
+        queries.relabel(s, val[0], 1 - now[val[0]], author="ana")
+        queries.relabel(s, val[1], 1 - now[val[1]], author="ana")
+        queries.relabel(s, val[1], now[val[1]], author="bea")  # put back: not a change
+        queries.relabel(s, val[2], now[val[2]], author="ana")  # confirmed: not a change
+    with sessions() as s:
+        expected = len(queries.labels_changed(s, ds, before, queries.newest_label_id(s, ds)))
+        newest = queries.newest_label_id(s, ds)
+    assert expected == 1
+    assert common.labels_changed(ds, before, None) == expected
+    assert common.labels_changed(ds, newest, before) == expected  # either order
+    assert common.labels_changed(ds, None, None) == 0
+    with Statements() as sql:
+        assert common.labels_changed(ds, before, None) == expected
+    assert len(sql.seen) == 1  # the newest label id only: the count comes from the cache
+
+
+def test_compare_runs_is_cached_and_follows_new_predictions(run_id, sessions):
+    from dashboard import common
+    from db.models import Prediction, Run
+    from engine.compare import compare_runs
+
+    with sessions.begin() as s:
+        a = queries.get_run(s, run_id)
+        b = Run(dataset_id=a.dataset_id, status="succeeded", config=a.config, checkpoint="x",
+                labels_as_of=a.labels_as_of, like_run_id=run_id)
+        s.add(b)
+        s.flush()
+        b_id = b.id
+        val = queries.run_image_ids(s, run_id, "val")
+        queries.set_run_images(s, b_id, {"train": queries.run_image_ids(s, run_id, "train"), "val": val})
+        queries.upsert_predictions(s, b_id, [(i, 0.5) for i in val])
+    got = common.compare_runs(run_id, b_id)
+    with sessions() as s:
+        assert got == compare_runs(s, run_id, b_id)
+    with Statements() as sql:
+        assert common.compare_runs(run_id, b_id) == got
+    assert not any("FROM predictions" in q and "sum(" not in q for q in sql.seen)  # versions only
+    with sessions.begin() as s:  # run B predicted again, now perfectly
+        now = queries.current_labels(s, queries.get_run(s, run_id).dataset_id)
+        queries.upsert_predictions(s, b_id, [(i, 0.1 + 0.8 * now[i]) for i in val])
+    after = common.compare_runs(run_id, b_id)
+    assert (got["b"]["auc"], after["b"]["auc"]) == (0.5, 1.0)
+    with pytest.raises(ValueError, match="different datasets|no evaluation images"):
+        with sessions.begin() as s:  # run B's predictions deleted: nothing left to compare on
+            s.query(Prediction).filter_by(run_id=b_id).delete()
+        common.compare_runs(run_id, b_id)
+
+
+def test_submission_scores_match_the_engine_and_refuse_like_it(run_id, sessions):
+    from dashboard import common
+    from engine.export import ExportRefused, submission_rows
+
+    scores = common.submission_scores(run_id)
+    with sessions() as s:
+        run = queries.get_run(s, run_id)
+        for t in (0.2, 0.5, 0.8):
+            rows = submission_rows(s, run, t)
+            assert list(zip(scores.ids, scores.called_ai(t).tolist())) == rows
+    with Statements() as sql:
+        common.submission_scores(run_id).called_ai(0.3)
+    assert not any("FROM predictions" in q and "sum(" not in q for q in sql.seen)
+    with sessions.begin() as s:  # a test image loses its prediction: the engine refuses, so do we
+        test_id = queries.images(s, run.dataset_id, "test")[0].id
+        from db.models import Prediction
+        s.query(Prediction).filter_by(run_id=run_id, image_id=test_id).delete()
+    refused = common.submission_scores(run_id).refused
+    with sessions() as s, pytest.raises(ExportRefused) as e:
+        submission_rows(s, queries.get_run(s, run_id), 0.5)
+    assert refused == str(e.value)
+
+
+# ---------------------------------------------------------------- items 16 and 18: saliency
+
+
+@pytest.fixture()
+def wide_run(sessions, tmp_path):
+    """A run on 2:1 photos (96 x 48) with a real, randomly initialised B3 checkpoint."""
+    from engine.model import build_model
+
+    root = tmp_path / "wide"
+    train = [(f"train_data/{i:032x}.jpg", i % 2) for i in range(20)]
+    test = [f"test_data_v2/{100 + i:032x}.jpg" for i in range(4)]
+    for i, (name, _) in enumerate(train):
+        draw_jpeg(root / name, i, size=(96, 48))
+    for i, name in enumerate(test):
+        draw_jpeg(root / name, 100 + i, size=(96, 48))
+    write_kaggle(root, train, test)
+    run_id = finished_run(sessions, name="wide", source=root)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "best.pt"
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        torch.save({"config": run.config, "model": build_model(None).state_dict()}, ckpt)
+        run.checkpoint = str(ckpt)
+    return run_id
+
+
+def test_review_saliency_is_shown_at_the_image_aspect_ratio_with_the_decode_note(wide_run, shown_images):
+    at = page("review", run=str(wide_run), reviewer="ana", split="test")
+    assert any("Pillow" in c.value and "GPU" in c.value for c in at.caption), "decode note missing"
+    shown_images.clear()
+    at.toggle(key=f"sal_show_{wide_run}").set_value(True).run()
+    assert not at.exception
+    assert not at.warning, [w.value for w in at.warning]
+    shown = next(c.value for c in at.caption if c.value.startswith("Shown at"))
+    assert shown.startswith("Shown at 192x96, the image's own aspect ratio")
+    assert "squashed" in shown and "32x32 px" in shown
+    assert any("stored prediction" in c.value for c in at.caption)
+    sizes = [Image.open(io.BytesIO(b)).size for b in shown_images]
+    overlay, pair = sizes[-2:]  # the map over the image, then image | attribution
+    assert overlay == (192, 96) and pair == (2 * 192, 96), sizes  # 2:1 as the photo, not 32 px square
+
+
+def test_export_checks_match_the_engine_and_follow_a_new_checkpoint(run_id, sessions):
+    from dashboard import common
+    from db import predictions
+    from engine.export import prediction_source, stale_problem, submission_rows, threshold_warnings
+
+    def engine(t):
+        with sessions() as s:
+            run = queries.get_run(s, run_id)
+            labels = [label for _, label in submission_rows(s, run, t)]
+            warnings = threshold_warnings(s, run, t, labels)
+            return prediction_source(s, run, "test"), stale_problem(s, run), warnings
+
+    for t in (0.5, 0.001):
+        assert common.export_checks(run_id, t) == engine(t)
+    with sessions.begin() as s:  # the test split predicted again by the epoch 2 checkpoint
+        tests = [im.id for im in queries.images(s, queries.get_run(s, run_id).dataset_id, "test")]
+        predictions.upsert(s, run_id, [(i, 0.4) for i in tests], epoch=2, checkpoint_sha1="ab" * 20)
+    assert common.export_checks(run_id, 0.5) == engine(0.5)
+    assert "epoch 2" in common.export_checks(run_id, 0.5)[0]
+    assert common.provenance(run_id, "test")[0] == engine(0.5)[0]
