@@ -276,3 +276,24 @@ def test_export_checks_match_the_engine_and_follow_a_new_checkpoint(run_id, sess
     assert common.export_checks(run_id, 0.5) == engine(0.5)
     assert "epoch 2" in common.export_checks(run_id, 0.5)[0]
     assert common.provenance(run_id, "test")[0] == engine(0.5)[0]
+
+
+def test_versions_and_cached_loaders_on_both_backends(store_url, sessions):
+    """The version queries (sums over bigint and float columns) and the loaders on SQLite and
+    PostgreSQL: a rewritten probability changes the key, the loaders agree with the engine."""
+    from dashboard import common
+    from engine.export import submission_rows
+
+    run_id = finished_run(sessions)
+    before = common.run_version(run_id)
+    scores = common.submission_scores(run_id)
+    with sessions() as s:
+        assert list(zip(scores.ids, scores.called_ai(0.5).tolist())) == submission_rows(
+            s, queries.get_run(s, run_id), 0.5)
+        ds = queries.get_run(s, run_id).dataset_id
+        first_test = queries.images(s, ds, "test")[0].id
+    with sessions.begin() as s:
+        queries.upsert_predictions(s, run_id, [(first_test, 0.123)])
+    assert common.run_version(run_id) != before
+    assert common.submission_scores(run_id).probs[0] == pytest.approx(0.123)
+    assert common.labels_changed(ds, None, None) == 0
