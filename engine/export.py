@@ -182,8 +182,8 @@ def threshold_warnings(s: Session, run: Run, threshold: float, test_labels: list
                        f"({truth:.1%} are), nearly everything {cls}")
     auc = _val_auc(s, run, y, p)
     if auc is not None and auc <= 0.5 + (margin := chance_margin(y)):
-        out.append(f"degenerate model: validation AUC {auc:.3f}, no better than chance "
-                   f"(0.5 + {margin:.3f} on {y.size:,} labelled validation images)")
+        on = f" on {y.size:,} labelled validation images" if y.size else ""
+        out.append(f"degenerate model: validation AUC {auc:.3f}, no better than chance (0.5 + {margin:.3f}{on})")
     if test_labels:
         share = sum(test_labels) / len(test_labels)
         cls = _called(share)
