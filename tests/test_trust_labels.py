@@ -450,3 +450,35 @@ def test_undo_refusal_names_the_time_in_utc_on_each_backend(store_url):
     with pytest.raises(queries.UndoRefused) as err, sessions.begin() as s:
         queries.undo_last_review(s, image_id, author="ana")
     assert f"ben relabelled it human-made at {when:%Y-%m-%d %H:%M:%S} UTC" in str(err.value), str(err.value)
+
+
+def test_the_device_route_gets_only_the_image_never_what_follows_it(tmp_path):
+    """A phone's trailer can be a second JPEG (MPF depth map, preview), ending in its own marker:
+    the device decoder must get the first image's bytes alone, or the file goes to Pillow."""
+    import warnings
+
+    import torch
+
+    from engine.data import jpeg_for_device, load_rgb
+
+    def decode_jpeg(data):
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its image IO for TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import decode_jpeg as decode
+
+            return decode(data)
+
+    main, second = _jpeg_bytes(1, (96, 64)), _jpeg_bytes(2, (32, 32))
+    cases = {"plain": main, "mpf": main + b"\0" * 64 + second, "noise": main + os.urandom(3000),
+             "short": main + b"\x00\xff\xd9"}
+    for name, data in cases.items():
+        (tmp_path / f"{name}.jpg").write_bytes(data)
+        found = jpeg_for_device(tmp_path / f"{name}.jpg")
+        assert found is not None, name
+        got, w, h = found
+        assert got == main and (w, h) == (96, 64), name  # exactly the first image's bytes
+        pixels = decode_jpeg(torch.frombuffer(bytearray(got), dtype=torch.uint8))
+        assert tuple(pixels.shape) == (3, 64, 96)
+        assert np.asarray(load_rgb(tmp_path / f"{name}.jpg", 96, draft=False)).shape == (64, 96, 3)
+    (tmp_path / "cut.jpg").write_bytes(main[: len(main) - 300] + b"\0" * 64 + second[:100])
+    assert jpeg_for_device(tmp_path / "cut.jpg") is None  # no end marker reached: Pillow reports it
