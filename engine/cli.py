@@ -41,8 +41,13 @@ def cmd_import(args) -> None:
     from engine.ingest import import_dataset
 
     result = import_dataset(session_factory(), args.data_dir, args.name, progress=not args.json)
-    for r in result.rejects:
+    for r in result.rejects[:3] if result.summary else result.rejects:  # the summary speaks for the rest
         print(f"rejected {r}", file=sys.stderr)
+    for name in result.changed:
+        print(f"changed since the last import, probed again: {name}", file=sys.stderr)
+    for line in (result.duplicates_line(), result.summary):
+        if line:
+            print(line, file=sys.stderr)
     _emit(args, result.to_json(),
           f"dataset {result.dataset}: {result.train} train, {result.test} test images "
           f"({result.added} new, {len(result.rejects)} rejected)")

@@ -360,7 +360,7 @@ def _train_data(s: Session, run: Run) -> tuple[TrainData, list[int], list[int]]:
     labels = queries.current_labels(s, ds.id, as_of=run.labels_as_of)
     data = TrainData(Path(ds.root), [ims[i].rel_path for i in train_ids],
                      [labels[i] for i in train_ids], [ims[i].rel_path for i in val_ids],
-                     [labels[i] for i in val_ids])
+                     [labels[i] for i in val_ids], stamps=queries.image_stamps(s, ds.id))
     return data, train_ids, val_ids
 
 

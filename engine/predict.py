@@ -67,11 +67,13 @@ def resolve_decode(decode: str, device: torch.device, *, train: bool = False) ->
 
 def make_loader(root: Path, rel_paths: list[str], labels: list[int] | None, *, size: int,
                 batch_size: int, workers: int, device: torch.device, train: bool = False,
-                mode: str = "resize", seed: int = 0, sampler=None, decode: str = "auto") -> DataLoader:
+                mode: str = "resize", seed: int = 0, sampler=None, decode: str = "auto",
+                stamps: dict | None = None) -> DataLoader:
     """With `decode` resolving to "device", workers only read JPEGs (and, for training, draw
     the augmentation); decoding, resizing and flipping happen on the device (to_device)."""
     raw = resolve_decode(decode, device, train=train) == "device"
-    ds = ImageDataset(root, rel_paths, labels, size=size, train=train, mode=mode, seed=seed, raw_jpeg=raw)
+    ds = ImageDataset(root, rel_paths, labels, size=size, train=train, mode=mode, seed=seed, raw_jpeg=raw,
+                      stamps=stamps)
     return DataLoader(
         ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=device.type == "cuda", drop_last=train and len(ds) > batch_size,
@@ -361,13 +363,14 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
             raise ValueError(f"run {run_id} has no checkpoint yet (status {run.status})")
         ds = s.get(Dataset, run.dataset_id)
         ims = _split_images(s, run, split)
+        stamps = queries.image_stamps(s, run.dataset_id)  # a file replaced since import is skipped
     model, cfg, epoch, sha1 = _load_checkpoint(Path(run.checkpoint))
     dev = resolve_device(device)
     model = prepare(model, dev)
     workers = cfg.get("workers", 2) if workers is None else workers
     loader = make_loader(Path(ds.root), [p for _, p in ims], None, size=cfg["img_size"],
                          batch_size=batch_size, workers=workers, device=dev,
-                         mode=cfg.get("resize_mode", "resize"), decode=decode)
+                         mode=cfg.get("resize_mode", "resize"), decode=decode, stamps=stamps)
     done, skipped = 0, []
     bar = tqdm(total=len(ims), desc=f"predict {split}", unit="img", disable=not progress,
                mininterval=0.5)

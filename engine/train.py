@@ -120,6 +120,7 @@ class TrainData:
     train_labels: list[int]
     val_paths: list[str]
     val_labels: list[int]
+    stamps: dict | None = None  # rel_path -> (bytes, mtime_ns) at import: replaced files are skipped
 
 
 @dataclass
@@ -201,7 +202,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     torch.manual_seed(cfg.seed)
     model = prepare(build_model(None if resume else cfg.pretrained), device)
     loader_args = {"size": cfg.img_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
-                   "device": device, "mode": cfg.resize_mode, "seed": cfg.seed, "decode": cfg.decode}
+                   "device": device, "mode": cfg.resize_mode, "seed": cfg.seed, "decode": cfg.decode,
+                   "stamps": data.stamps}
     sampler_gen = torch.Generator()
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
