@@ -510,6 +510,8 @@ def _validate(model, loader, device, val_y, loss_fn, on_batch) -> tuple[np.ndarr
     for b, (idx, out, failed) in enumerate(infer(model, loader, device), 1):
         logits[idx] = out
         skipped += len(failed)
+        for _pos, msg in failed:  # named in the log as training names its skips
+            log.warning("skipped %s (validation)", msg)
         on_batch(b, len(loader))
     ok = ~torch.isnan(logits)
     if not ok.any():
