@@ -119,13 +119,15 @@ def prediction_frame(run_id: int, split: str) -> pd.DataFrame:
     return _prediction_frame(db_url(), run_id, split, run_version(run_id))
 
 
-def image_sha1s(image_ids) -> dict[int, str | None]:
-    """image id -> content sha1 for a page of images, in one query (names their thumbnails)."""
+def image_sha1s(image_ids) -> dict[int, tuple[str | None, tuple[int | None, int | None]]]:
+    """image id -> (content sha1, (bytes, mtime_ns) at import) for a page of images, in one query:
+    the sha1 names their thumbnails, the stamp tells a file replaced since import."""
     ids = [int(i) for i in image_ids]
     if not ids:
         return {}
     with sessions()() as s:
-        return dict(s.execute(select(Image.id, Image.sha1).where(Image.id.in_(ids))).all())
+        q = select(Image.id, Image.sha1, Image.bytes, Image.mtime_ns).where(Image.id.in_(ids))
+        return {i: (sha1, (size, mtime)) for i, sha1, size, mtime in s.execute(q)}
 
 
 @dataclass(frozen=True)

@@ -295,7 +295,7 @@ def explain_run_image(sessions, run_id: int, rel_path: str, settings: Settings, 
     from db import queries
     from db.models import Dataset
     from db.store import home
-    from engine.data import resolve_inside
+    from engine.data import check_unchanged, resolve_inside
     from engine.model import load_trained
 
     with sessions() as s:
@@ -303,14 +303,17 @@ def explain_run_image(sessions, run_id: int, rel_path: str, settings: Settings, 
         if not run.checkpoint:
             raise ValueError(f"run {run_id} has no checkpoint (status {run.status})")
         ds = s.get(Dataset, run.dataset_id)
-        if queries.image_by_path(s, ds.id, rel_path) is None:
+        im = queries.image_by_path(s, ds.id, rel_path)
+        if im is None:
             raise LookupError(f"no image {rel_path!r} in dataset {ds.name!r} (name it as in the CSV)")
+        stamp = (im.bytes, im.mtime_ns)
         checkpoint, cfg = Path(run.checkpoint), run.config
     if not checkpoint.is_file():
         raise FileNotFoundError(f"run {run_id}: checkpoint not found at {checkpoint}")
     path = resolve_inside(Path(ds.root), rel_path)
     if not path.is_file():
         raise FileNotFoundError(f"{rel_path}: image file is missing")
+    check_unchanged(path, *stamp)  # UnreadableImage (an OSError) for a file replaced since import
     if model is None:
         model, _ = load_trained(checkpoint)
     att = explain(model, path, cfg["img_size"], settings, mode=cfg.get("resize_mode", "resize"),

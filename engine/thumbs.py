@@ -6,10 +6,11 @@ from pathlib import Path
 from PIL import Image as PILImage
 
 from engine.atomic import atomic_path
-from engine.data import load_rgb, resolve_inside
+from engine.data import check_unchanged, load_rgb, resolve_inside
 
 
-def thumbnail(cache: Path, root: str | Path, rel_path: str, sha1: str | None, size: int = 192) -> Path:
+def thumbnail(cache: Path, root: str | Path, rel_path: str, sha1: str | None, size: int = 192,
+              stamp: tuple[int | None, int | None] | None = None) -> Path:
     """Path of a JPEG thumbnail (longest side `size`), made on first use.
 
     Raises FileNotFoundError for a missing image and PermissionError for a path outside
@@ -20,6 +21,8 @@ def thumbnail(cache: Path, root: str | Path, rel_path: str, sha1: str | None, si
     out = cache / "thumbs" / f"{key}_{size}.jpg"
     if not source.is_file():  # checked even when cached: a deleted image must not look present
         raise FileNotFoundError(f"{rel_path}: image file is missing")
+    if stamp is not None:  # (bytes, mtime_ns) as imported: a replaced file is not shown as the old one
+        check_unchanged(source, *stamp)
     if out.is_file():
         return out
     im = load_rgb(source, size)

@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import common
 from db import queries
 from engine import metrics
-from engine.export import fmt_threshold, prediction_source, stale_problem, threshold_warnings
+from engine.export import fmt_threshold, threshold_warnings
 
 SPLITS = {"val": "validation (held out by the run)", "test": "test (unlabelled)",
           "train": "training images of the run"}
@@ -37,22 +37,14 @@ def threshold_ui(run, default: float) -> float:
     return t
 
 
-def labelled_val(run_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of the run's labelled validation images, from the cached frame."""
-    df = common.prediction_frame(run_id, "val")
-    df = df[df["label"].notna()]
-    return df["label"].to_numpy(dtype=int), df["prob"].to_numpy(dtype=float)
-
-
 def provenance_ui(run, split: str, t: float, p_test: np.ndarray | None) -> None:
     """Which checkpoint made these predictions; stale test predictions and degenerate thresholds
     said plainly."""
+    made_by, stale = common.provenance(run.id, split)
+    st.caption(f"Made by: {made_by}")
+    labels = None if p_test is None else [int(v) for v in (p_test >= t)]
     with common.sessions()() as s:
-        r = queries.get_run(s, run.id)
-        st.caption(f"Made by: {prediction_source(s, r, split)}")
-        stale = stale_problem(s, r) if split == "test" else None
-        labels = None if p_test is None else [int(v) for v in (p_test >= t)]
-        warnings = threshold_warnings(s, r, t, labels, val=labelled_val(run.id))
+        warnings = threshold_warnings(s, queries.get_run(s, run.id), t, labels, val=common.labelled_val(run.id))
     if run.chosen_threshold is None and run.best_threshold is None:
         st.warning(f"The run has no threshold of its own ({run.threshold_note or 'validation stored none'}): "
                    "the slider starts at 0.5, a guess.")

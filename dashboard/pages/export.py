@@ -10,32 +10,25 @@ from engine.export import (
     default_threshold,
     export_run,
     fmt_threshold,
-    prediction_source,
-    stale_problem,
-    submission_rows,
-    threshold_warnings,
 )
 
 
-def preview(run, threshold: float) -> list[tuple[str, int]] | None:
-    with common.sessions()() as s:
-        try:
-            return submission_rows(s, queries.get_run(s, run.id), threshold)
-        except ExportRefused as e:
-            st.error(str(e))
-            return None
+def preview(run, threshold: float) -> list[int] | None:
+    """The label each test image would get, in test.csv order (cached per state of the run's
+    predictions, not per keystroke), or None with the reason shown."""
+    scores = common.submission_scores(run.id)
+    if scores.refused:
+        st.error(scores.refused)
+        return None
+    return scores.called_ai(threshold).tolist()
 
 
-def checks(run, threshold: float, rows: list[tuple[str, int]]) -> tuple[str | None, list[str]]:
+def checks(run, threshold: float) -> tuple[str | None, list[str]]:
     """Which checkpoint made the test predictions (shown), why they may be stale, and what is
     wrong with the threshold."""
-    with common.sessions()() as s:
-        r = queries.get_run(s, run.id)
-        st.caption(f"Made by: {prediction_source(s, r, 'test')}")
-        df = common.prediction_frame(run.id, "val")
-        df = df[df["label"].notna()]
-        val = (df["label"].to_numpy(dtype=int), df["prob"].to_numpy(dtype=float))
-        return stale_problem(s, r), threshold_warnings(s, r, threshold, [label for _, label in rows], val=val)
+    made_by, stale, warnings = common.export_checks(run.id, threshold)
+    st.caption(f"Made by: {made_by}")
+    return stale, warnings
 
 
 def history_ui() -> None:
@@ -63,11 +56,11 @@ if run is not None:
     st.caption(f"Threshold: {fmt_threshold(threshold)} (call AI-generated when p ≥ threshold)")
     rows = preview(run, threshold)
     if rows:
-        positive = sum(label for _, label in rows) / len(rows)
+        positive = sum(rows) / len(rows)
         c1, c2 = st.columns(2)
         c1.metric("Rows", f"{len(rows):,}")
         c2.metric("Called AI-generated", f"{positive:.1%}")
-        stale, warnings = checks(run, threshold, rows)
+        stale, warnings = checks(run, threshold)
         ready = True
         if stale:
             st.error(stale)

@@ -52,9 +52,10 @@ def filtered(df: pd.DataFrame, f: dict) -> pd.DataFrame:
     return out.assign(wrongness=wrongness).sort_values(["wrongness", "image_id"], ascending=[False, True])
 
 
-def show_image(root: str, rel_path: str, sha1: str | None, size: int, caption: str | None = None) -> None:
+def show_image(root: str, rel_path: str, known: tuple | None, size: int, caption: str | None = None) -> None:
+    sha1, stamp = known or (None, None)
     try:
-        st.image(str(thumbnail(home() / "cache", root, rel_path, sha1, size)), caption=caption)
+        st.image(str(thumbnail(home() / "cache", root, rel_path, sha1, size, stamp)), caption=caption)
     except (FileNotFoundError, PermissionError, OSError) as e:
         st.warning(f"{rel_path}: cannot show the image ({e})")
 
@@ -96,7 +97,8 @@ def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int 
         st.subheader(r["rel_path"])
         with common.sessions()() as s:
             history = queries.label_history(s, image_id)
-        current = history[-1].label if history else None
+        # an "unlabel" row (the undo of a test image's first review) leaves no label
+        current = history[-1].label if history and history[-1].source != "unlabel" else None
         st.metric("Probability of AI-generated" + (" (out of fold)" if "quality" in r else ""),
                   f"{r['prob']:.4f}")
         if "quality" in r:
@@ -186,10 +188,14 @@ def relabel_ui(image_id: int, current: int | None, who: str) -> None:
             st.toast(f"Labelled {LABELS[value]}")
             st.rerun()
     if c3.button("Undo last review", key=f"undo_{image_id}"):
-        with common.sessions().begin() as s:
-            undone = queries.undo_last_review(s, image_id, author=who)
-        st.toast("Undone" if undone else "Nothing to undo: the newest label is not a review")
-        st.rerun()
+        try:
+            with common.sessions().begin() as s:
+                queries.undo_last_review(s, image_id, author=who)
+        except queries.UndoRefused as e:  # nothing of yours to undo, or someone relabelled it since
+            st.warning(str(e))
+        else:
+            st.toast("Undone: the label before your newest review is back")
+            st.rerun()
 
 
 def paged(view: pd.DataFrame) -> pd.DataFrame:

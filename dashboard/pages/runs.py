@@ -83,8 +83,6 @@ def retrain_ui(runs: dict) -> None:
 
 def fair_compare_ui(runs: dict) -> None:
     """Two runs on the same evaluation images, scored against the same labels."""
-    from engine.compare import compare_runs
-
     usable = [r.id for r in reversed(runs.values()) if r.checkpoint]
     if len(usable) < 2:
         return
@@ -98,8 +96,7 @@ def fair_compare_ui(runs: dict) -> None:
     sets = common.eval_set_names(runs[a].dataset_id)
     basis = c3.selectbox("Evaluate on", ["shared validation images, unchanged labels", *sets], key="fair_basis")
     try:
-        with common.sessions()() as s:
-            r = compare_runs(s, a, b, eval_set=None if basis not in sets else basis)
+        r = common.compare_runs(a, b, eval_set=None if basis not in sets else basis)
     except (ValueError, LookupError) as e:
         st.warning(str(e))
         return
