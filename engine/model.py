@@ -17,7 +17,12 @@ def build_model(pretrained: str | None = None) -> nn.Module:
 
     pretrained: None (random init), "imagenet" (torchvision's weights API; needs a download
     the first time), or the path of a local torchvision B3 state dict or an aivh checkpoint.
+
+    Also flushes denormal floats to zero in the calling thread (and the CPU kernels it runs):
+    on an AMD EPYC a B3 training step at 32 px took 18 s with them and 0.4-0.7 s without, and
+    no prediction depends on numbers below 1e-38.
     """
+    torch.set_flush_denormal(True)  # x86 only; a no-op returning False elsewhere
     if pretrained == "imagenet":
         model = efficientnet_b3(weights=EfficientNet_B3_Weights.IMAGENET1K_V1)
     else:
