@@ -21,28 +21,53 @@ S, P = 96, 32  # image side, patch side: the patch is 1/9 of the area
 EXPLAINED = range(320, 328)  # held-out images, both classes
 
 
-def draw(i: int, rng) -> tuple[np.ndarray, int]:
+def draw(i: int, rng, *, neutral: bool = False) -> tuple[np.ndarray, int]:
     yy, xx = np.mgrid[0:S, 0:S] / S
     c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
     img = c0 + (c1 - c0) * (xx if i % 3 else yy)[..., None] + rng.normal(0, 6, (S, S, 3))
     y = i % 2
-    img[:P, :P] = 40
-    img[:P, :P, 0 if y else 2] = 220  # red patch: AI-generated; blue: human-made
+    if neutral:
+        img[:P, :P] = 128  # grey patch: no evidence either way
+    else:
+        img[:P, :P] = 40
+        img[:P, :P, 0 if y else 2] = 220  # red patch: AI-generated; blue: human-made
     img[:P, :P] += rng.normal(0, 6, (P, P, 3))
     return np.clip(img, 0, 255).astype(np.uint8), y
 
 
-def train_planted(root: Path):
-    """Draw the images into root and train the planted run: (training result, model)."""
-    rng = np.random.default_rng(0)
+N_TRAIN, N_NEUTRAL = 280, 93
+
+
+def train_planted(root: Path, seed: int = 0):
+    """Draw the images into root and train the planted run: (training result, model).
+    The seed draws the images and seeds the training (init, order, flips).
+
+    Two things make the patch evidence the model cannot miss. Training runs in crop mode,
+    which on these S x S images is the whole image, flipped half the time: the default
+    random-resized crop cut most of the corner patch out of some training views, leaving
+    labels that only the background could explain. And a third of the training set more
+    (N_NEUTRAL images) has a grey patch and alternating labels, so their logit is driven to 0:
+    red must push the logit up and blue must push it down, where without them the model
+    could learn one colour against everything else, and then hiding the other colour's patch
+    moved its logit no more than hiding background did (occlusion ratio 0.05 on one image).
+    Prediction and saliency see the same pixels in crop and resize mode at S x S.
+    """
+    rng = np.random.default_rng(seed)
     paths, labels = [], []
     for i in range(max(EXPLAINED) + 1):
         img, y = draw(i, rng)
         Image.fromarray(img).save(root / f"{i}.png")
         paths.append(f"{i}.png")
         labels.append(y)
-    data = TrainData(root, paths[:280], labels[:280], paths[280:320], labels[280:320])
-    cfg = TrainConfig(epochs=5, img_size=S, batch_size=16, lr=2e-3, workers=0, patience=9)
+    train_paths, train_labels = paths[:N_TRAIN], labels[:N_TRAIN]
+    for j in range(N_NEUTRAL):
+        img, y = draw(j, rng, neutral=True)
+        Image.fromarray(img).save(root / f"neutral{j}.png")
+        train_paths.append(f"neutral{j}.png")
+        train_labels.append(y)
+    data = TrainData(root, train_paths, train_labels, paths[N_TRAIN:320], labels[N_TRAIN:320])
+    cfg = TrainConfig(epochs=5, img_size=S, batch_size=16, lr=2e-3, workers=0, patience=9,
+                      resize_mode="crop", seed=seed)
     result = train(cfg, data, root / "run", progress=False)
     return result, load_trained(root / "run" / "best.pt")[0]
 
@@ -73,11 +98,14 @@ def test_planted_evidence_draws_the_attribution_mass(planted, method):
     ratios = np.array([patch_ratio(saliency.explain(model, root / f"{i}.png", S, saliency.Settings(method)).map)
                        for i in EXPLAINED])
     per_class = [ratios[[i % 2 == y for i in EXPLAINED]].mean() for y in (0, 1)]
-    # the patch holds at least twice its share of the mass on average, and at least its share
-    # on average within each class. Not per image: this from-scratch model spreads its decision
-    # over the whole image, and on one AI-generated image hiding the patch moves the logit less
-    # than hiding other regions does (occlusion 0.8), which is the truth about that model.
-    assert ratios.mean() >= 2.0 and min(per_class) >= 1.0, (np.round(ratios, 2), np.round(per_class, 2))
+    # Floors set from the spread over seeds (`python benchmarks/saliency_sanity.py --seeds ...`,
+    # this recipe, 2-core AMD EPYC, the training seed and the drawn images varying together):
+    # lowest mean ratio / lowest class mean over seeds 0-3: saliency 3.43 / 2.48, integrated
+    # gradients 4.63 / 3.79, smoothgrad 2.43 / 1.96; occlusion over seeds 0-5: 4.34 / 3.28
+    # (with the old recipe one machine gave occlusion 0.92 for a class, and one image 0.05).
+    # The floors, 1.5 and 1.0, are about 60% and 50% of the lowest figure seen. Not per image:
+    # this from-scratch model also uses the background. Grad-CAM stays below (0.81-0.85).
+    assert ratios.mean() >= 1.5 and min(per_class) >= 1.0, (np.round(ratios, 2), np.round(per_class, 2))
 
 
 def test_gradcam_is_the_class_activation_map_of_the_called_class(planted):
