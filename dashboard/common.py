@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import Dataset, Image, Label, Prediction, Run
+from db.models import Dataset, Image, Prediction, Run
 from db.store import db_url, home, session_factory
 
 OUTCOMES = ("false positive", "false negative", "true positive", "true negative")
@@ -315,23 +315,9 @@ def labels_changed(dataset_id: int, before: int | None, after: int | None) -> in
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _labels_changed(url: str, dataset_id: int, before: int | None, after: int | None) -> int:
-    """queries.labels_changed's count, reading only the images labelled between the two states
-    (a relabel or two since a run trained, not the whole dataset twice)."""
-    lo, hi = sorted((before or 0, after or 0))
-    if lo == hi or lo == 0:  # the same state, or one with no label at all: nothing differs
-        return 0
+    """queries.labels_changed's count (it reads only the images labelled between the states)."""
     with _sessions(url)() as s:
-        touched = (select(Label.image_id).join(Image, Image.id == Label.image_id)
-                   .where(Image.dataset_id == dataset_id, Label.id > lo, Label.id <= hi).distinct())
-        found = s.execute(select(Label.image_id, Label.id, Label.label)
-                          .where(Label.image_id.in_(touched), Label.id <= hi).order_by(Label.id)).all()
-    at_lo: dict[int, int] = {}
-    at_hi: dict[int, int] = {}
-    for image_id, label_id, label in found:
-        if label_id <= lo:
-            at_lo[image_id] = label
-        at_hi[image_id] = label
-    return sum(1 for i, v in at_lo.items() if at_hi.get(i) != v)
+        return len(queries.labels_changed(s, dataset_id, before, after))
 
 
 def eval_set_names(dataset_id: int) -> list[str]:

@@ -399,11 +399,39 @@ def audit_rows(s: Session, audit_id: int, *, flagged_only: bool = False, limit: 
     return list(s.execute(q))
 
 
+def label_states(s: Session, dataset_id: int, states: Sequence[int | None]) -> dict[int, list[int | None]]:
+    """The label of each image relabelled since the oldest of `states` (label ids; None: now),
+    at each state (None: no label then). Label rows are only ever added, so an image with no row
+    after the oldest state has the same label in all of them and is left out: a relabel or two
+    since a run trained costs a few rows, not the whole dataset once per state."""
+    fixed = [st for st in states if st is not None]
+    if not fixed:  # now, only: one state, nothing to tell apart
+        return {}
+    lo, hi = min(fixed), (None if None in states else max(fixed))
+    touched = (select(Label.image_id).join(Image, Image.id == Label.image_id)
+               .where(Image.dataset_id == dataset_id, Label.id > lo))
+    if hi is not None:
+        touched = touched.where(Label.id <= hi)
+    rows = select(Label.image_id, Label.id, Label.label, Label.source).where(
+        Label.image_id.in_(touched.distinct()))
+    if hi is not None:
+        rows = rows.where(Label.id <= hi)
+    out: dict[int, list[int | None]] = {}
+    for image_id, label_id, label, source in s.execute(rows.order_by(Label.id)):
+        now = None if source == "unlabel" else label
+        at = out.setdefault(image_id, [None] * len(states))
+        for k, st in enumerate(states):
+            if st is None or label_id <= st:
+                at[k] = now
+    return out
+
+
 def labels_changed(s: Session, dataset_id: int, before: int | None, after: int | None) -> list[int]:
     """Images labelled in both label states (newest label ids) whose label differs between them."""
-    a = current_labels(s, dataset_id, as_of=before or 0)
-    b = current_labels(s, dataset_id, as_of=after or 0)
-    return sorted(i for i in set(a) & set(b) if a[i] != b[i])
+    if not before or not after:  # a state with no label at all: no image is labelled in both
+        return []
+    both = label_states(s, dataset_id, [before, after])
+    return sorted(i for i, (a, b) in both.items() if a is not None and b is not None and a != b)
 
 
 def create_eval_set(s: Session, dataset_id: int, name: str, image_ids: Sequence[int], *,

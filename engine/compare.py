@@ -21,14 +21,15 @@ def compare_runs(s: Session, run_a: int, run_b: int, *, eval_set: str | None = N
     if a.dataset_id != b.dataset_id:
         raise ValueError(f"runs {run_a} and {run_b} belong to different datasets")
     ds = a.dataset_id
-    changed = set(queries.labels_changed(s, ds, a.labels_as_of, b.labels_as_of))
+    # Labels at run a's state, run b's state and now, for the images relabelled since the older
+    # of the two (every other image has one label in all three)
+    states = queries.label_states(s, ds, [a.labels_as_of or 0, b.labels_as_of or 0, None])
+    changed = {i for i, (la, lb, _) in states.items() if la is not None and lb is not None and la != lb}
     now = queries.current_labels(s, ds)
     trained = set(queries.run_image_ids(s, run_a, "train")) | set(queries.run_image_ids(s, run_b, "train"))
     if eval_set is None:
         candidates = set(queries.run_image_ids(s, run_a, "val")) & set(queries.run_image_ids(s, run_b, "val"))
-        at_a = queries.current_labels(s, ds, as_of=a.labels_as_of or 0)
-        at_b = queries.current_labels(s, ds, as_of=b.labels_as_of or 0)
-        differ = {i for i in candidates if not (at_a.get(i) == at_b.get(i) == now.get(i))}
+        differ = {i for i in candidates & states.keys() if not (states[i][0] == states[i][1] == states[i][2])}
         basis = "shared validation images with unchanged labels"
     else:
         candidates = set(queries.eval_set_image_ids(s, queries.get_eval_set(s, ds, eval_set).id))

@@ -112,3 +112,49 @@ def test_cli_import_and_runs_work_against_the_configured_backend(store_url, work
     assert store_url.split(":")[0] in str(store.get_engine(store_url).url)
     assert "epochs" in inspect(store.get_engine(store_url)).get_table_names()
     assert Epoch.__tablename__ == "epochs"
+
+
+def test_label_states_reads_only_relabelled_images_and_agrees_with_full_label_states(store_url):
+    """compare and the Runs page read the labels at a few states through label_states; it must
+    give what a full read of each state gives, relabels, undos and unlabels (test images) included."""
+    import random
+
+    sessions = store.session_factory(store_url)
+    run_id = finished_run(sessions)
+    rnd = random.Random(0)
+    with sessions() as s:
+        ds = queries.get_run(s, run_id).dataset_id
+        labelled = sorted(queries.current_labels(s, ds))
+        unlabelled = [i.id for i in queries.images(s, ds, "test")][:4]
+    states = []
+    with sessions() as s:
+        states.append(queries.newest_label_id(s, ds))
+    for step in range(30):
+        image_id = rnd.choice(labelled[:6] + unlabelled)
+        with sessions.begin() as s:
+            if step % 3 == 2:
+                try:
+                    queries.undo_last_review(s, image_id, author="ana")
+                except queries.UndoRefused:
+                    pass
+            else:
+                queries.relabel(s, image_id, rnd.randint(0, 1), author="ana")
+        with sessions() as s:
+            states.append(queries.newest_label_id(s, ds))
+    with sessions() as s:
+        full = {st: queries.current_labels(s, ds, as_of=st) for st in set(states)}
+        full[None] = queries.current_labels(s, ds)
+        sources = {row.source for i in labelled[:6] + unlabelled for row in queries.label_history(s, i)}
+        assert {"review", "undo", "unlabel"} <= sources, sources  # every kind of row was exercised
+        for _ in range(20):
+            picked = [rnd.choice(states), rnd.choice(states), None]
+            got = queries.label_states(s, ds, picked)
+            for i in full[None].keys() | {i for st in states for i in full[st]}:
+                want = [full[st].get(i) for st in picked]
+                if i in got:
+                    assert got[i] == want, (i, picked)
+                else:  # left out: one label in every state
+                    assert len(set(want)) == 1, (i, picked)
+            a, b = picked[:2]
+            assert queries.labels_changed(s, ds, a, b) == sorted(
+                i for i in full[a].keys() & full[b].keys() if full[a][i] != full[b][i])
