@@ -36,8 +36,8 @@ def build_store(home: Path, n: int) -> int:
     from db.models import Dataset, Label, Run
     from db.models import Image as ImageRow
     from db.store import session_factory
-    from engine.jobs import split_images
-    from engine.train import TrainConfig
+    from engine.config import TrainConfig
+    from engine.splits import split_images
 
     root = home / "data"
     (root / "train_data").mkdir(parents=True)
@@ -98,19 +98,18 @@ def main() -> None:
         os.environ["AIVH_HOME"] = tmp
         os.environ.pop("AIVH_DB_URL", None)
         build_s, run_id = timed(lambda: build_store(Path(tmp), args.n))
-        import streamlit as st
-        from streamlit.testing.v1 import AppTest
-
         # modules a running server has imported once for all sessions: not a page's own time
         import plotly.express  # noqa: F401
         import plotly.graph_objects  # noqa: F401
-
-        import engine.compare, engine.export, engine.jobs, engine.metrics, engine.train  # noqa: E401, F401
+        import streamlit as st
 
         # A server scans the installed packages for components once, at startup
         # (streamlit/runtime/runtime.py); AppTest does it on every new AppTest's first run (0.3 s
         # here): done once before the clock and handed to each AppTest, reported apart.
         from streamlit.components.v2.component_manager import BidiComponentManager
+        from streamlit.testing.v1 import AppTest
+
+        import engine.compare  # noqa: E401, F401
 
         components_s, components = timed(BidiComponentManager)
         scan_s, _ = timed(lambda: components.discover_and_register_components(start_file_watching=False))

@@ -23,10 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.bench import build_dataset
-from engine.data import ImageDataset, collate, normalize
+from engine.device import prepare
+from engine.gpu_decode import decode_on_device, to_device
+from engine.infer import infer
+from engine.loader import ImageDataset, collate, make_loader
 from engine.model import build_model, load_trained
-from engine.predict import decode_on_device, infer, make_loader, prepare, to_device
 from engine.train import _recalibrate_bn
+from engine.transforms import normalize
 
 SAMPLE = Path(__file__).resolve().parents[1] / "engine" / "sample"
 
@@ -126,7 +129,7 @@ def main() -> None:
         # the same with training's random crop, resize and flip (one batched resample)
         import random
 
-        from engine.data import device_plan
+        from engine.transforms import device_plan
         plans = [device_plan(768, 512, size, train=True, mode="resize", rng=random.Random(i)) for i in range(128)]
         decode_on_device(data, dev, size, plans=plans)
         if dev.type == "cuda":

@@ -83,8 +83,8 @@ def main() -> int:
     from engine import audit as au
     from engine import jobs
     from engine.compare import compare_runs
+    from engine.config import TrainConfig
     from engine.ingest import import_dataset
-    from engine.train import TrainConfig
 
     t_start = time.perf_counter()
     flipped, n_train = flipped_copy(Path(args.data), work / "data", args.rate, args.seed, args.limit)

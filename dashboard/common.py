@@ -36,7 +36,7 @@ def sessions() -> sessionmaker[Session]:
 
 def runs_by_id() -> dict[int, Run]:
     with sessions()() as s:
-        from engine.jobs import reap_stale
+        from engine.liveness import reap_stale
 
         with s.begin():
             reap_stale(s)
@@ -145,7 +145,7 @@ class SubmissionScores:
 
 def _test_version(s: Session, run: Run) -> tuple:
     """Test images of the run's dataset (added, re-probed) and test.csv on disk (size, mtime)."""
-    from engine.data import TEST_CSV
+    from engine.kaggle import TEST_CSV
 
     q = select(func.count(), func.max(Image.id), func.sum(Image.mtime_ns % 1_000_003), func.max(Image.sha1),
                func.sum(func.length(Image.status)))
@@ -161,7 +161,8 @@ def _test_version(s: Session, run: Run) -> tuple:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _test_scores(url: str, run_id: int, version: tuple) -> SubmissionScores:
-    from engine.export import ExportRefused, submission_rows
+    from engine.errors import ExportRefused
+    from engine.export import submission_rows
 
     with _sessions(url)() as s:
         run = queries.get_run(s, run_id)

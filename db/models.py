@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +23,24 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class RunStatus(StrEnum):
+    """A run's (and an audit's) life: queued -> running -> succeeded | failed | cancelled.
+    A StrEnum: stored as its text, equal to it in comparisons."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RunKind(StrEnum):
+    """train: `aivh train` or the Train page; fold: one held-out fold of a label audit."""
+
+    TRAIN = "train"
+    FOLD = "fold"
 
 
 class Base(DeclarativeBase):
@@ -79,8 +98,8 @@ class Run(Base):
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(primary_key=True)
     dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16), default="train")
-    status: Mapped[str] = mapped_column(String(12), default="queued")
+    kind: Mapped[str] = mapped_column(String(16), default=RunKind.TRAIN.value)
+    status: Mapped[str] = mapped_column(String(12), default=RunStatus.QUEUED.value)
     config: Mapped[dict] = mapped_column(JSON)
     labels_as_of: Mapped[int | None] = mapped_column(Integer)  # newest label id it trained on
     pid: Mapped[int | None] = mapped_column(Integer)

@@ -199,6 +199,13 @@ def epochs(s: Session, run_id: int) -> list[Epoch]:
     return list(s.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
 
 
+def best_epoch(s: Session, run: Run) -> Epoch | None:
+    """The epoch row of the run's kept checkpoint (None before its first epoch)."""
+    if run.best_epoch is None:
+        return None
+    return s.scalar(select(Epoch).where(Epoch.run_id == run.id, Epoch.epoch == run.best_epoch))
+
+
 def add_export(s: Session, **values) -> Export:
     export = Export(**values)
     s.add(export)
@@ -329,7 +336,7 @@ def label_version(s: Session) -> int:
     return s.scalar(select(func.max(Label.id))) or 0
 
 
-def image(s: Session, image_id: int) -> Image:
+def get_image(s: Session, image_id: int) -> Image:
     im = s.get(Image, image_id)
     if im is None:
         raise NotFound(f"no image {image_id}")
@@ -446,6 +453,12 @@ def create_eval_set(s: Session, dataset_id: int, name: str, image_ids: Sequence[
     s.execute(EvalSetImage.__table__.insert(),
               [{"eval_set_id": es.id, "image_id": i} for i in sorted(set(image_ids))])
     return es
+
+
+def freeze_validation(s: Session, run_id: int, name: str, *, author: str | None = None) -> EvalSet:
+    """A run's validation images, frozen as an evaluation set named `name` (for fair comparisons)."""
+    run = get_run(s, run_id)
+    return create_eval_set(s, run.dataset_id, name, run_image_ids(s, run.id, "val"), author=author)
 
 
 def get_eval_set(s: Session, dataset_id: int, name: str) -> EvalSet:

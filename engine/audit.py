@@ -2,12 +2,11 @@
 cleanlab ranks each image's label by how likely it is wrong.
 
 An audit is a row in `audits` and k runs (kind "fold") that point at it. Fold runs keep their
-final epoch (`select="last"`), so nothing is chosen on the labels being audited.
+final epoch (`keep_epoch="last"`), so nothing is chosen on the labels being audited.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 
@@ -19,44 +18,19 @@ from db import queries
 from db.models import Audit, AuditScore, Dataset, Run
 from engine import jobs
 from engine.atomic import write_csv
-from engine.train import TrainConfig
+from engine.config import TrainConfig
+from engine.liveness import now
+from engine.splits import assign_folds
 
 log = logging.getLogger("aivh.audit")
 CSV_COLUMNS = ("file_name", "given_label", "prob", "quality", "flagged")
-
-
-def assign_folds(keys: dict[int, str], strata: dict[int, int], folds: int, seed: int,
-                 groups: dict[int, str] | None = None) -> dict[int, int]:
-    """image id -> fold: each class ordered by sha1(seed:key) and dealt round-robin.
-
-    groups: image id -> content key (sha1 of the bytes, queries.content_keys): images sharing one
-    are byte-identical copies and all go to one fold, so no copy is trained on while another is
-    held out. A group is dealt as a unit, in the class of its lowest label and ordered by its
-    first key, to the fold with the fewest images of that class so far (ties: the lowest fold):
-    without copies this is exactly the round-robin above.
-    """
-    groups = groups or {i: f"id:{i}" for i in keys}
-    members: dict[str, list[int]] = {}
-    for i in keys:
-        members.setdefault(groups.get(i, f"id:{i}"), []).append(i)
-    out: dict[int, int] = {}
-    units = [(min(strata[i] for i in ids), min(keys[i] for i in ids), ids) for ids in members.values()]
-    for cls in sorted(set(strata.values())):
-        ordered = sorted((u for u in units if u[0] == cls),
-                         key=lambda u: hashlib.sha1(f"audit:{seed}:{u[1]}".encode()).hexdigest())
-        filled = [0] * folds
-        for _, _, ids in ordered:
-            k = min(range(folds), key=lambda f: (filled[f], f))
-            filled[k] += len(ids)
-            out.update({i: k for i in ids})
-    return out
 
 
 def create_audit(s: Session, dataset: Dataset, cfg: TrainConfig, folds: int) -> Audit:
     """The audit row and its k queued fold runs, each with its train / held-out images fixed."""
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, not {folds}")
-    cfg = dataclasses.replace(cfg, select="last", limit=None)
+    cfg = dataclasses.replace(cfg, keep_epoch="last", limit=None)
     ims = {im.id: im.rel_path for im in queries.images(s, dataset.id, "train")}
     strata = {i: v for i, v in queries.import_labels(s, dataset.id).items() if i in ims}
     if min(np.bincount(list(strata.values()), minlength=2)) < folds:
@@ -97,7 +71,7 @@ def run_audit(sessions: sessionmaker[Session], audit_id: int, *, progress: bool 
         with sessions.begin() as s:
             flagged = score_audit(s, audit_id)
             audit = queries.get_audit(s, audit_id)
-            audit.status, audit.flagged, audit.finished_at = "succeeded", flagged, jobs.now()
+            audit.status, audit.flagged, audit.finished_at = "succeeded", flagged, now()
             return audit
     except BaseException as e:
         with sessions.begin() as s:

@@ -105,20 +105,13 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     from torch import nn
     from torch.utils.data import RandomSampler
 
-    from engine.data import normalize
+    from engine.device import autocast, default_workers, prepare, resolve_device
+    from engine.gpu_decode import default_ahead, device_batches
+    from engine.infer import infer
+    from engine.loader import make_loader, resolve_decode
     from engine.model import build_model
-    from engine.predict import (
-        autocast,
-        default_ahead,
-        default_workers,
-        device_batches,
-        infer,
-        make_loader,
-        prepare,
-        resolve_decode,
-        resolve_device,
-    )
     from engine.train import train_step
+    from engine.transforms import normalize
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -245,8 +238,8 @@ def _warm_compile(cfg, dev) -> None:
     import torch
     from torch import nn
 
+    from engine.device import prepare
     from engine.model import build_model
-    from engine.predict import prepare
     from engine.train import train_step
 
     model = prepare(build_model(None), dev)
@@ -269,8 +262,10 @@ def run_epoch(n: int, *, device: str = "auto", img_size: int = 300, batch_size: 
     the clock starts (a one-off per run, reported as epoch_compile_seconds)."""
     import tempfile
 
-    from engine.predict import default_workers, resolve_decode, resolve_device
-    from engine.train import TrainConfig, TrainData, train
+    from engine.config import TrainConfig
+    from engine.device import default_workers, resolve_device
+    from engine.loader import resolve_decode
+    from engine.train import TrainData, train
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"

@@ -13,18 +13,9 @@ from pathlib import Path
 
 from db import queries
 from db.store import home, session_factory
+from engine.errors import UsageError, error_line
 
 SAMPLE = Path(__file__).parent / "sample"
-
-
-class UsageError(Exception):
-    """A clear one-line problem with what the user asked for."""
-
-
-def error_line(e: BaseException) -> str:
-    """What `aivh: error:` prints for an exception: its first line, or its type's name."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _emit(args, payload: dict | list, text: str) -> None:
@@ -32,9 +23,6 @@ def _emit(args, payload: dict | list, text: str) -> None:
         print(json.dumps(payload, default=str))
     else:
         print(text)
-
-
-# ---------------------------------------------------------------- import
 
 
 def cmd_import(args) -> None:
@@ -53,9 +41,6 @@ def cmd_import(args) -> None:
           f"({result.added} new, {len(result.rejects)} rejected)")
 
 
-# ---------------------------------------------------------------- train
-
-
 TRAIN_FLAGS = ("epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
                "pretrained", "workers", "compile", "resize_mode", "patience", "decode")
 
@@ -66,7 +51,7 @@ def _given(args) -> dict:
 
 
 def _train_config(args):
-    from engine.train import TrainConfig
+    from engine.config import TrainConfig
 
     cfg = TrainConfig.from_dict(_given(args))
     _check_config(cfg)
@@ -74,29 +59,29 @@ def _train_config(args):
 
 
 def cmd_train(args) -> None:
-    from engine import jobs
+    from engine import distributed, jobs
 
     sessions = session_factory()
-    launched = jobs.torchrun_rank()  # (rank, world) under torchrun, else None
+    launched = distributed.torchrun_rank()  # (rank, world) under torchrun, else None
     if launched is not None and args.nproc > 1:
         raise UsageError("--nproc starts its own processes; under torchrun, leave it out")
     if launched is None:
         run_id = _train_run_id(args, sessions)
     else:
-        run_id = jobs.join_torchrun(*launched, lambda: _train_run_id(args, sessions))
+        run_id = distributed.join_torchrun(*launched, lambda: _train_run_id(args, sessions))
         if launched[0] != 0:  # the other ranks only train; rank 0 reports
-            jobs.execute_torchrun_rank(run_id, resume=args.resume is not None)
+            distributed.execute_torchrun_rank(run_id, resume=args.resume is not None)
             return
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if launched is not None:
-        run = jobs.execute_torchrun_rank(run_id, resume=args.resume is not None, progress=not args.json)
+        run = distributed.execute_torchrun_rank(run_id, resume=args.resume is not None, progress=not args.json)
     elif args.nproc > 1:
-        run = jobs.execute_distributed(run_id, args.nproc, resume=args.resume is not None,
+        run = distributed.execute_distributed(run_id, args.nproc, resume=args.resume is not None,
                                        progress=not args.json)
     else:
         run = jobs.execute(run_id, resume=args.resume is not None, progress=not args.json)
     with sessions() as s:
-        best = next((e for e in queries.epochs(s, run_id) if e.epoch == run.best_epoch), None)
+        best = queries.best_epoch(s, run)
     payload = {"run": run_id, "status": run.status, "best_epoch": run.best_epoch,
                "val_f1": best.val_f1 if best else None,
                "val_best_f1": best.val_best_f1 if best else None,
@@ -111,7 +96,7 @@ def cmd_train(args) -> None:
 def _train_run_id(args, sessions) -> int:
     """The run `aivh train` works on: the one to resume, or a new queued one."""
     from engine import jobs
-    from engine.train import TrainConfig
+    from engine.config import TrainConfig
 
     if args.resume is not None:
         with sessions.begin() as s:
@@ -134,15 +119,11 @@ def _train_run_id(args, sessions) -> int:
 
 def _check_config(cfg) -> None:
     """The check the Train page shares (TrainConfig.problems): refused before a run exists."""
-    from engine.train import validate_config
 
     try:
-        validate_config(cfg)
+        cfg.validate()
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-# ---------------------------------------------------------------- predict / export / runs
 
 
 def cmd_predict(args) -> None:
@@ -159,9 +140,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from engine.export import export_run
-
-    from engine.export import fmt_threshold
+    from engine.export import export_run, fmt_threshold
 
     result = export_run(session_factory(), args.run, Path(args.out), args.threshold,
                         allow_stale=args.allow_stale_predictions)
@@ -172,7 +151,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_runs(args) -> None:
-    from engine.jobs import reap_stale
+    from engine.liveness import reap_stale
 
     sessions = session_factory()
     with sessions.begin() as s:
@@ -180,7 +159,7 @@ def cmd_runs(args) -> None:
         names = {d.id: d.name for d in queries.list_datasets(s)}
         rows = []
         for run in queries.list_runs(s):
-            best = next((e for e in queries.epochs(s, run.id) if e.epoch == run.best_epoch), None)
+            best = queries.best_epoch(s, run)
             rows.append({"run": run.id, "dataset": names.get(run.dataset_id), "kind": run.kind,
                          "audit": run.audit_id, "like_run": run.like_run_id, "status": run.status,
                          "epochs": run.config.get("epochs"), "img_size": run.config.get("img_size"),
@@ -250,11 +229,10 @@ def cmd_compare(args) -> None:
 
 def cmd_evalset(args) -> None:
     with session_factory().begin() as s:
-        run = queries.get_run(s, args.run)
-        ids = queries.run_image_ids(s, run.id, "val")
-        es = queries.create_eval_set(s, run.dataset_id, args.name, ids, author=args.author)
-    _emit(args, {"eval_set": args.name, "images": len(ids), "id": es.id},
-          f"froze {len(ids)} validation images of run {args.run} as evaluation set {args.name!r}")
+        es = queries.freeze_validation(s, args.run, args.name, author=args.author)
+        images = len(queries.eval_set_image_ids(s, es.id))
+    _emit(args, {"eval_set": args.name, "images": images, "id": es.id},
+          f"froze {images} validation images of run {args.run} as evaluation set {args.name!r}")
 
 
 def cmd_labels_export(args) -> None:
@@ -310,9 +288,6 @@ def cmd_bench(args) -> None:
     _emit(args, out, "; ".join(parts))
 
 
-# ---------------------------------------------------------------- serve / demo
-
-
 def serve_command(host: str, port: int) -> list[str]:
     import dashboard
 
@@ -339,10 +314,11 @@ def _become(cmd: list[str]) -> None:
 
 def cmd_demo(args) -> None:
     from engine import jobs
-    from engine.export import ExportRefused, export_run
+    from engine.config import TrainConfig
+    from engine.errors import ExportRefused
+    from engine.export import export_run
     from engine.ingest import import_dataset
     from engine.predict import predict_run
-    from engine.train import TrainConfig
 
     ws = Path(args.workspace).expanduser().resolve()
     made_here = ws.exists() and (ws / ".aivh-demo").exists()
@@ -402,9 +378,6 @@ def _serve_demo(args, ws: Path) -> None:
     if not args.no_serve:
         print(f"dashboard on http://{args.host}:{args.port}  (AIVH_HOME={ws})", file=sys.stderr)
         _become(serve_command(args.host, args.port))
-
-
-# ---------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(recorded with the export)")
     c.set_defaults(func=cmd_export)
 
-    from engine.saliency_choices import BASELINES, METHODS
+    from engine.choices import BASELINES, METHODS
 
     c = sub.add_parser("saliency", parents=[common], help="why the model called an image AI-generated")
     c.add_argument("--run", type=int, required=True)

@@ -17,14 +17,15 @@ from db import predictions as preds
 from db import queries
 from db.models import Dataset, Run
 from engine import atomic
+from engine.errors import ExportRefused
 
 AUC_MARGIN = 0.05  # validation AUC within 0.5 + this (or two null standard deviations): chance
+
+
 ONE_CLASS_SHARE = 0.98  # a threshold calling at least this share one class calls "everything" it
+
+
 STALE_FLAG = "--allow-stale-predictions"
-
-
-class ExportRefused(ValueError):
-    """The submission would be incomplete or invalid; nothing was written."""
 
 
 def default_threshold(run: Run) -> tuple[float, str]:
@@ -56,14 +57,11 @@ def submission_rows(s: Session, run: Run, threshold: float) -> list[tuple[str, i
     return [(im.rel_path, int(probs[im.id] >= threshold)) for im in tests]
 
 
-# ---------------------------------------------------------------- test.csv as it is now
-
-
 def test_csv_ids(s: Session, run: Run) -> list[str]:
     """The ids of the dataset's test.csv as the file is now, refusing unless they are exactly the
     store's test images in the same order (rows rejected at import never entered the store, and
     the file may have changed since)."""
-    from engine.data import TEST_CSV, _read_rows
+    from engine.kaggle import TEST_CSV, _read_rows
 
     ds = s.get(Dataset, run.dataset_id)
     path = Path(ds.root) / TEST_CSV
@@ -89,9 +87,6 @@ def test_csv_ids(s: Session, run: Run) -> list[str]:
     n = next(k for k, (a, b) in enumerate(zip(ids, stored)) if a != b) if len(ids) == len(stored) else 0
     raise ExportRefused(f"{head}: the same ids in another order (data row {n + 1} is {ids[n]!r}, "
                         f"imported as {stored[n]!r}); restore test.csv's order")
-
-
-# ---------------------------------------------------------------- which checkpoint
 
 
 def stale_problem(s: Session, run: Run) -> str | None:
@@ -128,11 +123,8 @@ def prediction_source(s: Session, run: Run, split: str) -> str:
     return f"{split} predictions: {made} (best epoch: {run.best_epoch})"
 
 
-# ---------------------------------------------------------------- degenerate thresholds
-
-
 def _val_auc(s: Session, run: Run, y: np.ndarray, p: np.ndarray) -> float | None:
-    best = next((e for e in queries.epochs(s, run.id) if e.epoch == run.best_epoch), None)
+    best = queries.best_epoch(s, run)
     if best is not None and best.val_auc is not None:
         return float(best.val_auc)
     if y.size and 0 < y.sum() < y.size:
@@ -191,9 +183,6 @@ def threshold_warnings(s: Session, run: Run, threshold: float, test_labels: list
             out.append(f"degenerate threshold: {t} calls {share:.1%} of the test images AI-generated, "
                        f"nearly everything {cls}")
     return out
-
-
-# ---------------------------------------------------------------- writing
 
 
 def write_submission(rows: list[tuple[str, int]], path: Path, test_ids: list[str] | None = None) -> None:

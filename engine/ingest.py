@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from db import queries
 from db.models import Dataset, Image, Label
-from engine.data import TRAIN_CSV, ImageInfo, Reject, Row, probe_image, read_kaggle_csvs
+from engine.images import ImageInfo, probe_image
+from engine.kaggle import TRAIN_CSV, Reject, Row, read_kaggle_csvs
 
 SERIAL_BELOW = 2000  # rows: below this, starting worker processes costs more than it saves
 

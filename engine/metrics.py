@@ -124,3 +124,21 @@ def threshold_for_rate(p, rate: float) -> float:
         return 1.0
     k = min(p.size, max(1, round(rate * p.size)))
     return float(p[k - 1])
+
+
+
+
+def threshold_note(val_y: np.ndarray, probs: np.ndarray) -> str | None:
+    """Why no validation threshold can be chosen (None when one can): F1 over one class
+    is the same at every cut, so any threshold picked would be arbitrary."""
+    keep = ~np.isnan(probs)
+    y = np.asarray(val_y)[keep]
+    if not y.size:
+        return "no validation image could be decoded, so no threshold was chosen"
+    if not (y == 1).any():
+        return (f"validation has no AI-generated (label 1) image among its {y.size}, so no threshold "
+                "was chosen; set one (Evaluate page or `aivh export --threshold`)")
+    if not (y == 0).any():
+        return (f"validation has no human-made (label 0) image among its {y.size}, so no threshold "
+                "was chosen; set one (Evaluate page or `aivh export --threshold`)")
+    return None

@@ -7,9 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import EfficientNet_B3_Weights, efficientnet_b3
 
-
-class WeightsError(ValueError):
-    """A weights or checkpoint file that cannot be used."""
+from engine.errors import WeightsError
 
 
 def build_model(pretrained: str | None = None) -> nn.Module:

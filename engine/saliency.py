@@ -29,8 +29,9 @@ from PIL import Image
 from torch import nn
 
 from engine.atomic import atomic_path
-from engine.data import load_rgb, normalize, transform
-from engine.saliency_choices import BASELINES, METHODS
+from engine.choices import BASELINES, METHODS
+from engine.images import load_rgb
+from engine.transforms import normalize, transform
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,7 @@ def explain_run_image(sessions, run_id: int, rel_path: str, settings: Settings, 
     from db import queries
     from db.models import Dataset
     from db.store import home
-    from engine.data import check_unchanged, resolve_inside
+    from engine.images import check_unchanged, resolve_inside
     from engine.model import load_trained
 
     with sessions() as s:

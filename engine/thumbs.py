@@ -6,7 +6,7 @@ from pathlib import Path
 from PIL import Image as PILImage
 
 from engine.atomic import atomic_path
-from engine.data import check_unchanged, load_rgb, resolve_inside
+from engine.images import check_unchanged, load_rgb, resolve_inside
 
 
 def thumbnail(cache: Path, root: str | Path, rel_path: str, sha1: str | None, size: int = 192,

@@ -4,11 +4,9 @@ It knows nothing of the store: `engine.jobs` ties a run row to it through callba
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -18,99 +16,17 @@ from torch.utils.data import RandomSampler
 from tqdm import tqdm
 
 from engine import metrics
-from engine.atomic import atomic_path
-from engine.data import normalize
+from engine.checkpoints import BEST_NEXT, file_sha1, promote_checkpoints, stage_checkpoints
+from engine.config import TrainConfig
+from engine.device import autocast, prepare, resolve_device
+from engine.gpu_decode import device_batches
+from engine.infer import infer
+from engine.loader import make_loader
+from engine.metrics import threshold_note
 from engine.model import build_model
-from engine.predict import (
-    DECODES,
-    autocast,
-    default_workers,
-    device_batches,
-    infer,
-    make_loader,
-    prepare,
-    resolve_device,
-)
+from engine.transforms import normalize
 
 log = logging.getLogger("aivh.train")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 12  # upper bound; early stopping usually ends sooner
-    img_size: int = 300  # B3's native resolution
-    batch_size: int = 32  # fits B3 at 300 px on a 16 GB GPU in bf16
-    lr: float = 1e-3  # OneCycle peak for AdamW
-    weight_decay: float = 1e-2  # AdamW's default decoupled decay
-    val_fraction: float = 0.1  # share of each class held out, by stable hash
-    seed: int = 0  # model init, split, shuffling and augmentation
-    device: str = "auto"  # auto picks CUDA when present
-    limit: int | None = None  # train on a stratified subset of this many images
-    pretrained: str | None = None  # None, "imagenet" or a local state-dict path
-    workers: int = field(default_factory=default_workers)  # decoding processes
-    compile: bool = False  # torch.compile the model (CUDA; fixed shapes)
-    resize_mode: str = "resize"  # resize the whole image, or "crop" at native resolution
-    patience: int = 3  # epochs without a better validation epoch (F1, AUC, loss) before stopping
-    bn_batches: int = 20  # training batches that re-estimate BatchNorm statistics before validation
-    # "best": keep the epoch with the best validation F1 and stop early; "last": keep the final
-    # epoch and run them all (audit folds: nothing is chosen on the held-out fold's labels)
-    select: str = "best"
-    # JPEG decode: "workers" (Pillow) or "device" (nvJPEG on CUDA); auto: device for validation
-    # on CUDA, workers for training (see engine.predict.resolve_decode)
-    decode: str = "auto"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def problems(self) -> list[str]:
-        """Every reason this config cannot train, one line each (empty when it can): the one
-        check shared by `aivh train` and the dashboard's Train page."""
-        found = []
-        if self.epochs < 1:
-            found.append(f"epochs must be at least 1 (got {self.epochs})")
-        if self.batch_size < 1:
-            found.append(f"batch size must be at least 1 (got {self.batch_size})")
-        if self.img_size < 16:
-            found.append(f"image size must be at least 16 px (got {self.img_size})")
-        if not self.lr > 0:
-            found.append(f"learning rate must be above 0 (got {self.lr})")
-        if self.weight_decay < 0:
-            found.append(f"weight decay must be 0 or more (got {self.weight_decay})")
-        if not 0.0 < self.val_fraction < 1.0:
-            found.append(f"validation fraction must be between 0 and 1 (got {self.val_fraction})")
-        if self.limit is not None and self.limit < 2:
-            found.append(f"limit must be at least 2 images (got {self.limit})")
-        if self.workers < 0:
-            found.append(f"decoding workers must be 0 or more (got {self.workers})")
-        if self.patience < 1:
-            found.append(f"patience must be at least 1 epoch (got {self.patience}): with 0, "
-                         "training would stop after its first epoch")
-        if self.bn_batches < 0:
-            found.append(f"precise-BN batches must be 0 or more (got {self.bn_batches})")
-        if self.resize_mode not in ("resize", "crop"):
-            found.append(f"resize mode must be resize or crop (got {self.resize_mode!r})")
-        if self.select not in ("best", "last"):
-            found.append(f"select must be best or last (got {self.select!r})")
-        if self.decode not in DECODES:
-            found.append(f"decode must be one of {', '.join(DECODES)} (got {self.decode!r})")
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            found.append(f"device must be auto, cpu or cuda (got {self.device!r})")
-        if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
-            found.append(f"pretrained weights file not found: {self.pretrained}")
-        return found
-
-
-def validate_config(cfg: TrainConfig) -> TrainConfig:
-    """The config, or ValueError with its first problem (see TrainConfig.problems)."""
-    found = cfg.problems()
-    if found:
-        raise ValueError(found[0])
-    return cfg
 
 
 @dataclass
@@ -152,10 +68,6 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-class Cancelled(Exception):
-    """Raised by a callback between batches to stop the run."""
-
-
 class Callbacks:
     """Override what you need; the trainer calls these and nothing else."""
 
@@ -166,12 +78,6 @@ class Callbacks:
                  checkpoint: Path, checkpoint_sha1: str | None = None) -> None:
         """Record the epoch. Called after its checkpoints are staged and before they replace
         last.pt and best.pt (see _end_epoch); checkpoint_sha1 is best.pt's hash when is_best."""
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """Write then rename: a kill mid-write leaves the previous file intact."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def _dist() -> tuple[int, int]:
@@ -226,7 +132,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     result = TrainResult(best=None)
     start, bad_epochs = 1, 0
     if resume is not None:
-        start, bad_epochs = _restore(resume, model, opt, sched, result, cfg.select, world)
+        start, bad_epochs = _restore(resume, model, opt, sched, result, cfg.keep_epoch, world)
     wrapped = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -254,7 +160,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
             er = _epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0],
                                seen * world, time.perf_counter() - t0, skipped + val_skipped)
             result.history.append(er)
-            is_best = cfg.select == "last" or result.best is None or _rank(er) > _rank(result.best)
+            is_best = cfg.keep_epoch == "last" or result.best is None or epoch_score(er) > epoch_score(result.best)
             bad_epochs = 0 if is_best else bad_epochs + 1
             if is_best:
                 result.best, result.best_val_probs = er, probs
@@ -265,7 +171,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
                      f" skipped {er.skipped}" if er.skipped else "")
             _end_epoch(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, world, cb, er,
                        is_best=is_best, probs=probs)
-            stop = cfg.select != "last" and bad_epochs >= cfg.patience
+            stop = cfg.keep_epoch != "last" and bad_epochs >= cfg.patience
             if stop:
                 log.info("early stop: no better validation F1 for %d epochs", bad_epochs)
         if world > 1:
@@ -279,6 +185,15 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     return result
 
 
+def _end_epoch(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: TrainResult, epoch: int,
+               bad_epochs: int, world: int, cb: Callbacks, er: EpochResult, *, is_best: bool,
+               probs: np.ndarray) -> None:
+    stage_checkpoints(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, world, is_best=is_best)
+    sha1 = file_sha1(out_dir / BEST_NEXT) if is_best else None
+    cb.on_epoch(er, is_best=is_best, val_probs=probs, checkpoint=out_dir / "best.pt", checkpoint_sha1=sha1)
+    promote_checkpoints(out_dir)
+
+
 def bn_sample(paths: list[str], n: int, seed: int) -> list[str]:
     """The training images that re-estimate BatchNorm: a seeded random sample of `n` (in list
     order), not the first `n` of a CSV that may be sorted by class or source."""
@@ -286,22 +201,6 @@ def bn_sample(paths: list[str], n: int, seed: int) -> list[str]:
         return list(paths)
     pick = np.random.default_rng([seed, 0xB4]).choice(len(paths), size=n, replace=False)
     return [paths[i] for i in sorted(pick)]
-
-
-def threshold_note(val_y: np.ndarray, probs: np.ndarray) -> str | None:
-    """Why no validation threshold can be chosen (None when one can): F1 over one class
-    is the same at every cut, so any threshold picked would be arbitrary."""
-    keep = ~np.isnan(probs)
-    y = np.asarray(val_y)[keep]
-    if not y.size:
-        return "no validation image could be decoded, so no threshold was chosen"
-    if not (y == 1).any():
-        return (f"validation has no AI-generated (label 1) image among its {y.size}, so no threshold "
-                "was chosen; set one (Evaluate page or `aivh export --threshold`)")
-    if not (y == 0).any():
-        return (f"validation has no human-made (label 0) image among its {y.size}, so no threshold "
-                "was chosen; set one (Evaluate page or `aivh export --threshold`)")
-    return None
 
 
 def _epoch_result(epoch, train_loss, val_loss, val_y, probs, lr, seen, seconds, skipped) -> EpochResult:
@@ -320,81 +219,9 @@ def _epoch_result(epoch, train_loss, val_loss, val_y, probs, lr, seen, seconds, 
 #   2. the store records the epoch (cb.on_epoch: one transaction, the commit point)
 #   3. promote: best.next.pt -> best.pt, then last.next.pt -> last.pt
 # Before the commit the staged files are thrown away on resume; after it they are promoted.
-LAST_NEXT, BEST_NEXT = "last.next.pt", "best.next.pt"
 
 
-def _end_epoch(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: TrainResult, epoch: int,
-               bad_epochs: int, world: int, cb: Callbacks, er: EpochResult, *, is_best: bool,
-               probs: np.ndarray) -> None:
-    _stage_checkpoints(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, world, is_best=is_best)
-    sha1 = file_sha1(out_dir / BEST_NEXT) if is_best else None
-    cb.on_epoch(er, is_best=is_best, val_probs=probs, checkpoint=out_dir / "best.pt", checkpoint_sha1=sha1)
-    promote_checkpoints(out_dir)
-
-
-def _stage_checkpoints(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: TrainResult,
-                       epoch: int, bad_epochs: int, world: int = 1, *, is_best: bool) -> None:
-    """last.next.pt holds everything --resume needs; best.next.pt only what prediction needs."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs,
-             "config": cfg.to_dict(), "history": [asdict(h) for h in result.history],
-             "best_val_probs": torch.from_numpy(result.best_val_probs).float(),
-             "rng": torch.get_rng_state(), "world_size": world}
-    device = next(model.parameters()).device
-    if device.type == "cuda":  # the GPU's generator too (dropout, stochastic depth on the device)
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    save_atomic(state, out_dir / LAST_NEXT)
-    if is_best:
-        save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch},
-                    out_dir / BEST_NEXT)
-
-
-def _rename(src: Path, dst: Path) -> None:
-    os.replace(src, dst)
-
-
-def promote_checkpoints(out_dir: Path) -> None:
-    """Staged files replace best.pt, then last.pt (a rename each: never a torn file)."""
-    for staged, final in ((BEST_NEXT, "best.pt"), (LAST_NEXT, "last.pt")):
-        if (out_dir / staged).is_file():
-            _rename(out_dir / staged, out_dir / final)
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def recover_checkpoints(out_dir: Path, recorded_epochs: set[int]) -> int | None:
-    """Finish or undo an end of epoch that a kill or an error interrupted: staged files whose
-    epoch the store recorded are promoted, others deleted. Returns last.pt's epoch (None: none)."""
-    last_next, best_next = out_dir / LAST_NEXT, out_dir / BEST_NEXT
-    if last_next.is_file():
-        epoch = int(torch.load(last_next, map_location="cpu", weights_only=True)["epoch"])
-        if epoch in recorded_epochs:
-            log.info("epoch %d was recorded but its checkpoints not yet in place: promoting them", epoch)
-            promote_checkpoints(out_dir)
-        else:
-            log.info("epoch %d was not recorded: discarding its staged checkpoints", epoch)
-            best_next.unlink(missing_ok=True)  # best first: a lone best.next.pt is always discarded
-            last_next.unlink()
-    else:
-        best_next.unlink(missing_ok=True)
-    last = out_dir / "last.pt"
-    if not last.is_file():
-        return None
-    return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
-
-
-def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _rank(e: EpochResult) -> tuple[float, float, float]:
+def epoch_score(e: EpochResult) -> tuple[float, float, float]:
     """Best checkpoint by validation F1 (at its best threshold), ties broken by AUC, then by
     the lower validation loss: once F1 and AUC saturate (an easy or small validation set),
     the first perfect epoch is not the best one, the most confident is."""
@@ -428,7 +255,7 @@ def _recalibrate_bn(model: nn.Module, loader, device) -> None:
     model.eval()
 
 
-def _restore(path: Path, model, opt, sched, result: TrainResult, select: str,
+def _restore(path: Path, model, opt, sched, result: TrainResult, keep_epoch: str,
              world: int = 1) -> tuple[int, int]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved_world = state.get("world_size")
@@ -447,8 +274,8 @@ def _restore(path: Path, model, opt, sched, result: TrainResult, select: str,
     if state.get("cuda_rng") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"], device)
     result.history = [EpochResult(**h) for h in state["history"]]
-    pick = (lambda h: h[-1] if h else None) if select == "last" else (
-        lambda h: max(h, key=_rank, default=None))
+    pick = (lambda h: h[-1] if h else None) if keep_epoch == "last" else (
+        lambda h: max(h, key=epoch_score, default=None))
     result.best = pick(result.history)
     result.best_val_probs = state["best_val_probs"].numpy()
     result.checkpoint = path.parent / "best.pt"

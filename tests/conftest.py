@@ -130,9 +130,9 @@ def finished_run(sessions, *, name: str = "sample", seed: int = 0, source: Path 
     separate the classes imperfectly). For dashboard tests, which need no real training."""
     from db import queries
     from db.models import Epoch, Run
+    from engine.config import TrainConfig
     from engine.ingest import import_dataset
-    from engine.jobs import split_images
-    from engine.train import TrainConfig
+    from engine.splits import split_images
 
     import_dataset(sessions, source, name, progress=False)
     rng = np.random.default_rng(seed)
@@ -167,8 +167,8 @@ def finished_audit(sessions, *, flips: int = 15, folds: int = 2, seed: int = 0) 
     Returns (audit id, flipped image ids). No training: for ranking, queue and page tests."""
     from db import queries
     from engine import audit as au
+    from engine.config import TrainConfig
     from engine.ingest import import_dataset
-    from engine.train import TrainConfig
 
     import_dataset(sessions, SAMPLE, "sample", progress=False)
     rng = np.random.default_rng(seed)

@@ -14,10 +14,9 @@ def kill_at_epoch_end(point: str, run_id: int) -> None:
     import os
     import signal
 
-    from engine import jobs
-    from engine import train as tr
+    from engine import checkpoints, jobs, recording
 
-    real_save, real_rename, real_store = tr.save_atomic, tr._rename, jobs._store_val_predictions
+    real_save, real_rename, real_store = checkpoints.save_atomic, checkpoints._rename, recording.store_val_predictions
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -38,7 +37,7 @@ def kill_at_epoch_end(point: str, run_id: int) -> None:
             die()
         real_rename(src, dst)
 
-    tr.save_atomic, tr._rename, jobs._store_val_predictions = save, rename, store
+    checkpoints.save_atomic, checkpoints._rename, recording.store_val_predictions = save, rename, store
     jobs.execute(run_id, progress=False)
 
 
@@ -51,7 +50,7 @@ def main() -> int:
     while True:  # until killed
         n += 1
         if kind == "checkpoint":
-            from engine.train import save_atomic
+            from engine.checkpoints import save_atomic
 
             save_atomic({"model": {"w": torch.full((40_000_000,), float(n))}, "epoch": n}, path)
         else:

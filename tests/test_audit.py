@@ -11,20 +11,21 @@ from db import queries
 from db.models import Run
 from engine import audit as au
 from engine.compare import compare_runs
+from engine.splits import assign_folds
 from tests.conftest import aivh, finished_audit, finished_run
 
 
 def test_folds_hold_out_every_image_once_and_balance_each_class():
     keys = {i: f"train_data/{i:04d}.jpg" for i in range(103)}
     strata = {i: int(i % 3 == 0) for i in keys}
-    folds = au.assign_folds(keys, strata, 5, seed=0)
+    folds = assign_folds(keys, strata, 5, seed=0)
     assert set(folds) == set(keys) and set(folds.values()) == set(range(5))
     for cls in (0, 1):
         counts = np.bincount([f for i, f in folds.items() if strata[i] == cls], minlength=5)
         assert counts.max() - counts.min() <= 1
-    assert au.assign_folds(keys, strata, 5, seed=0) == folds
-    assert au.assign_folds(keys, strata, 5, seed=1) != folds
-    shifted = au.assign_folds({i + 1000: k for i, k in keys.items()}, {i + 1000: v for i, v in strata.items()},
+    assert assign_folds(keys, strata, 5, seed=0) == folds
+    assert assign_folds(keys, strata, 5, seed=1) != folds
+    shifted = assign_folds({i + 1000: k for i, k in keys.items()}, {i + 1000: v for i, v in strata.items()},
                               5, seed=0)
     assert {keys[i - 1000]: f for i, f in shifted.items()} == {keys[i]: f for i, f in folds.items()}
 
@@ -56,7 +57,7 @@ def test_audit_scores_every_training_image_once_worst_first(sessions, tmp_path):
     assert [r.quality for r in rows] == sorted(r.quality for r in rows)
     top = {r.image_id for r in rows[: len(flipped)]}
     assert len(top & flipped) >= 0.8 * len(flipped)  # a decent model finds the planted flips
-    assert {r.kind for r in runs} == {"fold"} and all(r.config["select"] == "last" for r in runs)
+    assert {r.kind for r in runs} == {"fold"} and all(r.config["keep_epoch"] == "last" for r in runs)
     with open(path, newline="") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == list(au.CSV_COLUMNS)
@@ -132,7 +133,7 @@ def test_audit_cli_end_to_end_then_retrain_like_compare_and_export_history(works
     assert like["status"] == "succeeded" and like["like_run"] == result["runs"][0]
     with sessions() as s:
         new = queries.get_run(s, like["run"])
-        assert new.kind == "train" and new.config["select"] == "best" and new.config["patience"] == 1
+        assert new.kind == "train" and new.config["keep_epoch"] == "best" and new.config["patience"] == 1
         assert new.config["img_size"] == 32 and new.labels_as_of == queries.newest_label_id(s, new.dataset_id)
         assert queries.labels_changed(s, new.dataset_id, queries.get_run(s, result["runs"][0]).labels_as_of,
                                       new.labels_as_of) == [im.id]
@@ -149,8 +150,8 @@ def test_audit_cli_end_to_end_then_retrain_like_compare_and_export_history(works
 
 
 def test_an_audit_whose_fold_died_finishes_on_the_next_call(sessions, tiny_dataset):
+    from engine.config import TrainConfig
     from engine.ingest import import_dataset
-    from engine.train import TrainConfig
 
     import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     cfg = TrainConfig(epochs=1, img_size=32, batch_size=4, workers=0, device="cpu")
@@ -167,8 +168,8 @@ def test_an_audit_whose_fold_died_finishes_on_the_next_call(sessions, tiny_datas
 
 
 def test_audit_refuses_too_few_images_per_class(sessions, tiny_dataset):
+    from engine.config import TrainConfig
     from engine.ingest import import_dataset
-    from engine.train import TrainConfig
 
     import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     with sessions.begin() as s, pytest.raises(ValueError, match="at least 5 labelled images of each class"):

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from db import queries
-from engine.data import MAX_PIXELS, UnreadableImage, load_rgb, probe_image
+from engine.errors import UnreadableImage
+from engine.images import MAX_PIXELS, load_rgb, probe_image
 from tests.conftest import aivh, draw_jpeg, write_kaggle
 
 

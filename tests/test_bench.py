@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 
 from engine.bench import KAGGLE_SIZE, base_jpegs, build_dataset
-from engine.data import load_rgb, transform
+from engine.images import load_rgb
+from engine.transforms import transform
 from tests.conftest import aivh
 
 KEYS = {"device", "img_size", "train_model_img_s", "train_e2e_img_s", "train_ratio", "predict_model_img_s",

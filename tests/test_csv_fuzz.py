@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from db import queries
 from db.models import Image, Label
-from engine.data import CsvError
+from engine.errors import CsvError
 from engine.ingest import import_dataset
 from tests.conftest import draw_jpeg
 

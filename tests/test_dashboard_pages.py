@@ -134,7 +134,7 @@ def test_a_failed_run_and_a_missing_image_show_clear_messages(sessions, tmp_path
 def test_train_page_cancel_sets_the_flag_and_a_dead_process_shows_failed(sessions):
     run_id = finished_run(sessions)
     from db.models import Run
-    from engine.jobs import now
+    from engine.liveness import now
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
         live = Run(dataset_id=run.dataset_id, status="running", config={"epochs": 3}, pid=os.getpid(),

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from engine.bench import base_jpegs
-from engine.data import DeviceBatch, ImageDataset, collate
-from engine.predict import decode_on_device, resolve_decode, to_device
+from engine.gpu_decode import decode_on_device, to_device
+from engine.loader import DeviceBatch, ImageDataset, collate, resolve_decode
 from tests.conftest import SAMPLE
 
 CPU = torch.device("cpu")
@@ -121,7 +121,8 @@ def test_decode_choice():
 def test_training_with_device_decode(tmp_path):
     """The trainer takes DeviceBatches: decode, augmentation, BatchNorm re-estimation and
     validation all through the device path, every image seen."""
-    from engine.train import TrainConfig, TrainData, train
+    from engine.config import TrainConfig
+    from engine.train import TrainData, train
 
     rows = [line.split(",") for line in (SAMPLE / "train.csv").read_text().splitlines()[1:61]]
     paths, labels = [r[1] for r in rows], [int(r[2]) for r in rows]
@@ -140,8 +141,8 @@ def test_batched_crop_resize_flip_is_pillows_within_one_grey_level(size):
     import io
     import random
 
-    from engine.data import random_box
-    from engine.predict import resample_boxes
+    from engine.gpu_decode import resample_boxes
+    from engine.transforms import random_box
 
     ims = [Image.open(io.BytesIO(b)).convert("RGB") for b in base_jpegs(4)]
     x = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in ims])
@@ -172,7 +173,7 @@ def test_jpeg_bytes_travel_as_one_tensor():
 
 
 def _feed_loader(images, workers=0):
-    from engine.predict import make_loader
+    from engine.loader import make_loader
 
     root, names = images
     return make_loader(root, names * 3, list(range(len(names) * 3)), size=32, batch_size=4, workers=workers,
@@ -181,7 +182,7 @@ def _feed_loader(images, workers=0):
 
 def test_the_feed_ahead_gives_the_batches_in_series_gives(images):
     """device_batches with a thread decoding ahead: the same batches, in the same order."""
-    from engine.predict import device_batches
+    from engine.gpu_decode import device_batches
 
     serial = list(device_batches(_feed_loader(images), CPU, ahead=0))
     ahead = list(device_batches(_feed_loader(images), CPU, ahead=2))
@@ -193,7 +194,7 @@ def test_the_feed_ahead_gives_the_batches_in_series_gives(images):
 def test_the_feed_stops_its_thread_when_left_early_and_passes_errors_on(images):
     import threading
 
-    from engine.predict import device_batches
+    from engine.gpu_decode import device_batches
 
     feed = device_batches(_feed_loader(images), CPU, ahead=2)
     next(feed)

@@ -5,8 +5,9 @@ import pytest
 
 from db import queries
 from db.models import Run
-from engine.jobs import StoreCallbacks, now, reap_stale
-from engine.train import Cancelled
+from engine.errors import Cancelled
+from engine.liveness import now, reap_stale
+from engine.recording import StoreCallbacks
 from tests.conftest import finished_run
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.checkpoints import save_atomic
 from engine.export import write_submission
-from engine.train import save_atomic
 from tests.conftest import ROOT
 
 

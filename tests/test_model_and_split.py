@@ -3,8 +3,9 @@ import pytest
 import torch
 from torchvision.models import efficientnet_b3
 
-from engine.jobs import split_images
-from engine.model import WeightsError, build_model
+from engine.errors import WeightsError
+from engine.model import build_model
+from engine.splits import split_images
 
 
 def test_single_logit_head_and_no_sigmoid():
@@ -67,16 +68,16 @@ def test_limit_takes_a_stratified_subset():
 
 
 def test_best_epoch_is_f1_then_auc_then_the_lower_validation_loss():
-    from engine.train import EpochResult, _rank
+    from engine.train import EpochResult, epoch_score
 
     def epoch(n, f1, auc, loss):
         return EpochResult(n, 0.1, loss, f1, f1, 0.5, auc, 1e-3, 1.0, 1.0, 0)
 
     saturated = [epoch(1, 1.0, 1.0, 0.42), epoch(2, 1.0, 1.0, 0.01), epoch(3, 1.0, 1.0, 0.05)]
-    assert max(saturated, key=_rank).epoch == 2  # first perfect epoch is not the most confident
-    assert max([epoch(1, 0.9, 0.95, 0.1), epoch(2, 0.91, 0.90, 0.5)], key=_rank).epoch == 2  # F1 first
-    assert max([epoch(1, 0.9, 0.95, 0.5), epoch(2, 0.9, 0.90, 0.1)], key=_rank).epoch == 1  # then AUC
-    assert max([epoch(1, 0.9, 0.9, float("nan")), epoch(2, 0.9, 0.9, 3.0)], key=_rank).epoch == 2
+    assert max(saturated, key=epoch_score).epoch == 2  # first perfect epoch is not the most confident
+    assert max([epoch(1, 0.9, 0.95, 0.1), epoch(2, 0.91, 0.90, 0.5)], key=epoch_score).epoch == 2  # F1 first
+    assert max([epoch(1, 0.9, 0.95, 0.5), epoch(2, 0.9, 0.90, 0.1)], key=epoch_score).epoch == 1  # then AUC
+    assert max([epoch(1, 0.9, 0.9, float("nan")), epoch(2, 0.9, 0.9, 3.0)], key=epoch_score).epoch == 2
 
 
 def test_byte_identical_copies_land_on_the_same_side_of_the_split():
@@ -100,8 +101,8 @@ def test_byte_identical_copies_land_on_the_same_side_of_the_split():
 def test_a_run_splits_its_images_by_content(sessions, tmp_path):
     from db import queries
     from db.models import Dataset, Image, Label, Run
-    from engine.jobs import _train_data
-    from engine.train import TrainConfig
+    from engine.config import TrainConfig
+    from engine.jobs import train_data
 
     with sessions.begin() as s:
         ds = Dataset(name="dups", root=str(tmp_path))
@@ -117,6 +118,6 @@ def test_a_run_splits_its_images_by_content(sessions, tmp_path):
         run = Run(dataset_id=ds.id, status="queued", config=TrainConfig(val_fraction=0.25).to_dict())
         s.add(run)
         s.flush()
-        _data_, train_ids, val_ids = _train_data(s, run)
+        _data_, train_ids, val_ids = train_data(s, run)
         sha = {im.id: im.sha1 for im in queries.images(s, ds.id)}
     assert len(val_ids) == 40 and not {sha[i] for i in train_ids} & {sha[i] for i in val_ids}

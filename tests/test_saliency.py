@@ -16,8 +16,9 @@ from captum.attr import IntegratedGradients
 from PIL import Image
 
 from engine import saliency
+from engine.config import TrainConfig
 from engine.model import build_model, load_trained
-from engine.train import TrainConfig, TrainData, train
+from engine.train import TrainData, train
 from tests.conftest import SAMPLE, aivh, finished_run
 
 S, P = 96, 32  # image side, patch side: the patch is 1/9 of the area
@@ -137,7 +138,7 @@ def test_gradcam_is_the_class_activation_map_of_the_called_class(planted):
     assert signs == {1.0, -1.0}, "both called classes are explained"
 
 
-def _rank(a: np.ndarray) -> np.ndarray:
+def epoch_score(a: np.ndarray) -> np.ndarray:
     r = np.empty(a.size)
     r[np.argsort(a, axis=None)] = np.arange(a.size)
     return r
@@ -153,7 +154,7 @@ def test_maps_change_when_the_weights_are_randomized(planted, method):
     for i in list(EXPLAINED)[:4]:
         trained = saliency.explain(model, root / f"{i}.png", S, saliency.Settings(method)).map
         rand = saliency.explain(random_model, root / f"{i}.png", S, saliency.Settings(method)).map
-        corr.append(np.corrcoef(_rank(trained), _rank(rand))[0, 1])
+        corr.append(np.corrcoef(epoch_score(trained), epoch_score(rand))[0, 1])
     # The mean over the four images, not the largest: over seeds 0-7 (saliency_sanity.py) the
     # largest single-image correlation reached 0.82 (integrated gradients, seed 4, whose maps
     # are |input - baseline| times a gradient, so image structure survives any weights; 0.81

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from db import queries
-from engine.data import ImageDataset, resolve_inside
-from engine.model import WeightsError, load_trained
+from engine.errors import WeightsError
+from engine.images import resolve_inside
+from engine.loader import ImageDataset
+from engine.model import load_trained
 from engine.thumbs import thumbnail
 from tests.conftest import ROOT, draw_jpeg, finished_run
 

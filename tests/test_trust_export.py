@@ -15,7 +15,8 @@ from sqlalchemy import select, update
 from db import queries
 from db.models import Epoch, Prediction, Run
 from engine import cli
-from engine.export import ExportRefused, export_run, stale_problem, validate_submission
+from engine.errors import ExportRefused
+from engine.export import export_run, stale_problem, validate_submission
 from tests.conftest import draw_jpeg, write_kaggle
 
 
@@ -35,8 +36,8 @@ def _run(sessions, root: Path, *, best_epoch: int = 2, best_threshold: float = 0
     """A succeeded run on the dataset at `root`: every train image in validation, predictions
     on validation and test as the trainer and `aivh predict` store them."""
     from db.predictions import upsert
+    from engine.config import TrainConfig
     from engine.ingest import import_dataset
-    from engine.train import TrainConfig
 
     import_dataset(sessions, root, "d", progress=False)
     with sessions.begin() as s:
@@ -69,8 +70,8 @@ def _test_ids(root: Path) -> list[str]:
 
 
 def _save_checkpoint(path: Path, epoch: int) -> str:
+    from engine.config import TrainConfig
     from engine.model import build_model
-    from engine.train import TrainConfig
 
     torch.manual_seed(epoch)
     model = build_model(None)

@@ -63,7 +63,7 @@ def test_import_reports_duplicate_groups_and_copies_with_different_labels(sessio
 
 def test_audit_folds_keep_byte_identical_copies_in_one_fold(sessions, dup_dataset):
     from engine import audit as au
-    from engine.train import TrainConfig
+    from engine.config import TrainConfig
 
     import_dataset(sessions, dup_dataset, "dups", progress=False)
     for folds in (2, 3, 5):
@@ -236,7 +236,9 @@ def test_import_records_each_files_mtime(sessions, tiny_dataset):
 
 @pytest.mark.parametrize("same_size", [False, True])
 def test_a_file_replaced_after_import_is_skipped_then_reprobed_by_import(sessions, tiny_dataset, same_size):
-    from engine.data import ImageDataset, UnreadableImage, check_unchanged, load_rgb
+    from engine.errors import UnreadableImage
+    from engine.images import check_unchanged, load_rgb
+    from engine.loader import ImageDataset
 
     import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     root, stamps = _stamps(sessions, "tiny")
@@ -289,7 +291,8 @@ def test_a_file_replaced_by_junk_becomes_unreadable_at_reimport(sessions, tiny_d
 
 def test_thumbnail_and_loader_checks_take_the_stored_stamp(sessions, tiny_dataset):
     """The stamp a caller passes (as the store has it) is what decides: none passed, no check."""
-    from engine.data import ImageDataset, check_unchanged
+    from engine.images import check_unchanged
+    from engine.loader import ImageDataset
 
     import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     root, stamps = _stamps(sessions, "tiny")
@@ -304,7 +307,8 @@ def test_thumbnail_and_loader_checks_take_the_stored_stamp(sessions, tiny_datase
 
 
 def test_jpegs_with_a_trailer_are_imported_and_decode(sessions, tmp_path):
-    from engine.data import ImageDataset, jpeg_for_device, probe_image
+    from engine.images import jpeg_for_device, probe_image
+    from engine.loader import ImageDataset
 
     root = tmp_path / "trailers"
     train, test = [], []
@@ -336,7 +340,7 @@ def test_jpegs_with_a_trailer_are_imported_and_decode(sessions, tmp_path):
 
 
 def test_a_truncated_png_is_still_refused_and_one_with_a_trailer_accepted(tmp_path):
-    from engine.data import ImageInfo, probe_image
+    from engine.images import ImageInfo, probe_image
 
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(buf, "PNG")
@@ -408,7 +412,7 @@ def test_cli_prints_the_summary_and_the_duplicates(workspace, dup_dataset):
 
 def test_the_jpeg_walk_finds_the_end_marker_as_a_decoder_does():
     """The cheap check that spares whole JPEGs a decode: progressive, restart markers, trailers."""
-    from engine.data import _jpeg_reaches_eoi
+    from engine.images import _jpeg_reaches_eoi
 
     arr = np.random.default_rng(4).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     for save in ({}, {"progressive": True}, {"restart_marker_blocks": 1}):
@@ -459,7 +463,7 @@ def test_the_device_route_gets_only_the_image_never_what_follows_it(tmp_path):
 
     import torch
 
-    from engine.data import jpeg_for_device, load_rgb
+    from engine.images import jpeg_for_device, load_rgb
 
     def decode_jpeg(data):
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its image IO for TorchCodec

@@ -47,7 +47,7 @@ def test_training_and_prediction_skip_a_file_replaced_after_import_until_reimpor
 
 
 def test_thumbnail_of_a_replaced_file_is_refused_not_the_old_one(sessions, tiny_dataset, workspace):
-    from engine.data import UnreadableImage
+    from engine.errors import UnreadableImage
     from engine.ingest import import_dataset
     from engine.thumbs import thumbnail
 

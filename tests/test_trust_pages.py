@@ -193,7 +193,8 @@ def test_compare_runs_is_cached_and_follows_new_predictions(run_id, sessions):
 
 def test_submission_scores_match_the_engine_and_refuse_like_it(run_id, sessions):
     from dashboard import common
-    from engine.export import ExportRefused, submission_rows
+    from engine.errors import ExportRefused
+    from engine.export import submission_rows
 
     scores = common.submission_scores(run_id)
     with sessions() as s:

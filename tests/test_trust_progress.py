@@ -7,7 +7,8 @@ import numpy as np
 import tqdm as tqdm_module
 
 import engine.train as train_module
-from engine.train import TrainConfig, TrainData, train
+from engine.config import TrainConfig
+from engine.train import TrainData, train
 from tests.conftest import SAMPLE
 
 

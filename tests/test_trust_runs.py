@@ -20,11 +20,11 @@ from PIL import Image as PILImage
 from db import queries
 from db.models import Dataset, Epoch, Image, Label, Prediction, Run
 from db.store import run_dir
-from engine import jobs
+from engine import checkpoints, distributed, errors, jobs, liveness, recording
 from engine import train as tr
-from engine.train import TrainConfig
+from engine.config import TrainConfig
 
-CFG = TrainConfig(epochs=3, img_size=32, batch_size=8, workers=0, device="cpu", bn_batches=1, select="last",
+CFG = TrainConfig(epochs=3, img_size=32, batch_size=8, workers=0, device="cpu", bn_batches=1, keep_epoch="last",
                   val_fraction=0.25)
 
 
@@ -88,27 +88,27 @@ def _get(sessions, run_id: int) -> Run:
 
 def test_a_live_process_on_this_host_keeps_its_run_whatever_its_heartbeat(sessions, tmp_path, live_child):
     ds = _dataset(sessions, tmp_path, 4)
-    run_id = _run(sessions, ds, status="running", heartbeat_at=jobs.now() - timedelta(minutes=10),
+    run_id = _run(sessions, ds, status="running", heartbeat_at=liveness.now() - timedelta(minutes=10),
                   **_owner(live_child))  # silent for 10 min: compiling, validating ...
     with sessions.begin() as s:
-        assert jobs.reap_stale(s) == []
+        assert liveness.reap_stale(s) == []
     assert _get(sessions, run_id).status == "running"
 
 
 def test_a_reused_pid_is_not_taken_for_the_run(sessions, tmp_path, live_child):
     ds = _dataset(sessions, tmp_path, 4)
     owner = _owner(live_child)
-    run_id = _run(sessions, ds, status="running", heartbeat_at=jobs.now(),
+    run_id = _run(sessions, ds, status="running", heartbeat_at=liveness.now(),
                   **{**owner, "pid_started": owner["pid_started"] - 3600})  # the pid, another process
     with sessions.begin() as s:
-        assert jobs.reap_stale(s) == [run_id]
+        assert liveness.reap_stale(s) == [run_id]
     run = _get(sessions, run_id)
     assert run.status == "failed" and f"process {live_child.pid} stopped" in run.error
 
 
 def test_execute_refusing_a_run_that_is_already_running_leaves_it_untouched(sessions, tmp_path, live_child):
     ds = _dataset(sessions, tmp_path, 8)
-    run_id = _run(sessions, ds, status="running", heartbeat_at=jobs.now(), **_owner(live_child))
+    run_id = _run(sessions, ds, status="running", heartbeat_at=liveness.now(), **_owner(live_child))
     (run_dir(run_id) / "last.pt").write_bytes(b"x")
     for resume in (False, True):  # a double-clicked Resume, a second `aivh train --resume`
         with pytest.raises(ValueError, match=f"run {run_id} is already running \\(pid {live_child.pid}"):
@@ -141,11 +141,11 @@ def test_a_run_whose_process_died_while_queued_shows_failed_with_the_reason(sess
     assert run.pid_started == _started(pid)
     os.kill(pid, signal.SIGKILL)  # dies before it takes the run (it is still importing)
     deadline = time.monotonic() + 30
-    while jobs._alive(pid) and time.monotonic() < deadline:
+    while liveness._alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     (run_dir(run_id) / "process.txt").write_text("Traceback ...\nImportError: no module named foo\n")
     with sessions.begin() as s:
-        assert jobs.reap_stale(s) == [run_id]
+        assert liveness.reap_stale(s) == [run_id]
     run = _get(sessions, run_id)
     assert run.status == "failed"
     assert run.error == f"process {pid} exited before the run started: ImportError: no module named foo"
@@ -154,7 +154,7 @@ def test_a_run_whose_process_died_while_queued_shows_failed_with_the_reason(sess
 def test_the_heartbeat_thread_beats_while_the_trainer_is_silent(sessions, tmp_path, monkeypatch):
     ds = _dataset(sessions, tmp_path, 8)
     run_id = _run(sessions, ds)
-    monkeypatch.setattr(jobs, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(liveness, "HEARTBEAT_S", 0.05)
     beats = []
 
     def silent_train(cfg, data, out, cb, **kw):  # a long compile: no callback for a while
@@ -188,8 +188,8 @@ def test_only_the_owning_process_finishes_its_run(sessions, tmp_path, monkeypatc
 def test_a_callback_of_a_process_that_lost_its_run_writes_nothing(sessions, tmp_path, live_child):
     ds = _dataset(sessions, tmp_path, 8)
     run_id = _run(sessions, ds, status="running", **_owner(live_child))
-    cb = jobs.StoreCallbacks(sessions, run_id, [], owner=jobs.this_process())
-    with pytest.raises(jobs.LostRun):
+    cb = recording.StoreCallbacks(sessions, run_id, [], owner=liveness.this_process())
+    with pytest.raises(errors.LostRun):
         cb.on_batch(1, 1, 10, 5.0)
     assert _get(sessions, run_id).progress is None
 
@@ -224,12 +224,12 @@ def test_a_checkpoint_resumed_with_another_schedule_is_refused_before_it_loads(t
 
     model, opt, sched = parts(20)
     result = tr.TrainResult(best=None, best_val_probs=np.zeros(2))
-    tr._stage_checkpoints(tmp_path, model, opt, sched, CFG, result, 1, 0, 2, is_best=False)
+    checkpoints.stage_checkpoints(tmp_path, model, opt, sched, CFG, result, 1, 0, 2, is_best=False)
     with pytest.raises(ValueError, match="trained by 2 process\\(es\\); resume it with 2, not 1"):
-        tr._restore(tmp_path / tr.LAST_NEXT, *parts(20), tr.TrainResult(best=None), "best", 1)
-    tr._stage_checkpoints(tmp_path, model, opt, sched, CFG, result, 1, 0, 1, is_best=False)
+        tr._restore(tmp_path / checkpoints.LAST_NEXT, *parts(20), tr.TrainResult(best=None), "best", 1)
+    checkpoints.stage_checkpoints(tmp_path, model, opt, sched, CFG, result, 1, 0, 1, is_best=False)
     with pytest.raises(ValueError, match="20 scheduler steps in all, this setup has 10"):
-        tr._restore(tmp_path / tr.LAST_NEXT, *parts(10), tr.TrainResult(best=None), "best", 1)
+        tr._restore(tmp_path / checkpoints.LAST_NEXT, *parts(10), tr.TrainResult(best=None), "best", 1)
 
 
 # ---------------------------------------------------------------- 3: the end of an epoch
@@ -241,7 +241,7 @@ class Fault(Exception):
 
 def _inject(monkeypatch, point: str) -> None:
     """Raise at `point` of epoch 2's end (a kill there leaves the same files and rows)."""
-    real_save, real_rename, real_store = tr.save_atomic, tr._rename, jobs._store_val_predictions
+    real_save, real_rename, real_store = checkpoints.save_atomic, checkpoints._rename, recording.store_val_predictions
 
     def save(obj, path):
         if obj.get("epoch") == 2 and point == f"writing {Path(path).name}":
@@ -262,9 +262,9 @@ def _inject(monkeypatch, point: str) -> None:
                 raise Fault(point)
         real_rename(src, dst)
 
-    monkeypatch.setattr(tr, "save_atomic", save)
-    monkeypatch.setattr(tr, "_rename", rename)
-    monkeypatch.setattr(jobs, "_store_val_predictions", store)
+    monkeypatch.setattr(checkpoints, "save_atomic", save)
+    monkeypatch.setattr(checkpoints, "_rename", rename)
+    monkeypatch.setattr(recording, "store_val_predictions", store)
 
 
 POINTS = ["writing last.next.pt", "writing best.next.pt", "store", "renaming best.pt", "renaming last.pt"]
@@ -302,7 +302,7 @@ def test_an_epoch_end_interrupted_at_any_point_resumes_to_one_epoch_history(sess
         best = s.get(Epoch, (run_id, run.best_epoch))
         rows = s.query(Prediction).filter_by(run_id=run_id).all()
     assert run.best_threshold == best.val_best_threshold
-    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(run.best_epoch, tr.file_sha1(out / "best.pt"))}
+    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(run.best_epoch, checkpoints.file_sha1(out / "best.pt"))}
 
 
 @pytest.mark.parametrize("point", ["writing best.next.pt", "store", "renaming last.pt"])
@@ -319,7 +319,7 @@ def test_a_kill_at_an_epoch_end_resumes_to_one_epoch_history(sessions, tmp_path,
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert _get(sessions, run_id).status == "running"  # as the kill left it
     with sessions.begin() as s:
-        assert jobs.reap_stale(s) == [run_id]  # its process is gone
+        assert liveness.reap_stale(s) == [run_id]  # its process is gone
     assert jobs.execute(run_id, resume=True, progress=False, sessions=sessions).status == "succeeded"
     out = run_dir(run_id)
     assert _history(sessions, run_id) == _REFERENCE["straight"]
@@ -329,7 +329,7 @@ def test_a_kill_at_an_epoch_end_resumes_to_one_epoch_history(sessions, tmp_path,
     assert torch.load(out / "best.pt", weights_only=True)["epoch"] == run.best_epoch == 3
     with sessions() as s:
         rows = s.query(Prediction).filter_by(run_id=run_id).all()
-    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(3, tr.file_sha1(out / "best.pt"))}
+    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(3, checkpoints.file_sha1(out / "best.pt"))}
 
 
 def test_the_cuda_generator_is_saved_and_restored(tmp_path, monkeypatch):
@@ -344,9 +344,9 @@ def test_the_cuda_generator_is_saved_and_restored(tmp_path, monkeypatch):
     model = OnCuda(2, 1)
     opt = torch.optim.AdamW(torch.nn.Linear(2, 1).parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=5)
-    tr._stage_checkpoints(tmp_path, model, opt, sched, CFG, tr.TrainResult(best=None, best_val_probs=np.zeros(1)),
+    checkpoints.stage_checkpoints(tmp_path, model, opt, sched, CFG, tr.TrainResult(best=None, best_val_probs=np.zeros(1)),
                           1, 0, is_best=False)
-    tr._restore(tmp_path / tr.LAST_NEXT, model, opt, sched, tr.TrainResult(best=None), "best")
+    tr._restore(tmp_path / checkpoints.LAST_NEXT, model, opt, sched, tr.TrainResult(best=None), "best")
     assert len(restored) == 1 and torch.equal(restored[0], saved)
 
 
@@ -383,7 +383,7 @@ def test_with_one_class_in_validation_no_threshold_is_stored_and_the_run_says_wh
     run_id = _run(sessions, ds, status="running")
     with sessions() as s:
         ids = [im.id for im in queries.images(s, ds)][:4]
-    cb = jobs.StoreCallbacks(sessions, run_id, ids, [present] * 4)
+    cb = recording.StoreCallbacks(sessions, run_id, ids, [present] * 4)
     cb.on_epoch(er, is_best=True, val_probs=probs[:4], checkpoint=tmp_path / "best.pt", checkpoint_sha1="ab" * 20)
     run = _get(sessions, run_id)
     missing = "AI-generated (label 1)" if present == 0 else "human-made (label 0)"
@@ -398,7 +398,7 @@ def test_training_flags_are_checked_in_one_place(sessions, tmp_path, monkeypatch
         "patience must be at least 1 epoch (got 0): with 0, training would stop after its first epoch"]
     assert len(TrainConfig(epochs=0, batch_size=0, img_size=8, val_fraction=1.0).problems()) == 4
     with pytest.raises(ValueError, match="pretrained weights file not found: /no/such.pth"):
-        tr.validate_config(TrainConfig(pretrained="/no/such.pth"))
+        TrainConfig(pretrained="/no/such.pth").validate()
     ds = _dataset(sessions, tmp_path, 8)
     run_id = _run(sessions, ds, TrainConfig(patience=0, img_size=32, workers=0))
     trained = []
@@ -443,7 +443,7 @@ def test_two_processes_taking_one_run_only_one_wins_on_each_store(store_url, tmp
     with sessions.begin() as s:
         second = owners.take(s, run_id, ("h", 7, 1.25), ("h", 9, 3.5), status="running")
         assert not owners.set_if_owner(s, run_id, ("h", 9, 3.5), status="succeeded")
-        assert owners.set_if_owner(s, run_id, ("h", 8, 2.5), heartbeat_at=jobs.now())
+        assert owners.set_if_owner(s, run_id, ("h", 8, 2.5), heartbeat_at=liveness.now())
     assert (first, second) == (True, False)
     run = _get(sessions, run_id)
     assert (run.status, run.pid, run.pid_started) == ("running", 8, 2.5)
@@ -458,6 +458,6 @@ def test_a_one_process_run_resumed_with_two_is_refused_before_any_process_starts
     spawned = []
     monkeypatch.setattr(mp, "spawn", lambda *a, **k: spawned.append(a))
     with pytest.raises(ValueError, match="cannot resume with 2: resume it with one process \\(no --nproc\\)"):
-        jobs.execute_distributed(run_id, 2, resume=True)
+        distributed.execute_distributed(run_id, 2, resume=True)
     assert not spawned
     assert (_get(sessions, run_id).status, _get(sessions, run_id).error) == ("failed", "killed")

@@ -5,12 +5,8 @@ import streamlit as st
 from dashboard import common
 from db import queries
 from db.store import home
-from engine.export import (
-    ExportRefused,
-    default_threshold,
-    export_run,
-    fmt_threshold,
-)
+from engine.errors import ExportRefused
+from engine.export import default_threshold, export_run, fmt_threshold
 
 
 def preview(run, threshold: float) -> list[int] | None:

@@ -9,8 +9,8 @@ import streamlit as st
 from dashboard import common
 from db import queries
 from db.store import run_dir
-from engine import jobs
-from engine.train import TrainConfig
+from engine import jobs, liveness
+from engine.config import TrainConfig
 
 ACTIVE = ("queued", "running")
 
@@ -72,7 +72,7 @@ def tail(path: Path, lines: int = 30) -> str:
 @st.fragment(run_every=2)
 def watch_ui(run_id: int) -> None:
     with common.sessions().begin() as s:
-        jobs.reap_stale(s)
+        liveness.reap_stale(s)
         run = queries.get_run(s, run_id)
         epochs = queries.epochs(s, run_id)
     prog, cfg = run.progress or {}, run.config

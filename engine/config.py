@@ -1,0 +1,90 @@
+"""A training run's settings (TrainConfig) and the one check of them (`problems`, `validate`),
+shared by `aivh train`, `aivh audit` and the dashboard's Train page: their defaults are these."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from engine.choices import DECODES, DEVICES, KEEP_EPOCH, RESIZE_MODES
+from engine.device import default_workers
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12  # upper bound; early stopping usually ends sooner
+    img_size: int = 300  # B3's native resolution
+    batch_size: int = 32  # fits B3 at 300 px on a 16 GB GPU in bf16
+    lr: float = 1e-3  # OneCycle peak for AdamW
+    weight_decay: float = 1e-2  # AdamW's default decoupled decay
+    val_fraction: float = 0.1  # share of each class held out, by stable hash
+    seed: int = 0  # model init, split, shuffling and augmentation
+    device: str = "auto"  # auto picks CUDA when present
+    limit: int | None = None  # train on a stratified subset of this many images
+    pretrained: str | None = None  # None, "imagenet" or a local state-dict path
+    workers: int = field(default_factory=default_workers)  # decoding processes
+    compile: bool = False  # torch.compile the model (CUDA; fixed shapes)
+    resize_mode: str = "resize"  # resize the whole image, or "crop" at native resolution
+    patience: int = 3  # epochs without a better validation epoch (F1, AUC, loss) before stopping
+    bn_batches: int = 20  # training batches that re-estimate BatchNorm statistics before validation
+    # which epoch the run keeps: "best", the best on validation (F1, AUC, loss), stopping early;
+    # "last", the final one after every epoch (audit folds: nothing is chosen on the held-out
+    # fold's labels). Stored as "select" before 2026-11-28: from_dict reads that name too.
+    keep_epoch: str = "best"
+    # JPEG decode: "workers" (Pillow) or "device" (nvJPEG on CUDA); auto: device for validation
+    # on CUDA, workers for training (see engine.loader.resolve_decode)
+    decode: str = "auto"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        if "select" in d and "keep_epoch" not in d:  # a run stored before the rename
+            d = {**d, "keep_epoch": d["select"]}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def problems(self) -> list[str]:
+        """Every reason this config cannot train, one line each (empty when it can): the one
+        check shared by `aivh train` and the dashboard's Train page."""
+        found = []
+        if self.epochs < 1:
+            found.append(f"epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            found.append(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.img_size < 16:
+            found.append(f"image size must be at least 16 px (got {self.img_size})")
+        if not self.lr > 0:
+            found.append(f"learning rate must be above 0 (got {self.lr})")
+        if self.weight_decay < 0:
+            found.append(f"weight decay must be 0 or more (got {self.weight_decay})")
+        if not 0.0 < self.val_fraction < 1.0:
+            found.append(f"validation fraction must be between 0 and 1 (got {self.val_fraction})")
+        if self.limit is not None and self.limit < 2:
+            found.append(f"limit must be at least 2 images (got {self.limit})")
+        if self.workers < 0:
+            found.append(f"decoding workers must be 0 or more (got {self.workers})")
+        if self.patience < 1:
+            found.append(f"patience must be at least 1 epoch (got {self.patience}): with 0, "
+                         "training would stop after its first epoch")
+        if self.bn_batches < 0:
+            found.append(f"precise-BN batches must be 0 or more (got {self.bn_batches})")
+        if self.resize_mode not in RESIZE_MODES:
+            found.append(f"resize mode must be one of {', '.join(RESIZE_MODES)} (got {self.resize_mode!r})")
+        if self.keep_epoch not in KEEP_EPOCH:
+            found.append(f"keep_epoch must be one of {', '.join(KEEP_EPOCH)} (got {self.keep_epoch!r})")
+        if self.decode not in DECODES:
+            found.append(f"decode must be one of {', '.join(DECODES)} (got {self.decode!r})")
+        if self.device.split(":")[0] not in DEVICES:
+            found.append(f"device must be auto, cpu or cuda (got {self.device!r})")
+        if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
+            found.append(f"pretrained weights file not found: {self.pretrained}")
+        return found
+
+    def validate(self) -> TrainConfig:
+        """This config, or ValueError with its first problem (see problems)."""
+        found = self.problems()
+        if found:
+            raise ValueError(found[0])
+        return self
+
