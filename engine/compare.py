@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session
 
 from db import queries
 from engine import metrics
+from engine.export import default_threshold
 
 
 def compare_runs(s: Session, run_a: int, run_b: int, *, eval_set: str | None = None) -> dict:
@@ -50,8 +51,7 @@ def compare_runs(s: Session, run_a: int, run_b: int, *, eval_set: str | None = N
     for key, run, probs in (("a", a, pa), ("b", b, pb)):
         p = np.array([probs[i] for i in ids])
         summary = metrics.summary(y, p)
-        threshold = run.chosen_threshold if run.chosen_threshold is not None else (
-            run.best_threshold if run.best_threshold is not None else 0.5)
+        threshold, _ = default_threshold(run)
         out[key] = {"f1_at_0.5": summary["f1"], "f1_at_run_threshold": metrics.f1_at(y, p, threshold),
                     "run_threshold": threshold, "best_f1": summary["best_f1"], "auc": summary["auc"],
                     "labels_as_of": run.labels_as_of}

@@ -1,14 +1,156 @@
-"""The engine runs without the dashboard: importing it must not pull in streamlit."""
+"""The rooms stay rooms: import rules between engine, db and dashboard, checked on the source.
+
+- db imports neither engine nor dashboard; engine imports neither dashboard nor streamlit;
+- outside engine/cli, nothing imports engine.cli (the command line is a leaf);
+- dashboard pages (dashboard/views) never import db; in the dashboard only dashboard/store.py
+  imports db at run time (it is the one door to the store: the only module opening sessions);
+- no import cycle anywhere, lazy (function-level) imports included.
+Imports under `if TYPE_CHECKING:` are annotations only and are left out.
+"""
+from __future__ import annotations
+
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
+PACKAGES = ("engine", "db", "dashboard")
 
-def test_engine_does_not_import_streamlit():
-    code = ("import sys, engine.cli, engine.data, engine.model, engine.train, engine.predict, "
-            "engine.export, engine.jobs, engine.ingest, engine.metrics; "
-            "print('streamlit' in sys.modules)")
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _sources() -> dict[str, Path]:
+    return {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every module this file imports (top level and inside functions), by its full name."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit(sub)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                for a in child.names:  # `from engine import jobs` imports the module engine.jobs
+                    sub = f"{child.module}.{a.name}"
+                    found.add(sub if sub in modules else child.module)
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = _sources()
+    return {name: _imports(path, modules) for name, path in modules.items()}
+
+
+def _under(name: str, prefix: str) -> bool:
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+
+def _breaking(graph, importer: str, imported: str) -> list[str]:
+    return sorted(f"{a} imports {b}" for a, deps in graph.items() if _under(a, importer)
+                  for b in deps if _under(b, imported))
+
+
+def test_the_store_imports_neither_engine_nor_dashboard(graph):
+    assert _breaking(graph, "db", "engine") + _breaking(graph, "db", "dashboard") == []
+
+
+def test_the_engine_imports_neither_dashboard_nor_streamlit(graph):
+    assert _breaking(graph, "engine", "dashboard") + _breaking(graph, "engine", "streamlit") == []
+
+
+def test_nothing_outside_the_command_line_imports_it(graph):
+    assert [b for b in _breaking(graph, "", "engine.cli") if not b.startswith("engine.cli")] == []
+
+
+def test_pages_never_import_the_store_and_only_dashboard_store_does(graph):
+    pages = [m for m in graph if _under(m, "dashboard.views")]
+    assert pages, "no dashboard pages found: the check would pass vacuously"
+    assert _breaking(graph, "dashboard.views", "db") == []
+    door = sorted({b.split(" imports ")[0] for b in _breaking(graph, "dashboard", "db")})
+    assert door == ["dashboard.store"]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (or a self-import): Tarjan."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in graph:
+                continue
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph.get(v, ()):
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_no_import_cycles(graph):
+    assert _cycles(graph) == []
+
+
+def test_the_checks_can_fail():
+    """The rules above catch what they claim to: a planted edge is reported."""
+    planted = {"engine.jobs": {"engine.cli"}, "engine.cli": {"engine.jobs"}, "db.queries": {"engine.jobs"},
+               "dashboard.views.runs": {"db.queries"}, "dashboard.store": {"db.queries"}}
+    assert _cycles(planted) == [["engine.cli", "engine.jobs"]]
+    assert _breaking(planted, "db", "engine") == ["db.queries imports engine.jobs"]
+    assert _breaking(planted, "dashboard.views", "db") == ["dashboard.views.runs imports db.queries"]
+    assert [b for b in _breaking(planted, "", "engine.cli") if not b.startswith("engine.cli")] == [
+        "engine.jobs imports engine.cli"]
+    found = _imports(Path(__file__), _sources())  # this file imports tests.conftest and pytest
+    assert {"pytest", "tests.conftest"} <= found
+
+
+def test_engine_does_not_import_streamlit_when_run():
+    """The same at run time: importing every engine module leaves streamlit out."""
+    names = sorted(m for m in _sources() if _under(m, "engine") and not m.endswith("__main__"))
+    code = f"import importlib, sys; [importlib.import_module(m) for m in {names!r}]; print('streamlit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     # and the check itself can fail: importing the dashboard does pull streamlit in
