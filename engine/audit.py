@@ -15,7 +15,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import Audit, AuditScore, Dataset, Run
+from db.models import Audit, AuditScore, Dataset, Run, RunKind, RunStatus
 from engine import jobs
 from engine.atomic import write_csv
 from engine.config import TrainConfig
@@ -43,8 +43,8 @@ def create_audit(s: Session, dataset: Dataset, cfg: TrainConfig, folds: int) -> 
     s.add(audit)
     s.flush()
     for k in range(folds):
-        run = Run(dataset_id=dataset.id, kind="fold", status="queued", config=cfg.to_dict(),
-                  labels_as_of=audit.labels_as_of, audit_id=audit.id, fold=k)
+        run = Run(dataset_id=dataset.id, kind=RunKind.FOLD.value, status=RunStatus.QUEUED.value,
+                  config=cfg.to_dict(), labels_as_of=audit.labels_as_of, audit_id=audit.id, fold=k)
         s.add(run)
         s.flush()
         queries.set_run_images(s, run.id, {

@@ -1,12 +1,9 @@
-"""The one place that ties a run row to a training process.
+"""A run's life: created (queued), claimed by one process, trained, ended; resumed after a death.
 
-`python -m engine.jobs --run-id N` runs a queued run (the dashboard launches it with
-`start_new_session=True`); `aivh train` calls `execute` in-process.
-
-A run is owned by one process, recorded as (host, pid, process start time): the start time
-tells a reused pid apart. On this host a run is alive exactly while that process is; a run
-owned on another host is alive while its heartbeat is (a thread beats every HEARTBEAT_S,
-whatever the trainer is doing). Only the owner writes the run's progress, epochs and end.
+`aivh train` calls `execute` in-process; the dashboard calls `launch`, which starts
+`python -m engine.worker --run-id N` in its own session. Only the process that owns the run
+(engine.liveness) writes its progress, epochs and end (engine.recording); several processes
+training one run are engine.distributed's.
 """
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db import runs as owners
-from db.models import Dataset, Epoch, Prediction, Run
+from db.models import Dataset, Epoch, Prediction, Run, RunKind, RunStatus
 from db.store import run_dir, session_factory
 from engine.checkpoints import file_sha1, recover_checkpoints, torch_load
 from engine.config import TrainConfig
@@ -46,8 +43,8 @@ log = logging.getLogger("aivh.jobs")
 
 
 def create_run(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
-    run = Run(dataset_id=dataset.id, kind="train", status="queued", config=cfg.to_dict(),
-              labels_as_of=queries.newest_label_id(s, dataset.id))
+    run = Run(dataset_id=dataset.id, kind=RunKind.TRAIN.value, status=RunStatus.QUEUED.value,
+              config=cfg.to_dict(), labels_as_of=queries.newest_label_id(s, dataset.id))
     s.add(run)
     s.flush()
     return run

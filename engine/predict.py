@@ -1,4 +1,4 @@
-"""Batch inference: a DataLoader of uint8 images in, probabilities out, streamed."""
+"""`aivh predict`: a run's best checkpoint over a split's images, probabilities streamed into the store."""
 from __future__ import annotations
 
 import time
