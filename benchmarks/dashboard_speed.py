@@ -115,7 +115,7 @@ def main() -> None:
         scan_s, _ = timed(lambda: components.discover_and_register_components(start_file_watching=False))
 
         def page(name: str) -> AppTest:
-            at = AppTest.from_file(str(ROOT / "dashboard" / "pages" / f"{name}.py"), default_timeout=120)
+            at = AppTest.from_file(str(ROOT / "dashboard" / "views" / f"{name}.py"), default_timeout=120)
             at._bidi_component_manager = components  # private in streamlit 1.5x-1.6x; see above
             return at
 

@@ -1,15 +1,16 @@
-"""aivh dashboard entry: builds the navigation only; each page is its own file."""
+"""aivh dashboard entry: builds the navigation only; each page is its own file under views/
+(not pages/: Streamlit's older auto-discovery reads a pages/ folder and would show its own list)."""
 import streamlit as st
 
-from dashboard import common
+from dashboard import ui
 
 st.set_page_config(page_title="aivh", layout="wide")
-common.login_gate()  # only when secrets.toml has an [auth] section (a shared deployment)
+ui.login_gate()  # only when secrets.toml has an [auth] section (a shared deployment)
 pages = [
-    st.Page("pages/runs.py", title="Runs", icon=":material/monitoring:", default=True),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
-    st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("views/runs.py", title="Runs", icon=":material/monitoring:", default=True),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+    st.Page("views/review.py", title="Review", icon=":material/rate_review:"),
+    st.Page("views/export.py", title="Export", icon=":material/download:"),
 ]
 st.navigation(pages).run()

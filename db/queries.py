@@ -485,3 +485,18 @@ def label_history_rows(s: Session, dataset_id: int):
          .join(Image, Image.id == Label.image_id).where(Image.dataset_id == dataset_id)
          .order_by(Label.id))
     return list(s.execute(q))
+
+
+def thumbnail_keys(s: Session, image_ids: Sequence[int]) -> dict[int, tuple[str | None, tuple]]:
+    """image id -> (content sha1, (bytes, mtime_ns) at import), in one query (thumbnail names)."""
+    q = select(Image.id, Image.sha1, Image.bytes, Image.mtime_ns).where(Image.id.in_(list(image_ids)))
+    return {i: (sha1, (size, mtime)) for i, sha1, size, mtime in s.execute(q)}
+
+
+def submission_probabilities(s: Session, run: Run) -> list[tuple[str, float | None]]:
+    """(rel_path, the run's probability or None) of the dataset's test images in test.csv order."""
+    q = (select(Image.rel_path, Prediction.prob).outerjoin(
+            Prediction, (Prediction.image_id == Image.id) & (Prediction.run_id == run.id))
+         .where(Image.dataset_id == run.dataset_id, Image.split == "test")
+         .order_by(Image.split, Image.csv_row))
+    return [tuple(r) for r in s.execute(q)]

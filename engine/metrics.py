@@ -142,3 +142,56 @@ def threshold_note(val_y: np.ndarray, probs: np.ndarray) -> str | None:
         return (f"validation has no human-made (label 0) image among its {y.size}, so no threshold "
                 "was chosen; set one (Evaluate page or `aivh export --threshold`)")
     return None
+
+
+# ---------------------------------------------------------------- per image, for review and display
+
+OUTCOMES = ("false positive", "false negative", "true positive", "true negative")
+
+
+def outcomes(label, p, threshold: float) -> np.ndarray:
+    """Per image: one of OUTCOMES at `threshold` (p >= threshold is called 1), or "unlabelled"
+    where the label is missing (NaN)."""
+    called = np.asarray(p, dtype=np.float64) >= threshold
+    label = np.asarray(label, dtype=np.float64)
+    out = np.full(called.shape, "unlabelled", dtype=object)
+    out[(label == 1) & called] = "true positive"
+    out[(label == 0) & called] = "false positive"
+    out[(label == 1) & ~called] = "false negative"
+    out[(label == 0) & ~called] = "true negative"
+    return out
+
+
+def wrongness(label, p) -> np.ndarray:
+    """How confidently wrong each prediction is: |p - label|; where the label is missing (NaN),
+    p itself (the most AI-like first). Review sorts by it, highest first."""
+    label = np.asarray(label, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    return np.where(np.isnan(label), p, np.abs(p - np.nan_to_num(label)))
+
+
+def precision_recall(y, p, threshold: float = 0.5) -> tuple[float, float]:
+    """(precision, recall) at `threshold`; 0.0 where nothing was called 1 or nothing is 1."""
+    (_, fp), (fn, tp) = confusion(y, p, threshold)
+    return (tp / (tp + fp) if tp + fp else 0.0), (tp / (tp + fn) if tp + fn else 0.0)
+
+
+def called_rate_curve(p, points: int = 201) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds evenly over [0, 1], share of scores called 1 at each: p >= threshold)."""
+    p = np.sort(np.asarray(p, dtype=np.float64).ravel())
+    grid = np.linspace(0, 1, points)
+    if p.size == 0:
+        return grid, np.zeros(points)
+    return grid, 1 - np.searchsorted(p, grid, side="left") / p.size
+
+
+def eta_seconds(progress: dict, epochs: int) -> float | None:
+    """Seconds a running run still needs from its progress record (images/s, epoch, batch of
+    batches, training images, batch size): the rest of this epoch and every epoch after it.
+    None without a measured speed."""
+    ips = progress.get("images_per_s")
+    if not ips:
+        return None
+    left = (epochs - max(progress.get("epoch", 0), 1)) * progress.get("train_images", 0)
+    left += (progress.get("batches", 0) - progress.get("batch", 0)) * progress.get("batch_size", 32)
+    return left / ips

@@ -161,7 +161,7 @@ def test_review_page_shows_a_spoiled_image_as_a_message(sessions, bad_dataset):
         rows = queries.prediction_rows(s, queries.get_run(s, run_id), "test")
     for _, rel_path, *_ in rows:  # every test image spoiled after import, in a different way
         (bad_dataset / rel_path).write_bytes(b"<html>gone</html>")
-    at = AppTest.from_file(str(ROOT / "dashboard/pages/review.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "dashboard/views/review.py"), default_timeout=60)
     at.query_params.update({"run": str(run_id), "split": "test", "reviewer": "ana"})
     at.run()
     assert not at.exception

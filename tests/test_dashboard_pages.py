@@ -10,7 +10,7 @@ from db import queries
 from db.models import Label
 from tests.conftest import ROOT, finished_run
 
-PAGES = ROOT / "dashboard" / "pages"
+PAGES = ROOT / "dashboard" / "views"
 
 
 def page(name: str, **query) -> AppTest:
@@ -239,3 +239,42 @@ def test_without_login_configured_the_app_opens_directly(run_id):
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60).run()
     assert not at.exception
     assert not any(b.label == "Log in" for b in at.button)
+
+
+def test_rendering_never_writes_a_dead_owner_shows_until_an_action_reaps_it(sessions):
+    run_id = finished_run(sessions)
+    from db.models import Run
+    from engine.liveness import now
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        dead = Run(dataset_id=run.dataset_id, status="running", config={"epochs": 3}, pid=2**22 + 12345,
+                   heartbeat_at=now(), progress={"host": socket.gethostname()})
+        s.add(dead)
+        s.flush()
+        dead_id = dead.id
+    for name in ("runs", "train", "evaluate", "review", "export"):
+        at = page(name, watch=str(dead_id))
+        assert not at.exception
+    at = page("train", watch=str(dead_id))
+    assert any("owner gone" in h.value for h in at.subheader)
+    runs = page("runs")
+    assert any(f"Run #{dead_id}" in w.value and "process is gone" in w.value for w in runs.warning)
+    with sessions() as s:
+        assert queries.get_run(s, dead_id).status == "running"  # shown, not written
+    next(b for b in at.button if b.label == "Cancel run").click().run()  # an action reaps
+    with sessions() as s:
+        gone = queries.get_run(s, dead_id)
+        assert gone.status == "failed" and "stopped" in gone.error
+
+
+def test_train_form_defaults_are_train_configs(run_id):
+    from engine.config import TrainConfig
+
+    at = page("train")
+    d = TrainConfig()
+    values = {n.label: n.value for n in at.number_input}
+    assert values["Epochs"] == d.epochs and values["Image size (px)"] == d.img_size
+    assert values["Batch size"] == d.batch_size and values["Learning rate"] == pytest.approx(d.lr)
+    assert values["Decoding workers"] == d.workers
+    boxes = {b.label: b.value for b in at.selectbox}
+    assert (boxes["Device"], boxes["Resize mode"], boxes["JPEG decode"]) == (d.device, d.resize_mode, d.decode)

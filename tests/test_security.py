@@ -76,7 +76,7 @@ def test_the_review_page_refuses_a_crafted_path_with_a_message(sessions, tmp_pat
         run = queries.get_run(s, run_id)
         for im in queries.images(s, run.dataset_id):
             im.rel_path = f"../../../../../../etc/passwd#{im.id}" if im.id % 2 else f"/etc/{im.id}/passwd"
-    at = AppTest.from_file(str(ROOT / "dashboard/pages/review.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "dashboard/views/review.py"), default_timeout=60)
     at.query_params.update({"run": str(run_id), "reviewer": "ana"})
     at.run()
     assert not at.exception

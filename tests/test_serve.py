@@ -54,7 +54,7 @@ def test_serve_binds_to_localhost_and_answers(workspace):
 
 
 def test_runs_page_empty_store_then_with_a_dataset(sessions):
-    page = str(ROOT / "dashboard" / "pages" / "runs.py")
+    page = str(ROOT / "dashboard" / "views" / "runs.py")
     at = AppTest.from_file(page, default_timeout=60).run()
     assert not at.exception
     assert "store is empty" in at.info[0].value

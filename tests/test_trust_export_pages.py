@@ -10,7 +10,7 @@ from db import queries
 from tests.conftest import ROOT
 from tests.test_trust_export import _dataset, _run
 
-PAGES = ROOT / "dashboard" / "pages"
+PAGES = ROOT / "dashboard" / "views"
 EXACT = 0.99957  # rounds to 1.000 at 3 decimals, to 0.9996 at 4
 
 

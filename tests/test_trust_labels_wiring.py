@@ -81,7 +81,7 @@ def test_review_page_shows_why_an_undo_is_refused(sessions):
     from tests.conftest import ROOT, finished_run
 
     run_id = finished_run(sessions)
-    at = AppTest.from_file(str(ROOT / "dashboard/pages/review.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "dashboard/views/review.py"), default_timeout=60)
     at.query_params.update({"run": str(run_id), "split": "val", "reviewer": "ana"})
     at.run()
     opener = next(b for b in at.button if b.label == "Open")

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from db import queries
 from tests.conftest import ROOT, draw_jpeg, finished_run, write_kaggle
 
-PAGES = ROOT / "dashboard" / "pages"
+PAGES = ROOT / "dashboard" / "views"
 
 
 def page(name: str, **query) -> AppTest:
@@ -96,16 +96,16 @@ def test_predictions_arriving_for_a_split_show_on_the_next_rerun(run_id, session
 
 
 def test_a_new_best_epoch_or_status_changes_the_cache_key(run_id, sessions):
-    from dashboard import common
+    from dashboard import store
 
-    before = common.run_version(run_id)
+    before = store.run_version(run_id)
     with sessions.begin() as s:
         queries.get_run(s, run_id).best_epoch = 1
-    assert common.run_version(run_id) != before
-    middle = common.run_version(run_id)
+    assert store.run_version(run_id) != before
+    middle = store.run_version(run_id)
     with sessions.begin() as s:
         queries.get_run(s, run_id).status = "running"
-    assert common.run_version(run_id) != middle
+    assert store.run_version(run_id) != middle
 
 
 # ---------------------------------------------------------------- item 6: exact thresholds
@@ -136,7 +136,7 @@ def test_review_grid_reads_the_thumbnails_names_in_one_query(run_id):
 
 
 def test_labels_changed_is_exact_and_cached(run_id, sessions):
-    from dashboard import common
+    from dashboard import store
 
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
@@ -151,16 +151,16 @@ def test_labels_changed_is_exact_and_cached(run_id, sessions):
         expected = len(queries.labels_changed(s, ds, before, queries.newest_label_id(s, ds)))
         newest = queries.newest_label_id(s, ds)
     assert expected == 1
-    assert common.labels_changed(ds, before, None) == expected
-    assert common.labels_changed(ds, newest, before) == expected  # either order
-    assert common.labels_changed(ds, None, None) == 0
+    assert store.labels_changed(ds, before, None) == expected
+    assert store.labels_changed(ds, newest, before) == expected  # either order
+    assert store.labels_changed(ds, None, None) == 0
     with Statements() as sql:
-        assert common.labels_changed(ds, before, None) == expected
+        assert store.labels_changed(ds, before, None) == expected
     assert len(sql.seen) == 1  # the newest label id only: the count comes from the cache
 
 
 def test_compare_runs_is_cached_and_follows_new_predictions(run_id, sessions):
-    from dashboard import common
+    from dashboard import store
     from db.models import Prediction, Run
     from engine.compare import compare_runs
 
@@ -174,42 +174,42 @@ def test_compare_runs_is_cached_and_follows_new_predictions(run_id, sessions):
         val = queries.run_image_ids(s, run_id, "val")
         queries.set_run_images(s, b_id, {"train": queries.run_image_ids(s, run_id, "train"), "val": val})
         queries.upsert_predictions(s, b_id, [(i, 0.5) for i in val])
-    got = common.compare_runs(run_id, b_id)
+    got = store.compare_runs(run_id, b_id)
     with sessions() as s:
         assert got == compare_runs(s, run_id, b_id)
     with Statements() as sql:
-        assert common.compare_runs(run_id, b_id) == got
+        assert store.compare_runs(run_id, b_id) == got
     assert not any("FROM predictions" in q and "sum(" not in q for q in sql.seen)  # versions only
     with sessions.begin() as s:  # run B predicted again, now perfectly
         now = queries.current_labels(s, queries.get_run(s, run_id).dataset_id)
         queries.upsert_predictions(s, b_id, [(i, 0.1 + 0.8 * now[i]) for i in val])
-    after = common.compare_runs(run_id, b_id)
+    after = store.compare_runs(run_id, b_id)
     assert (got["b"]["auc"], after["b"]["auc"]) == (0.5, 1.0)
     with pytest.raises(ValueError, match="different datasets|no evaluation images"):
         with sessions.begin() as s:  # run B's predictions deleted: nothing left to compare on
             s.query(Prediction).filter_by(run_id=b_id).delete()
-        common.compare_runs(run_id, b_id)
+        store.compare_runs(run_id, b_id)
 
 
 def test_submission_scores_match_the_engine_and_refuse_like_it(run_id, sessions):
-    from dashboard import common
+    from dashboard import store
     from engine.errors import ExportRefused
     from engine.export import submission_rows
 
-    scores = common.submission_scores(run_id)
+    scores = store.submission_scores(run_id)
     with sessions() as s:
         run = queries.get_run(s, run_id)
         for t in (0.2, 0.5, 0.8):
             rows = submission_rows(s, run, t)
             assert list(zip(scores.ids, scores.called_ai(t).tolist())) == rows
     with Statements() as sql:
-        common.submission_scores(run_id).called_ai(0.3)
+        store.submission_scores(run_id).called_ai(0.3)
     assert not any("FROM predictions" in q and "sum(" not in q for q in sql.seen)
     with sessions.begin() as s:  # a test image loses its prediction: the engine refuses, so do we
         test_id = queries.images(s, run.dataset_id, "test")[0].id
         from db.models import Prediction
         s.query(Prediction).filter_by(run_id=run_id, image_id=test_id).delete()
-    refused = common.submission_scores(run_id).refused
+    refused = store.submission_scores(run_id).refused
     with sessions() as s, pytest.raises(ExportRefused) as e:
         submission_rows(s, queries.get_run(s, run_id), 0.5)
     assert refused == str(e.value)
@@ -258,7 +258,7 @@ def test_review_saliency_is_shown_at_the_image_aspect_ratio_with_the_decode_note
 
 
 def test_export_checks_match_the_engine_and_follow_a_new_checkpoint(run_id, sessions):
-    from dashboard import common
+    from dashboard import store
     from db import predictions
     from engine.export import prediction_source, stale_problem, submission_rows, threshold_warnings
 
@@ -270,24 +270,24 @@ def test_export_checks_match_the_engine_and_follow_a_new_checkpoint(run_id, sess
             return prediction_source(s, run, "test"), stale_problem(s, run), warnings
 
     for t in (0.5, 0.001):
-        assert common.export_checks(run_id, t) == engine(t)
+        assert store.export_checks(run_id, t) == engine(t)
     with sessions.begin() as s:  # the test split predicted again by the epoch 2 checkpoint
         tests = [im.id for im in queries.images(s, queries.get_run(s, run_id).dataset_id, "test")]
         predictions.upsert(s, run_id, [(i, 0.4) for i in tests], epoch=2, checkpoint_sha1="ab" * 20)
-    assert common.export_checks(run_id, 0.5) == engine(0.5)
-    assert "epoch 2" in common.export_checks(run_id, 0.5)[0]
-    assert common.provenance(run_id, "test")[0] == engine(0.5)[0]
+    assert store.export_checks(run_id, 0.5) == engine(0.5)
+    assert "epoch 2" in store.export_checks(run_id, 0.5)[0]
+    assert store.provenance(run_id, "test")[0] == engine(0.5)[0]
 
 
 def test_versions_and_cached_loaders_on_both_backends(store_url, sessions):
     """The version queries (sums over bigint and float columns) and the loaders on SQLite and
     PostgreSQL: a rewritten probability changes the key, the loaders agree with the engine."""
-    from dashboard import common
+    from dashboard import store
     from engine.export import submission_rows
 
     run_id = finished_run(sessions)
-    before = common.run_version(run_id)
-    scores = common.submission_scores(run_id)
+    before = store.run_version(run_id)
+    scores = store.submission_scores(run_id)
     with sessions() as s:
         assert list(zip(scores.ids, scores.called_ai(0.5).tolist())) == submission_rows(
             s, queries.get_run(s, run_id), 0.5)
@@ -295,6 +295,6 @@ def test_versions_and_cached_loaders_on_both_backends(store_url, sessions):
         first_test = queries.images(s, ds, "test")[0].id
     with sessions.begin() as s:
         queries.upsert_predictions(s, run_id, [(first_test, 0.123)])
-    assert common.run_version(run_id) != before
-    assert common.submission_scores(run_id).probs[0] == pytest.approx(0.123)
-    assert common.labels_changed(ds, None, None) == 0
+    assert store.run_version(run_id) != before
+    assert store.submission_scores(run_id).probs[0] == pytest.approx(0.123)
+    assert store.labels_changed(ds, None, None) == 0

@@ -422,7 +422,7 @@ def test_the_train_pages_resume_is_refused_in_one_line(sessions, tmp_path, monke
     monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: started.append(a))
     expected = {ddp: "resume it with --nproc 2", owned: f"is already running (pid {live_child.pid}"}
     for run_id, why in expected.items():
-        at = AppTest.from_file(str(ROOT / "dashboard" / "pages" / "train.py"), default_timeout=60).run()
+        at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "train.py"), default_timeout=60).run()
         at.selectbox[-2].set_value(run_id)  # "Resume a run that died"
         next(b for b in at.button if b.label == "Resume").click().run()
         assert not at.exception

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import common
-from db import queries
-from db.store import home
+from dashboard import store, ui
+from engine import metrics
+from engine.export import default_threshold
 from engine.thumbs import thumbnail
 
 PAGE_SIZE = 24
@@ -21,15 +21,16 @@ def filters_ui(run) -> dict:
     c1, c2, c3 = st.columns([1, 2, 2])
     splits = ["val", "train", "test"]
     split = c1.selectbox("Split", splits, index=splits.index(qp["split"]) if qp.get("split") in splits else 0)
-    default_outcomes = [qp["outcome"]] if qp.get("outcome") in common.OUTCOMES else list(common.OUTCOMES[:2])
-    outcomes = c2.multiselect("Outcome", list(common.OUTCOMES), default=default_outcomes,
+    default_outcomes = [qp["outcome"]] if qp.get("outcome") in metrics.OUTCOMES else list(metrics.OUTCOMES[:2])
+    outcomes = c2.multiselect("Outcome", list(metrics.OUTCOMES), default=default_outcomes,
                               disabled=split == "test")
     lo, hi = c3.slider("Probability of AI-generated", 0.0, 1.0, (0.0, 1.0), step=0.01)
     c4, c5 = st.columns([1, 1])
+    run_t = float(default_threshold(run)[0])
     try:
-        t = float(qp.get("threshold", common.run_threshold(run)))
+        t = float(qp.get("threshold", run_t))
     except ValueError:
-        t = common.run_threshold(run)
+        t = run_t
     t = min(1.0, max(0.0, t))
     # the widget keeps the exact threshold (0.99957 stays 0.99957); only its display is rounded
     t = c4.number_input("Threshold", 0.0, 1.0, value=t, step=0.01, format="%.4f",
@@ -39,7 +40,8 @@ def filters_ui(run) -> dict:
 
 
 def filtered(df: pd.DataFrame, f: dict) -> pd.DataFrame:
-    out = df.assign(outcome=common.outcome(df, f["threshold"]))
+    label = df["label"].to_numpy(dtype=float, na_value=np.nan)
+    out = df.assign(outcome=metrics.outcomes(label, df["prob"].to_numpy(), f["threshold"]))
     keep = out["prob"].between(*f["range"]).to_numpy().copy()
     if f["split"] != "test":
         keep &= out["outcome"].isin(f["outcomes"]).to_numpy()
@@ -47,15 +49,14 @@ def filtered(df: pd.DataFrame, f: dict) -> pd.DataFrame:
         keep &= (out["reviews"] > 0).to_numpy() == (f["relabelled"] == "only relabelled")
     out = out[keep]
     # most confidently wrong first: distance from the current label; test: most AI-like first
-    label = out["label"].to_numpy(dtype=float, na_value=np.nan)
-    wrongness = np.where(np.isnan(label), out["prob"], np.abs(out["prob"] - np.nan_to_num(label)))
+    wrongness = metrics.wrongness(out["label"].to_numpy(dtype=float, na_value=np.nan), out["prob"].to_numpy())
     return out.assign(wrongness=wrongness).sort_values(["wrongness", "image_id"], ascending=[False, True])
 
 
 def show_image(root: str, rel_path: str, known: tuple | None, size: int, caption: str | None = None) -> None:
     sha1, stamp = known or (None, None)
     try:
-        st.image(str(thumbnail(home() / "cache", root, rel_path, sha1, size, stamp)), caption=caption)
+        st.image(str(thumbnail(store.home() / "cache", root, rel_path, sha1, size, stamp)), caption=caption)
     except (FileNotFoundError, PermissionError, OSError) as e:
         st.warning(f"{rel_path}: cannot show the image ({e})")
 
@@ -72,7 +73,7 @@ def queue_caption(r) -> str:
 
 def grid_ui(page: pd.DataFrame, root: str, caption=prediction_caption) -> None:
     rows = [page.iloc[i : i + COLS] for i in range(0, len(page), COLS)]
-    sha1s = common.image_sha1s(page["image_id"])  # one query for the page, not one per thumbnail
+    sha1s = store.image_sha1s(page["image_id"])  # one query for the page, not one per thumbnail
     for chunk in rows:
         cols = st.columns(COLS)
         for col, (_, r) in zip(cols, chunk.iterrows()):
@@ -92,11 +93,10 @@ def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int 
     st.divider()
     left, right = st.columns([1, 2])
     with left:
-        show_image(root, r["rel_path"], common.image_sha1s([image_id]).get(image_id), 512)
+        show_image(root, r["rel_path"], store.image_sha1s([image_id]).get(image_id), 512)
     with right:
         st.subheader(r["rel_path"])
-        with common.sessions()() as s:
-            history = queries.label_history(s, image_id)
+        history = store.label_history(image_id)
         # an "unlabel" row (the undo of a test image's first review) leaves no label
         current = history[-1].label if history and history[-1].source != "unlabel" else None
         st.metric("Probability of AI-generated" + (" (out of fold)" if "quality" in r else ""),
@@ -144,14 +144,13 @@ def saliency_ui(run_id: int, rel_path: str, stored_prob: float | None = None) ->
                                 disabled=method != "integrated_gradients")
         if not st.toggle("Show the map", key=f"sal_show_{run_id}"):
             return
-        run = common.runs_by_id()[run_id]
+        run = store.runs_by_id()[run_id]
         settings = saliency.Settings(method, steps=int(steps), baseline=baseline)
         try:
             key = saliency.checkpoint_key(Path(run.checkpoint))
             model, lock = _model(run.checkpoint, key)
             with lock, st.spinner(f"Computing {method} (cached after the first time)..."):
-                att, _ = saliency.explain_run_image(common.sessions(), run_id, rel_path, settings,
-                                                    model=model)
+                att, _ = store.explain(run_id, rel_path, settings, model)
         except (OSError, ValueError, LookupError) as e:
             st.warning(f"No saliency map: {e}")
             return
@@ -183,15 +182,13 @@ def relabel_ui(image_id: int, current: int | None, who: str) -> None:
     for col, value in ((c1, 1), (c2, 0)):
         if col.button(f"Label {LABELS[value]}", key=f"relabel_{value}_{image_id}",
                       type="primary" if value != current else "secondary"):
-            with common.sessions().begin() as s:
-                queries.relabel(s, image_id, value, author=who, note=note or None)
+            store.relabel(image_id, value, author=who, note=note or None)
             st.toast(f"Labelled {LABELS[value]}")
             st.rerun()
     if c3.button("Undo last review", key=f"undo_{image_id}"):
         try:
-            with common.sessions().begin() as s:
-                queries.undo_last_review(s, image_id, author=who)
-        except queries.UndoRefused as e:  # nothing of yours to undo, or someone relabelled it since
+            store.undo(image_id, author=who)
+        except store.UndoRefused as e:  # nothing of yours to undo, or someone relabelled it since
             st.warning(str(e))
         else:
             st.toast("Undone: the label before your newest review is back")
@@ -206,7 +203,7 @@ def paged(view: pd.DataFrame) -> pd.DataFrame:
 
 def queue_ui(who: str) -> None:
     """The label-error queue of an audit: images whose label most likely is wrong, worst first."""
-    found = common.audits()
+    found = store.audits()
     done = [a for a in found if a.status == "succeeded"]
     if not done:
         st.info("No finished label audit yet. Run `aivh audit --dataset NAME` (k fold runs + cleanlab).")
@@ -214,14 +211,13 @@ def queue_ui(who: str) -> None:
             st.caption(f"audit #{a.id}: {a.status}" + (f" ({a.error})" if a.error else ""))
         return
     ids = [a.id for a in done]
-    wanted = st.query_params.get("audit")
-    index = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
-    names = common.dataset_names()
+    index = ui.url_index(ids, "audit")
+    names = store.dataset_names()
     by_id = {a.id: a for a in done}
     audit_id = st.selectbox("Audit", ids, index=index, format_func=lambda i: (
         f"#{i} {names.get(by_id[i].dataset_id)} · {by_id[i].folds} folds · {by_id[i].flagged} flagged"))
     st.query_params["audit"] = str(audit_id)
-    df = common.audit_frame(audit_id)
+    df = store.audit_frame(audit_id)
     c1, c2 = st.columns(2)
     scope = c1.radio("Show", ["flagged only", "all, ranked"], horizontal=True)
     pending = c2.radio("Reviewed", ["any", "not yet reviewed"], horizontal=True)
@@ -232,7 +228,7 @@ def queue_ui(who: str) -> None:
     st.caption(f"{len(view):,} images in the queue · {int(df['flagged'].sum()):,} flagged of "
                f"{len(df):,} scored · {fixed:,} flagged labels changed since the audit")
     page = paged(view)
-    root = common.dataset_root(by_id[audit_id].dataset_id)
+    root = store.dataset_root(by_id[audit_id].dataset_id)
     grid_ui(page, root, queue_caption)
     selected = st.session_state.get("selected_image")
     if (selected is None or selected not in set(page["image_id"])) and not page.empty:
@@ -242,18 +238,18 @@ def queue_ui(who: str) -> None:
 
 
 st.title("Review")
-who = common.reviewer()
+who = ui.reviewer()
 QUEUES = ["Predictions of a run", "Likely label errors"]
 queue = st.radio("Queue", QUEUES, horizontal=True,
                  index=1 if st.query_params.get("queue") == "audit" else 0)
 st.query_params["queue"] = "audit" if queue == QUEUES[1] else "run"
-runs = common.runs_by_id()
-run = common.pick_run(runs) if queue == QUEUES[0] else None
+runs = store.runs_by_id()
+run = ui.pick_run(runs) if queue == QUEUES[0] else None
 if queue == QUEUES[1]:
     queue_ui(who)
 elif run is not None:
     f = filters_ui(run)
-    df = common.prediction_frame(run.id, f["split"])
+    df = store.prediction_frame(run.id, f["split"])
     if df.empty:
         st.info(f"Run #{run.id} has no predictions on the {f['split']} split yet.")
     else:
@@ -261,7 +257,7 @@ elif run is not None:
         reviewed = int((view["reviews"] > 0).sum())
         st.caption(f"{len(view):,} images match · {reviewed:,} of them reviewed")
         page = paged(view)
-        root = common.dataset_root(run.dataset_id)
+        root = store.dataset_root(run.dataset_id)
         grid_ui(page, root)
         selected = st.session_state.get("selected_image")
         if selected is None and not page.empty:

@@ -2,17 +2,15 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import common
-from db import queries
-from db.store import home
+from dashboard import store, ui
 from engine.errors import ExportRefused
-from engine.export import default_threshold, export_run, fmt_threshold
+from engine.export import default_threshold, fmt_threshold
 
 
 def preview(run, threshold: float) -> list[int] | None:
     """The label each test image would get, in test.csv order (cached per state of the run's
     predictions, not per keystroke), or None with the reason shown."""
-    scores = common.submission_scores(run.id)
+    scores = store.submission_scores(run.id)
     if scores.refused:
         st.error(scores.refused)
         return None
@@ -22,17 +20,16 @@ def preview(run, threshold: float) -> list[int] | None:
 def checks(run, threshold: float) -> tuple[str | None, list[str]]:
     """Which checkpoint made the test predictions (shown), why they may be stale, and what is
     wrong with the threshold."""
-    made_by, stale, warnings = common.export_checks(run.id, threshold)
+    made_by, stale, warnings = store.export_checks(run.id, threshold)
     st.caption(f"Made by: {made_by}")
     return stale, warnings
 
 
 def history_ui() -> None:
-    with common.sessions()() as s:
-        rows = [{"when": e.created_at, "run": e.run_id, "threshold": fmt_threshold(e.threshold), "rows": e.rows,
-                 "called AI": f"{e.positive_rate:.1%}", "path": e.path,
-                 "warnings": "; ".join(e.warnings or []), "override": e.override or ""}
-                for e in queries.exports(s)]
+    rows = [{"when": e.created_at, "run": e.run_id, "threshold": fmt_threshold(e.threshold), "rows": e.rows,
+             "called AI": f"{e.positive_rate:.1%}", "path": e.path,
+             "warnings": "; ".join(e.warnings or []), "override": e.override or ""}
+            for e in store.exports()]
     st.subheader("Past exports")
     if rows:
         st.dataframe(pd.DataFrame(rows), hide_index=True)
@@ -41,8 +38,8 @@ def history_ui() -> None:
 
 
 st.title("Export a Kaggle submission")
-runs = common.runs_by_id()
-run = common.pick_run(runs)
+runs = store.runs_by_id()
+run = ui.pick_run(runs)
 if run is not None:
     default, source = default_threshold(run)
     # the widget holds the exact value (0.99957 stays 0.99957); only its display is rounded
@@ -69,10 +66,10 @@ if run is not None:
             st.warning(" · ".join(warnings))
             ready = st.checkbox("Export anyway at this threshold (the warning is recorded with the export)",
                                 key="export_warned") and ready
-        out = home() / "exports" / f"run{run.id}_t{fmt_threshold(threshold)}.csv"
+        out = store.home() / "exports" / f"run{run.id}_t{fmt_threshold(threshold)}.csv"
         if st.button("Write submission", type="primary", disabled=not ready):
             try:
-                result = export_run(common.sessions(), run.id, out, threshold, allow_stale=bool(stale))
+                result = store.export(run.id, out, threshold, allow_stale=bool(stale))
             except ExportRefused as e:
                 st.error(str(e))
             else:

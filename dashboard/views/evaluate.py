@@ -4,10 +4,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import common
-from db import queries
+from dashboard import store, ui
 from engine import metrics
-from engine.export import fmt_threshold, threshold_warnings
+from engine.export import default_threshold, fmt_threshold
 
 SPLITS = {"val": "validation (held out by the run)", "test": "test (unlabelled)",
           "train": "training images of the run"}
@@ -40,11 +39,10 @@ def threshold_ui(run, default: float) -> float:
 def provenance_ui(run, split: str, t: float, p_test: np.ndarray | None) -> None:
     """Which checkpoint made these predictions; stale test predictions and degenerate thresholds
     said plainly."""
-    made_by, stale = common.provenance(run.id, split)
+    made_by, stale = store.provenance(run.id, split)
     st.caption(f"Made by: {made_by}")
     labels = None if p_test is None else [int(v) for v in (p_test >= t)]
-    with common.sessions()() as s:
-        warnings = threshold_warnings(s, queries.get_run(s, run.id), t, labels, val=common.labelled_val(run.id))
+    warnings = store.threshold_warnings(run.id, t, labels)
     if run.chosen_threshold is None and run.best_threshold is None:
         st.warning(f"The run has no threshold of its own ({run.threshold_note or 'validation stored none'}): "
                    "the slider starts at 0.5, a guess.")
@@ -69,14 +67,12 @@ def confusion_ui(y, p, t, run_id: int, split: str) -> None:
     for col, (name, n) in zip(cells, (("false positive", fp), ("false negative", fn),
                                       ("true positive", tp), ("true negative", tn))):
         if col.button(f"{name}s ({n:,})", key=f"open_{name}"):
-            st.switch_page("pages/review.py", query_params={
+            st.switch_page("views/review.py", query_params={
                 "run": str(run_id), "split": split, "outcome": name, "threshold": repr(float(t))})
 
 
 def metrics_ui(y, p, t) -> None:
-    (_, fp), (fn, tp) = metrics.confusion(y, p, t)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    precision, recall = metrics.precision_recall(y, p, t)
     best_t, best_f1 = metrics.best_threshold(y, p)
     cols = st.columns(5)
     cols[0].metric("F1", f"{metrics.f1_at(y, p, t):.4f}")
@@ -124,8 +120,7 @@ def test_rate_ui(p, t, run) -> None:
     """The test set is shifted: show how much each threshold calls AI, and set t by a rate."""
     st.metric("Test images called AI at this threshold", f"{(p >= t).sum():,} of {p.size:,}",
               f"{(p >= t).mean():.1%}", delta_color="off")
-    grid = np.linspace(0, 1, 201)
-    share = 1 - np.searchsorted(np.sort(p), grid, side="left") / p.size
+    grid, share = metrics.called_rate_curve(p)
     fig = _fig("Share of test images called AI by threshold", "threshold", "share called AI")
     fig.add_scatter(x=grid, y=share, mode="lines", name="called AI")
     fig.add_vline(x=t, line_color="red", annotation_text=f"current {t:.3f}")
@@ -144,24 +139,23 @@ def save_ui(run, t: float) -> None:
     label = f"Save {fmt_threshold(t)} as the run's threshold" + (
         f" (now {fmt_threshold(current)})" if current is not None else "")
     if st.button(label, type="primary"):
-        with common.sessions().begin() as s:
-            queries.set_chosen_threshold(s, run.id, float(t))
+        store.save_threshold(run.id, t)
         st.success(f"Run #{run.id} now exports at threshold {fmt_threshold(t)} by default.")
 
 
 st.title("Evaluate")
-runs = common.runs_by_id()
-run = common.pick_run(runs)
+runs = store.runs_by_id()
+run = ui.pick_run(runs)
 if run is not None:
     split = st.radio("Split", list(SPLITS), format_func=SPLITS.get, horizontal=True,
                      index=list(SPLITS).index(st.query_params.get("split", "val"))
                      if st.query_params.get("split") in SPLITS else 0)
-    df = common.prediction_frame(run.id, split)
+    df = store.prediction_frame(run.id, split)
     if df.empty:
         st.info(f"Run #{run.id} has no predictions on the {split} split yet. "
                 f"Run `aivh predict --run {run.id} --split {split}`.")
     else:
-        t = threshold_ui(run, common.run_threshold(run))
+        t = threshold_ui(run, float(default_threshold(run)[0]))
         p = df["prob"].to_numpy()
         labelled = df["label"].notna().to_numpy()
         provenance_ui(run, split, t, p if split == "test" else None)

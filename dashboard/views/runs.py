@@ -3,8 +3,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from dashboard import common
-from db import queries
+from dashboard import store, ui
 
 CURVES = {"val_best_f1": "validation F1 (best threshold)", "val_f1": "validation F1 @ 0.5",
           "val_auc": "validation ROC AUC", "train_loss": "training loss", "val_loss": "validation loss",
@@ -12,8 +11,7 @@ CURVES = {"val_best_f1": "validation F1 (best threshold)", "val_f1": "validation
 
 
 def datasets_ui() -> bool:
-    with common.sessions()() as s:
-        rows = queries.dataset_counts(s)
+    rows = store.dataset_counts()
     if not rows:
         st.info("The store is empty. Import a Kaggle-layout folder with `aivh import DATA_DIR` "
                 "or run `aivh demo`.")
@@ -25,16 +23,15 @@ def datasets_ui() -> bool:
 
 
 def runs_table(runs: dict) -> pd.DataFrame:
-    names = common.dataset_names()
-    with common.sessions()() as s:
-        epochs = queries.epochs_for_runs(s, list(runs))
-    best = {(e.run_id, e.epoch): e for e in epochs}
+    names = store.dataset_names()
+    epochs = store.epochs_for_runs(list(runs))
+    best = store.best_epochs(runs)
     rows = []
     for r in runs.values():
-        b = best.get((r.id, r.best_epoch))
+        b = best.get(r.id)
         cfg = r.config
         rows.append({"run": r.id, "dataset": names.get(r.dataset_id), "kind": r.kind,
-                     "status": r.status, "like run": r.like_run_id,
+                     "status": ui.status_text(r), "like run": r.like_run_id,
                      "epochs": f"{sum(e.run_id == r.id for e in epochs)}/{cfg.get('epochs')}",
                      "img size": cfg.get("img_size"), "batch": cfg.get("batch_size"), "lr": cfg.get("lr"),
                      "labels as of": r.labels_as_of, "best epoch": r.best_epoch,
@@ -46,8 +43,7 @@ def runs_table(runs: dict) -> pd.DataFrame:
 
 
 def curves_ui(run_ids: list[int]) -> None:
-    with common.sessions()() as s:
-        epochs = queries.epochs_for_runs(s, run_ids)
+    epochs = store.epochs_for_runs(run_ids)
     if not epochs:
         st.info("The selected runs have no finished epoch yet.")
         return
@@ -62,22 +58,18 @@ def curves_ui(run_ids: list[int]) -> None:
 
 def retrain_ui(runs: dict) -> None:
     """Retrain with current labels: the chosen run's config, the labels as they are now."""
-    from engine import jobs
-
     done = [r.id for r in reversed(runs.values()) if r.status == "succeeded"]
     if not done:
         return
     st.subheader("Retrain with current labels")
-    names = common.dataset_names()
+    names = store.dataset_names()
     c1, c2 = st.columns([2, 1])
     run_id = c1.selectbox("Config of run", done, key="retrain_like",
-                          format_func=lambda i: common.run_label(runs[i], names))
-    changed = common.labels_changed(runs[run_id].dataset_id, runs[run_id].labels_as_of, None)
+                          format_func=lambda i: ui.run_label(runs[i], names))
+    changed = store.labels_changed(runs[run_id].dataset_id, runs[run_id].labels_as_of, None)
     c2.metric("Labels changed since it trained", f"{changed:,}")
     if st.button("Retrain with current labels", type="primary", key="retrain_go"):
-        with common.sessions().begin() as s:
-            new_id = jobs.create_like_run(s, run_id).id
-        jobs.launch(new_id, sessions=common.sessions())
+        new_id = store.retrain(run_id)
         st.success(f"Run #{new_id} started with run #{run_id}'s config; watch it on the Train page.")
 
 
@@ -87,16 +79,16 @@ def fair_compare_ui(runs: dict) -> None:
     if len(usable) < 2:
         return
     st.subheader("Compare two runs on the same images")
-    names = common.dataset_names()
+    names = store.dataset_names()
     c1, c2, c3 = st.columns(3)
     a = c1.selectbox("Run A (before)", usable, index=1, key="fair_a",
-                     format_func=lambda i: common.run_label(runs[i], names))
+                     format_func=lambda i: ui.run_label(runs[i], names))
     b = c2.selectbox("Run B (after)", usable, index=0, key="fair_b",
-                     format_func=lambda i: common.run_label(runs[i], names))
-    sets = common.eval_set_names(runs[a].dataset_id)
+                     format_func=lambda i: ui.run_label(runs[i], names))
+    sets = store.eval_set_names(runs[a].dataset_id)
     basis = c3.selectbox("Evaluate on", ["shared validation images, unchanged labels", *sets], key="fair_basis")
     try:
-        r = common.compare_runs(a, b, eval_set=None if basis not in sets else basis)
+        r = store.compare_runs(a, b, eval_set=None if basis not in sets else basis)
     except (ValueError, LookupError) as e:
         st.warning(str(e))
         return
@@ -113,19 +105,16 @@ def fair_compare_ui(runs: dict) -> None:
         name = st.text_input("Freeze run A's validation images as an evaluation set named")
         if st.form_submit_button("Freeze") and name.strip():
             try:
-                with common.sessions().begin() as s:
-                    ids = queries.run_image_ids(s, a, "val")
-                    queries.create_eval_set(s, runs[a].dataset_id, name.strip(), ids,
-                                            author=st.query_params.get("reviewer"))
-                st.success(f"Froze {len(ids):,} images as {name.strip()!r}.")
+                count = store.freeze_validation(a, name.strip(), author=st.query_params.get("reviewer"))
+                st.success(f"Froze {count:,} images as {name.strip()!r}.")
             except ValueError as e:
                 st.warning(str(e))
 
 
 st.title("Runs")
-common.workspace_caption()
+ui.workspace_caption()
 if datasets_ui():
-    runs = common.runs_by_id()
+    runs = store.runs_by_id()
     if not runs:
         st.info("No runs yet. Start one on the Train page or with `aivh train --dataset NAME`.")
     else:
@@ -135,10 +124,13 @@ if datasets_ui():
         for r in runs.values():
             if r.status == "failed":
                 st.error(f"Run #{r.id} failed: {r.error or 'no error recorded'}")
+            elif ui.owner_gone(r):
+                st.warning(f"Run #{r.id} is {r.status} but its process is gone: it will be marked failed "
+                           "at the next start, resume or cancel (or `aivh runs`).")
         st.subheader("Compare")
         default = [max(runs)]
         chosen = st.multiselect("Runs to compare", list(reversed(runs)), default=default,
-                                format_func=lambda i: common.run_label(runs[i], common.dataset_names()))
+                                format_func=lambda i: ui.run_label(runs[i], store.dataset_names()))
         if chosen:
             st.dataframe(table[table["run"].isin(chosen)], hide_index=True)
             curves_ui(chosen)

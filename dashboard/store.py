@@ -1,0 +1,365 @@
+"""The dashboard's one door to the store: cached loaders and the actions pages perform.
+
+Only this module opens database sessions; pages call its functions and get plain frames,
+values and detached rows. Loaders only read (a run whose owner died shows as such, see
+ui.status_text); actions write: relabel, undo, save a threshold, freeze an evaluation set,
+start, retrain, resume, cancel, export. Stale runs are reaped where a run action happens.
+Cached loaders are keyed on dashboard.keys (one small query each): new predictions, a new best
+epoch or a finished run show on the next rerun.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dashboard import keys
+from db import queries
+from db.models import Dataset, EvalSetImage, Run
+from db.store import db_url, home, run_dir
+
+__all__ = ["UndoRefused", "home", "run_dir"]
+UndoRefused = queries.UndoRefused  # nothing of the reviewer's to undo, or relabelled since
+
+
+@st.cache_resource
+def _sessions(url: str) -> sessionmaker[Session]:
+    from db.store import session_factory
+
+    return session_factory(url)
+
+
+@contextmanager
+def _read(url: str | None = None) -> Iterator[Session]:
+    with _sessions(url or db_url())() as s:
+        yield s
+
+
+def _query(read, *args):
+    """One db.queries read in its own session."""
+    with _read() as s:
+        return read(s, *args)
+
+
+@contextmanager
+def _write() -> Iterator[Session]:
+    with _sessions(db_url()).begin() as s:
+        yield s
+
+
+# ---------------------------------------------------------------- runs and datasets
+
+
+def runs_by_id() -> dict[int, Run]:
+    """Every run by id, oldest first, as stored (nothing is marked here: see ui.status_text)."""
+    with _read() as s:
+        return {r.id: r for r in queries.list_runs(s)}
+
+
+def dataset_names() -> dict[int, str]:
+    with _read() as s:
+        return {d.id: d.name for d in queries.list_datasets(s)}
+
+
+def dataset_root(dataset_id: int) -> str:
+    with _read() as s:
+        return next(d.root for d in queries.list_datasets(s) if d.id == dataset_id)
+
+
+def dataset_counts() -> list[tuple]:
+    return _query(queries.dataset_counts)
+
+
+def epochs_for_runs(run_ids: list[int]) -> list:
+    return _query(queries.epochs_for_runs, run_ids)
+
+
+def best_epochs(all_runs: dict[int, Run]) -> dict[int, object]:
+    """run id -> the epoch row of its kept checkpoint (queries.best_epoch), for runs that have one."""
+    with _read() as s:
+        found = {r.id: queries.best_epoch(s, r) for r in all_runs.values() if r.best_epoch is not None}
+    return {i: e for i, e in found.items() if e is not None}
+
+
+def run_with_epochs(run_id: int) -> tuple[Run, list]:
+    with _read() as s:
+        return queries.get_run(s, run_id), queries.epochs(s, run_id)
+
+
+def eval_set_names(dataset_id: int) -> list[str]:
+    with _read() as s:
+        return [e.name for e in queries.list_eval_sets(s, dataset_id)]
+
+
+def label_history(image_id: int) -> list:
+    return _query(queries.label_history, image_id)
+
+
+def exports() -> list:
+    return _query(queries.exports)
+
+
+def audits() -> list:
+    return _query(queries.list_audits)
+
+
+# ---------------------------------------------------------------- cached loaders (keys: dashboard.keys)
+
+
+def run_version(run_id: int) -> tuple:
+    """The cache key of everything a page shows about a run: labels, predictions, run state."""
+    with _read() as s:
+        return keys.run(s, run_id)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _prediction_frame(url: str, run_id: int, split: str, version: tuple) -> pd.DataFrame:
+    with _read(url) as s:
+        rows = queries.prediction_rows(s, queries.get_run(s, run_id), split)
+    df = pd.DataFrame(rows, columns=["image_id", "rel_path", "prob", "label", "reviews"])
+    df["label"] = df["label"].astype("Int64")
+    return df
+
+
+def prediction_frame(run_id: int, split: str) -> pd.DataFrame:
+    """A run's predictions on a split with current labels; cached on keys.run."""
+    return _prediction_frame(db_url(), run_id, split, run_version(run_id))
+
+
+def image_sha1s(image_ids) -> dict[int, tuple[str | None, tuple[int | None, int | None]]]:
+    """image id -> (sha1: the thumbnail's name, (bytes, mtime_ns) at import) for a page, one query."""
+    ids = [int(i) for i in image_ids]
+    if not ids:
+        return {}
+    with _read() as s:
+        return queries.thumbnail_keys(s, ids)
+
+
+@dataclass(frozen=True)
+class SubmissionScores:
+    """A run's test predictions in test.csv order, or why a submission would be refused."""
+
+    ids: tuple[str, ...]
+    probs: np.ndarray
+    refused: str | None = None
+
+    def called_ai(self, threshold: float) -> np.ndarray:
+        """0/1 per test image at `threshold`: the submission's labels (p >= threshold is AI)."""
+        return (self.probs >= threshold).astype(int)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _test_scores(url: str, run_id: int, version: tuple) -> SubmissionScores:
+    from engine.errors import ExportRefused
+    from engine.export import submission_rows
+
+    with _read(url) as s:
+        run = queries.get_run(s, run_id)
+        rows = queries.submission_probabilities(s, run)  # test.csv order, as submission_rows
+        if not rows or any(p is None for _, p in rows):
+            try:  # the engine's own refusal, in its words
+                submission_rows(s, run, 0.5)
+            except ExportRefused as e:
+                return SubmissionScores((), np.zeros(0), str(e))
+    return SubmissionScores(tuple(r for r, _ in rows), np.array([p for _, p in rows], dtype=float))
+
+
+def submission_scores(run_id: int) -> SubmissionScores:
+    """The submission's ids and probabilities, once per state: a typed threshold reads nothing."""
+    with _read() as s:
+        run = queries.get_run(s, run_id)
+        version = (keys.run(s, run_id), keys.test_images(s, run))
+    return _test_scores(db_url(), run_id, version)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _compare(url: str, a: int, b: int, eval_set: str | None,
+             version: tuple) -> tuple[dict | None, str | None]:
+    from engine.compare import compare_runs as compare
+
+    with _read(url) as s:
+        try:
+            return compare(s, a, b, eval_set=eval_set), None
+        except (ValueError, LookupError) as e:
+            return None, str(e)
+
+
+def compare_runs(a: int, b: int, *, eval_set: str | None = None) -> dict:
+    """engine.compare.compare_runs once per keys.compare; ValueError (the engine's words) if refused."""
+    with _read() as s:
+        version = keys.compare(s, a, b)
+    result, error = _compare(db_url(), a, b, eval_set, version)
+    if error is not None:
+        raise ValueError(error)
+    return result
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _audit_frame(url: str, audit_id: int, version: tuple) -> pd.DataFrame:
+    with _read(url) as s:
+        rows = queries.audit_rows(s, audit_id)
+        fold_run = {i: r.id for r in queries.audit_runs(s, audit_id)
+                    for i in queries.run_image_ids(s, r.id, "val")}
+    df = pd.DataFrame(rows, columns=["rank", "image_id", "rel_path", "given_label", "prob", "quality",
+                                     "flagged", "label", "reviews"])
+    df["label"] = df["label"].astype("Int64")
+    df["fold_run"] = df["image_id"].map(fold_run)
+    return df
+
+
+def audit_frame(audit_id: int) -> pd.DataFrame:
+    """An audit's ranked images (worst first) with current labels; cached on keys.audit."""
+    with _read() as s:
+        version = keys.audit(s, audit_id)
+    return _audit_frame(db_url(), audit_id, version)
+
+
+def labels_changed(dataset_id: int, before: int | None, after: int | None) -> int:
+    """Images whose label differs between two label states (None after: now); cached on the ids."""
+    with _read() as s:
+        after = after if after is not None else queries.newest_label_id(s, dataset_id)
+    return _labels_changed(db_url(), dataset_id, before, after)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _labels_changed(url: str, dataset_id: int, before: int | None, after: int | None) -> int:
+    """queries.labels_changed's count (it reads only the images labelled between the states)."""
+    with _read(url) as s:
+        return len(queries.labels_changed(s, dataset_id, before, after))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _provenance(url: str, run_id: int, split: str, version: tuple) -> tuple[str, str | None]:
+    from engine.export import prediction_source, stale_problem
+
+    with _read(url) as s:
+        run = queries.get_run(s, run_id)
+        return prediction_source(s, run, split), stale_problem(s, run) if split == "test" else None
+
+
+def provenance(run_id: int, split: str) -> tuple[str, str | None]:
+    """Which checkpoint made the run's predictions on a split, and (test) why they may be stale."""
+    return _provenance(db_url(), run_id, split, run_version(run_id))
+
+
+def labelled_val(run_id: int, version: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) of the run's labelled validation images, from the cached frame."""
+    df = _prediction_frame(db_url(), run_id, "val", version or run_version(run_id))
+    df = df[df["label"].notna()]
+    return df["label"].to_numpy(dtype=int), df["prob"].to_numpy(dtype=float)
+
+
+def threshold_warnings(run_id: int, threshold: float, test_labels: list[int] | None) -> list[str]:
+    """engine.export.threshold_warnings for the Evaluate page (validation from the cached frame)."""
+    from engine.export import threshold_warnings as warn
+
+    with _read() as s:
+        return warn(s, queries.get_run(s, run_id), threshold, test_labels, val=labelled_val(run_id))
+
+
+def export_checks(run_id: int, threshold: float) -> tuple[str, str | None, list[str]]:
+    """Export page: what made the test predictions, why stale, what is wrong with `threshold`
+    (engine.export's checks), reading the store once per state of the run, not per keystroke."""
+    from engine.export import threshold_warnings as warn
+
+    url = db_url()
+    with _read(url) as s:
+        run = queries.get_run(s, run_id)
+        version = keys.run(s, run_id)
+        scores = _test_scores(url, run_id, (version, keys.test_images(s, run)))
+        made_by, stale = _provenance(url, run_id, "test", version)
+        labels = None if scores.refused else scores.called_ai(threshold).tolist()
+        warnings = warn(s, run, threshold, labels, val=labelled_val(run_id, version))
+    return made_by, stale, warnings
+
+
+# ---------------------------------------------------------------- actions (the only writes)
+
+
+def relabel(image_id: int, label: int, *, author: str, note: str | None = None) -> None:
+    with _write() as s:
+        queries.relabel(s, image_id, label, author=author, note=note)
+
+
+def undo(image_id: int, *, author: str) -> None:
+    """Undo the author's newest review of the image; UndoRefused when it cannot."""
+    with _write() as s:
+        queries.undo_last_review(s, image_id, author=author)
+
+
+def save_threshold(run_id: int, threshold: float) -> None:
+    with _write() as s:
+        queries.set_chosen_threshold(s, run_id, float(threshold))
+
+
+def freeze_validation(run_id: int, name: str, *, author: str | None = None) -> int:
+    """Freeze the run's validation images as an evaluation set; how many. ValueError: name taken."""
+    with _write() as s:
+        es = queries.freeze_validation(s, run_id, name, author=author)
+        return s.scalar(select(func.count()).where(EvalSetImage.eval_set_id == es.id))
+
+
+def _reap() -> None:
+    from engine.liveness import reap_stale
+
+    with _write() as s:
+        reap_stale(s)
+
+
+def _start(create) -> int:
+    """Create a queued run (create(session, jobs) -> Run) and start its process; its id."""
+    from engine import jobs
+
+    _reap()
+    with _write() as s:
+        run_id = create(s, jobs).id
+    jobs.launch(run_id, sessions=_sessions(db_url()))
+    return run_id
+
+
+def start_run(dataset_id: int, cfg) -> int:
+    """A run on the dataset with `cfg` (the caller checked cfg.problems()), started; its id."""
+    return _start(lambda s, jobs: jobs.create_run(s, s.get(Dataset, dataset_id), cfg))
+
+
+def retrain(like_id: int) -> int:
+    """A new run with `like_id`'s config on the current labels, started; its id."""
+    return _start(lambda s, jobs: jobs.create_like_run(s, like_id))
+
+
+def resume(run_id: int) -> None:
+    """Resume a run that died; ValueError or FileNotFoundError (nothing started) when refused."""
+    from engine import jobs
+
+    _reap()
+    jobs.launch(run_id, resume=True, sessions=_sessions(db_url()))
+
+
+def cancel(run_id: int) -> None:
+    """Ask the run to stop after its current batch (and mark runs whose owner died as failed)."""
+    from engine import jobs
+
+    _reap()
+    with _write() as s:
+        jobs.request_cancel(s, run_id)
+
+
+def export(run_id: int, out: Path, threshold: float, *, allow_stale: bool) -> dict:
+    """engine.export.export_run: write and record the submission; ExportRefused when refused."""
+    from engine.export import export_run
+
+    return export_run(_sessions(db_url()), run_id, out, threshold, allow_stale=allow_stale)
+
+
+def explain(run_id: int, rel_path: str, settings, model):
+    """engine.saliency.explain_run_image for a run's image (the map and the model's output)."""
+    from engine import saliency
+
+    return saliency.explain_run_image(_sessions(db_url()), run_id, rel_path, settings, model=model)
