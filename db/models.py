@@ -37,10 +37,12 @@ class RunStatus(StrEnum):
 
 
 class RunKind(StrEnum):
-    """train: `aivh train` or the Train page; fold: one held-out fold of a label audit."""
+    """train: `aivh train` or the Train page; fold: one held-out fold of a label audit; probe: a
+    linear probe on a frozen backbone's features (`aivh probe`)."""
 
     TRAIN = "train"
     FOLD = "fold"
+    PROBE = "probe"
 
 
 class Base(DeclarativeBase):

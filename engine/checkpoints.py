@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from engine.atomic import atomic_path
-from engine.model import build_model
 
 if TYPE_CHECKING:
     from engine.config import TrainConfig
@@ -105,10 +104,8 @@ def file_sha1(path: Path) -> str:
 def load_checkpoint(path: Path) -> tuple[nn.Module, dict, int | None, str]:
     """(model, config, epoch, sha1) of an aivh checkpoint, read once: the hash is of the bytes
     loaded, even if the trainer replaces the file meanwhile. weights_only: no code runs."""
-    import hashlib
-
     from engine.errors import WeightsError
-    from engine.model import read_weights
+    from engine.model import from_checkpoint
 
     try:
         data = path.read_bytes()
@@ -118,9 +115,6 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict, int | None, str]:
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a WeightsError
         raise WeightsError(f"{path}: not a PyTorch weights file ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "config" not in ckpt:
-        raise WeightsError(f"{path}: not an aivh checkpoint (no config inside)")
-    model = build_model(None)
-    model.load_state_dict(read_weights(path, ckpt))
+    model, config = from_checkpoint(path, ckpt)
     epoch = ckpt.get("epoch")
-    return model, ckpt["config"], int(epoch) if epoch is not None else None, hashlib.sha1(data).hexdigest()
+    return model, config, int(epoch) if epoch is not None else None, hashlib.sha1(data).hexdigest()

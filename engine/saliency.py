@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from engine import backbones
 from engine.atomic import atomic_path
 from engine.choices import BASELINES, METHODS
 from engine.images import load_rgb
@@ -77,18 +78,19 @@ def for_captum(model: nn.Module) -> nn.Module:
     return model
 
 
-def preprocess(path: Path, size: int, mode: str = "resize") -> tuple[np.ndarray, torch.Tensor]:
+def preprocess(path: Path, size: int, mode: str = "resize", norm: tuple | None = None,
+               ) -> tuple[np.ndarray, torch.Tensor]:
     """The exact prediction preprocessing: (H, W, 3) uint8 and the (1, 3, S, S) model input."""
-    pixels, x, _ = _decode(path, size, mode)
+    pixels, x, _ = _decode(path, size, mode, norm)
     return pixels, x
 
 
-def _decode(path: Path, size: int, mode: str):
+def _decode(path: Path, size: int, mode: str, norm: tuple | None = None):
     decoded = load_rgb(path, size, draft=mode != "crop")
     im = transform(decoded, size, train=False, mode=mode, rng=None)
     pixels = np.asarray(im, dtype=np.uint8).copy()
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    return pixels, normalize(x, torch.device("cpu")), decoded
+    return pixels, normalize(x, torch.device("cpu"), norm=norm), decoded
 
 
 def model_box(w: int, h: int, size: int, mode: str) -> tuple[float, float, float, float]:
@@ -142,18 +144,20 @@ def _logit(model: nn.Module, sign: float = 1.0):
     return lambda x: sign * model(x)[:, 0]
 
 
-def _baseline(x: torch.Tensor, kind: str) -> torch.Tensor:
+def _baseline(x: torch.Tensor, kind: str, norm: tuple | None = None) -> torch.Tensor:
     if kind == "mean":
-        return torch.zeros_like(x)  # normalised zero = the ImageNet mean colour
+        return torch.zeros_like(x)  # normalised zero = the mean colour of the architecture's inputs
     if kind == "blur":
         k = max(3, x.shape[-1] // 8) | 1
         return torch.nn.functional.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
     black = torch.zeros(1, 3, *x.shape[-2:], dtype=torch.uint8)
-    return normalize(black, x.device)
+    return normalize(black, x.device, norm=norm)
 
 
-def attribute(model: nn.Module, x: torch.Tensor, settings: Settings) -> tuple[np.ndarray, float | None]:
-    """(H, W) non-negative map for input x (1, 3, H, W), and IG's convergence delta."""
+def attribute(model: nn.Module, x: torch.Tensor, settings: Settings, norm: tuple | None = None,
+              ) -> tuple[np.ndarray, float | None]:
+    """(H, W) non-negative map for input x (1, 3, H, W), and IG's convergence delta. norm: the
+    architecture's input (mean, std), for the black baseline."""
     from captum.attr import (
         IntegratedGradients,
         LayerAttribution,
@@ -171,7 +175,7 @@ def attribute(model: nn.Module, x: torch.Tensor, settings: Settings) -> tuple[np
         attr = Saliency(forward).attribute(x, abs=True)
     elif s.method == "integrated_gradients":
         attr, d = IntegratedGradients(forward).attribute(
-            x, baselines=_baseline(x.detach(), s.baseline), n_steps=s.steps,
+            x, baselines=_baseline(x.detach(), s.baseline, norm), n_steps=s.steps,
             internal_batch_size=s.batch, return_convergence_delta=True)
         delta = float(d.abs().max())
         attr = attr.abs()
@@ -180,7 +184,7 @@ def attribute(model: nn.Module, x: torch.Tensor, settings: Settings) -> tuple[np
             x, nt_type="smoothgrad", nt_samples=s.samples, nt_samples_batch_size=s.batch, stdevs=s.noise,
             abs=True)
     elif s.method == "gradcam":
-        cam = LayerGradCam(forward, model.features[-1]).attribute(x, relu_attributions=True)
+        cam = LayerGradCam(forward, backbones.gradcam_layer(model)).attribute(x, relu_attributions=True)
         attr = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
     else:  # occlusion: how much the logit moves when a window is hidden, either way
         w = s.window or max(2, x.shape[-1] // 8)
@@ -193,13 +197,15 @@ def attribute(model: nn.Module, x: torch.Tensor, settings: Settings) -> tuple[np
 
 
 def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode: str = "resize",
-            cache: Path | None = None, cache_key: str = "") -> Attribution:
-    """Attribution for one image file, from the on-disk cache when it was computed before."""
-    pixels, x, decoded = _decode(path, size, mode)
+            cache: Path | None = None, cache_key: str = "", norm: tuple | None = None) -> Attribution:
+    """Attribution for one image file, from the on-disk cache when it was computed before.
+    norm: the architecture's input (mean, std), backbones.norm_of(config); ImageNet's when None."""
+    pixels, x, decoded = _decode(path, size, mode, norm)
     picture, box = picture_view(decoded, size, mode)
     file = None
     if cache is not None:
-        digest = hashlib.sha1(json.dumps([cache_key, str(path), size, mode, asdict(settings)],
+        digest = hashlib.sha1(json.dumps([cache_key, str(path), size, mode, asdict(settings)]
+                                         + ([list(map(list, norm))] if norm is not None else []),
                                          sort_keys=True).encode()).hexdigest()
         file = cache / "saliency" / f"{digest}.npz"
         if file.is_file():
@@ -209,7 +215,7 @@ def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode
     model = for_captum(model)
     with torch.no_grad():
         prob = float(torch.sigmoid(model(x)[0, 0]))
-    heat, delta = attribute(model, x, settings)
+    heat, delta = attribute(model, x, settings, norm)
     if file is not None:
         with atomic_path(file, durable=False) as tmp:
             np.savez(tmp, map=heat, prob=np.float32(prob), delta=np.array([] if delta is None else [delta]))
@@ -318,5 +324,5 @@ def explain_run_image(sessions, run_id: int, rel_path: str, settings: Settings, 
     if model is None:
         model, _ = load_trained(checkpoint)
     att = explain(model, path, cfg["img_size"], settings, mode=cfg.get("resize_mode", "resize"),
-                  cache=home() / "cache", cache_key=checkpoint_key(checkpoint))
+                  cache=home() / "cache", cache_key=checkpoint_key(checkpoint), norm=backbones.norm_of(cfg))
     return att, path

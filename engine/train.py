@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import RandomSampler
 from tqdm import tqdm
 
-from engine import metrics
+from engine import backbones, metrics
 from engine.checkpoints import BEST_NEXT, file_sha1, promote_checkpoints, stage_checkpoints
 from engine.config import TrainConfig
 from engine.device import autocast, prepare, resolve_device
@@ -106,7 +106,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     if world > 1 and device.type == "cuda":  # each rank set its GPU (torch.cuda.set_device)
         device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(cfg.seed)
-    model = prepare(build_model(None if resume else cfg.pretrained), device)
+    model = prepare(build_model(None if resume else cfg.pretrained, cfg.arch), device)
+    norm = (cfg.mean, cfg.std)
     loader_args = {"size": cfg.img_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
                    "device": device, "mode": cfg.resize_mode, "seed": cfg.seed, "decode": cfg.decode,
                    "stamps": data.stamps}
@@ -150,12 +151,15 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
             sampler.set_epoch(epoch)
         train_loader.dataset.epoch = epoch
         t0 = time.perf_counter()
+        frozen = _freeze_backbone(model, epoch <= cfg.freeze_epochs)
+        if frozen:
+            log.info("epoch %d/%d: backbone frozen, training the head only", epoch, cfg.epochs)
         train_loss, seen, skipped = _train_epoch(step_model, train_loader, opt, sched, loss_fn,
-                                                 device, epoch, cfg.epochs, cb, progress and rank == 0)
+                                                 device, epoch, cfg.epochs, cb, progress and rank == 0, norm)
         stop = False
         if rank == 0:
-            _recalibrate_bn(model, bn_loader, device)  # the eager module: no recompiles for BN mode
-            probs, val_loss, val_skipped = _validate(eval_model, val_loader, device, val_y, loss_fn,
+            _recalibrate_bn(model, bn_loader, device, norm)  # the eager module: no recompiles for BN mode
+            probs, val_loss, val_skipped = _validate(eval_model, val_loader, device, val_y, loss_fn, norm,
                                                      lambda b, n, e=epoch: cb.on_batch(e, b, n, 0.0, "val"))
             er = _epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0],
                                seen * world, time.perf_counter() - t0, skipped + val_skipped)
@@ -230,7 +234,7 @@ def epoch_score(e: EpochResult) -> tuple[float, float, float]:
 
 
 @torch.no_grad()
-def _recalibrate_bn(model: nn.Module, loader, device) -> None:
+def _recalibrate_bn(model: nn.Module, loader, device, norm=None) -> None:
     """Re-estimate BatchNorm running statistics from training images (precise BN).
 
     Early in training, and in short runs from scratch, the running averages lag far behind
@@ -249,7 +253,7 @@ def _recalibrate_bn(model: nn.Module, loader, device) -> None:
     for x, _y, _idx, _failed in device_batches(loader, device):
         if x is not None and len(x):
             with autocast(device):
-                model(normalize(x, device, channels_last=device.type == "cuda"))
+                model(normalize(x, device, channels_last=device.type == "cuda", norm=norm))
     for bn, momentum in zip(bns, saved):
         bn.momentum = momentum
     model.eval()
@@ -282,9 +286,17 @@ def _restore(path: Path, model, opt, sched, result: TrainResult, keep_epoch: str
     return state["epoch"] + 1, state["bad_epochs"]
 
 
-def train_step(model, x, y, opt, loss_fn, device) -> torch.Tensor:
+def _freeze_backbone(model: nn.Module, frozen: bool) -> bool:
+    """--freeze-epochs: hold every weight but the head's still (no gradient, so AdamW leaves it,
+    weight decay included) or let them train again. BatchNorm statistics keep adapting."""
+    for p in backbones.backbone_parameters(model):
+        p.requires_grad_(not frozen)
+    return frozen
+
+
+def train_step(model, x, y, opt, loss_fn, device, norm=None) -> torch.Tensor:
     """One optimisation step on a uint8 batch: normalise on the device, bf16 autocast on CUDA."""
-    x = normalize(x, device, channels_last=device.type == "cuda")  # (B, 3, S, S)
+    x = normalize(x, device, channels_last=device.type == "cuda", norm=norm)  # (B, 3, S, S)
     y = y.to(device, non_blocking=True)
     with autocast(device):
         logits = model(x).squeeze(1)  # (B,)
@@ -295,7 +307,7 @@ def train_step(model, x, y, opt, loss_fn, device) -> torch.Tensor:
     return loss.detach()
 
 
-def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, progress):
+def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, progress, norm=None):
     model.train()
     total = torch.zeros((), device=device)  # summed on the device: no host sync per batch
     seen, skipped, shown = 0, 0, float("nan")
@@ -308,7 +320,7 @@ def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, 
         for _pos, msg in failed:
             log.warning("skipped %s", msg)
         if x is not None and len(y):
-            loss = train_step(model, x, y, opt, loss_fn, device)
+            loss = train_step(model, x, y, opt, loss_fn, device, norm)
             total += loss.float() * y.numel()
             seen += y.numel()
         sched.step()
@@ -330,11 +342,11 @@ def _train_epoch(model, loader, opt, sched, loss_fn, device, epoch, epochs, cb, 
     return total.item() / max(seen, 1), seen, skipped
 
 
-def _validate(model, loader, device, val_y, loss_fn, on_batch) -> tuple[np.ndarray, float, int]:
+def _validate(model, loader, device, val_y, loss_fn, norm, on_batch) -> tuple[np.ndarray, float, int]:
     """Probabilities aligned with the validation list; undecodable images get NaN."""
     logits = torch.full((len(val_y),), float("nan"))
     skipped = 0
-    for b, (idx, out, failed) in enumerate(infer(model, loader, device), 1):
+    for b, (idx, out, failed) in enumerate(infer(model, loader, device, norm=norm), 1):
         logits[idx] = out
         skipped += len(failed)
         for _pos, msg in failed:  # named in the log as training names its skips

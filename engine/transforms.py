@@ -5,9 +5,7 @@ import random
 
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-
-
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet weights; timm models name their own
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -67,12 +65,14 @@ def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random
     return im
 
 
-def normalize(x, device, *, channels_last: bool = False):
-    """uint8 (B, 3, S, S) on host -> normalized float on the device."""
+def normalize(x, device, *, channels_last: bool = False, norm: tuple | None = None):
+    """uint8 (B, 3, S, S) on host -> normalized float on the device. norm: (mean, std) of the
+    architecture (backbones.norm_of(config)); ImageNet's when None."""
     import torch
 
     x = x.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean_, std_ = norm if norm is not None else (IMAGENET_MEAN, IMAGENET_STD)
+    mean = torch.tensor(mean_, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std_, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

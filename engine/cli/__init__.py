@@ -1,0 +1,41 @@
+"""The `aivh` command. Every subcommand takes --json and then prints one JSON object last.
+
+One module per family of subcommands, each with its handlers and the parsers for them:
+data (import, evalset, labels), runs (train, audit, runs, compare), outputs (predict,
+export, saliency, bench), serve (serve, demo); shared holds the flags and output rule they share.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.cli import data, outputs, runs, serve
+from engine.cli.shared import json_parent, training_parent
+from engine.errors import UsageError, error_line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aivh", description="Review lab for AI-generated image detectors.")
+    sub = p.add_subparsers(dest="command", required=True)
+    common = json_parent()
+    data.add_parsers(sub, common)
+    runs.add_parsers(sub, common, training_parent())
+    outputs.add_parsers(sub, common)
+    serve.add_parsers(sub, common)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # CsvError, ExportRefused and WeightsError are ValueErrors: no heavy imports needed here
+    known = (UsageError, LookupError, FileNotFoundError, ValueError, PermissionError,
+             RuntimeError)
+    try:
+        args.func(args)
+    except known as e:
+        print(f"aivh: error: {error_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aivh: interrupted", file=sys.stderr)
+        return 130
+    return 0

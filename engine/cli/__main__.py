@@ -1,0 +1,6 @@
+"""`python -m engine.cli ...`: the same as `aivh ...`."""
+import sys
+
+from engine.cli import main
+
+sys.exit(main())

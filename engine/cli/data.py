@@ -1,0 +1,65 @@
+"""`aivh import`, `aivh evalset`, `aivh labels export`: data in and the label record out."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from db import queries
+from db.store import session_factory
+from engine.cli.shared import emit
+
+
+def cmd_import(args) -> None:
+    from engine.ingest import import_dataset
+
+    result = import_dataset(session_factory(), args.data_dir, args.name, progress=not args.json)
+    for r in result.rejects[:3] if result.summary else result.rejects:  # the summary speaks for the rest
+        print(f"rejected {r}", file=sys.stderr)
+    for name in result.changed:
+        print(f"changed since the last import, probed again: {name}", file=sys.stderr)
+    for line in (result.duplicates_line(), result.summary):
+        if line:
+            print(line, file=sys.stderr)
+    emit(args, result.to_json(),
+          f"dataset {result.dataset}: {result.train} train, {result.test} test images "
+          f"({result.added} new, {len(result.rejects)} rejected)")
+
+
+def cmd_evalset(args) -> None:
+    with session_factory().begin() as s:
+        es = queries.freeze_validation(s, args.run, args.name, author=args.author)
+        images = len(queries.eval_set_image_ids(s, es.id))
+    emit(args, {"eval_set": args.name, "images": images, "id": es.id},
+          f"froze {images} validation images of run {args.run} as evaluation set {args.name!r}")
+
+
+def cmd_labels_export(args) -> None:
+    from engine.atomic import write_csv
+
+    out = Path(args.out)
+    with session_factory()() as s:
+        rows = queries.label_history_rows(s, queries.get_dataset(s, args.dataset).id)
+    write_csv(out, ["label_id", "file_name", "split", "label", "source", "author", "note", "created_at"],
+              ([r.id, r.rel_path, r.split, r.label, r.source, r.author or "", r.note or "",
+                r.created_at.isoformat()] for r in rows))
+    emit(args, {"path": str(out), "rows": len(rows)}, f"wrote {len(rows)} label rows to {out}")
+
+
+def add_parsers(sub, common) -> None:
+    c = sub.add_parser("import", parents=[common], help="import a Kaggle-layout folder")
+    c.add_argument("data_dir")
+    c.add_argument("--name", help="dataset name (default: the folder's name)")
+    c.set_defaults(func=cmd_import)
+
+    c = sub.add_parser("evalset", parents=[common], help="freeze a run's validation images for comparisons")
+    c.add_argument("--run", type=int, required=True)
+    c.add_argument("--name", required=True)
+    c.add_argument("--author")
+    c.set_defaults(func=cmd_evalset)
+
+    c = sub.add_parser("labels", help="label history")
+    lsub = c.add_subparsers(dest="labels_command", required=True)
+    c = lsub.add_parser("export", parents=[common], help="every label row, oldest first, as CSV")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_labels_export)

