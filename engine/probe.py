@@ -1,0 +1,174 @@
+"""A linear probe: a frozen backbone's pooled features and a logistic regression.
+
+The "UnivFD" recipe of the detection literature (a frozen pretrained backbone, a linear head):
+a first honest baseline in seconds, before any training. It is recorded as a run (kind
+"probe", or an audit's fold run) like any other: its split, its validation predictions, its
+threshold and metrics as epoch 1; its checkpoint is the backbone with the fitted regression
+folded into its one-logit head, so `aivh predict`, saliency, export and every dashboard page
+work on it unchanged.
+
+Features are computed once per image and kept in the workspace cache, keyed by the file's
+content (sha1) and by everything that changes them (architecture, weights, image size, resize
+mode, normalisation): a second probe, or an audit's k folds, reads them back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+from tqdm import tqdm
+
+from db import queries
+from db.models import Dataset, Run, RunKind
+from db.store import home, run_dir, session_factory
+from engine import atomic, jobs
+from engine.backbones import head
+from engine.checkpoints import file_sha1, save_atomic
+from engine.config import TrainConfig
+from engine.device import resolve_device
+from engine.infer import embed
+from engine.liveness import this_process
+from engine.loader import make_loader
+from engine.model import build_model
+from engine.recording import StoreCallbacks
+from engine.train import _epoch_result
+
+log = logging.getLogger("aivh.probe")
+CS = np.logspace(-3, 2, 11)  # inverse regularisation strengths tried by 5-fold cross-validation
+
+
+def create_probe(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
+    """A queued probe run (its split drawn as a training run's would be)."""
+    import dataclasses
+
+    run = jobs.create_run(s, dataset, dataclasses.replace(cfg, probe=True))
+    run.kind = RunKind.PROBE.value
+    return run
+
+
+def feature_space(cfg: TrainConfig) -> str:
+    """Names everything that changes an image's features: the cache folder's name."""
+    key = json.dumps([cfg.arch, cfg.weights_source, cfg.img_size, cfg.resize_mode,
+                      list(cfg.mean), list(cfg.std)], sort_keys=True)
+    return f"{cfg.arch}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+
+
+def cached_features(model, cfg: TrainConfig, root: Path, paths: list[str], keys: list[str], *,
+                    device: torch.device, batch_size: int = 64, stamps=None, progress: bool = True,
+                    ) -> tuple[np.ndarray, int]:
+    """(N, F) float32 features of `paths` (NaN rows: images that failed to decode), and how many
+    were computed now rather than read from the cache."""
+    file = home() / "cache" / "features" / f"{feature_space(cfg)}.npz"
+    known: dict[str, np.ndarray] = {}
+    if file.is_file():
+        with np.load(file, allow_pickle=False) as saved:
+            known = dict(zip(saved["keys"].tolist(), saved["feats"]))
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        loader = make_loader(root, [paths[i] for i in todo], None, size=cfg.img_size, batch_size=batch_size,
+                             workers=cfg.workers, device=device, mode=cfg.resize_mode, decode=cfg.decode,
+                             stamps=stamps)
+        bar = tqdm(total=len(todo), desc="features", unit="img", disable=not progress, mininterval=0.5)
+        for idx, feats, failed in embed(model, loader, device, norm=(cfg.mean, cfg.std)):
+            for pos, f in zip(idx.tolist(), feats.numpy()):
+                known[keys[todo[pos]]] = f
+            for _pos, msg in failed:
+                log.warning("skipped %s", msg)
+            bar.update(len(idx) + len(failed))
+        bar.close()
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(file, durable=False) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, keys=np.array(list(known)), feats=np.stack(list(known.values())).astype(np.float32))
+    width = next(iter(known.values())).shape[0] if known else 0
+    out = np.full((len(keys), width), np.nan, dtype=np.float32)
+    for i, k in enumerate(keys):
+        if k in known:
+            out[i] = known[k]
+    return out, len(todo)
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
+    """Standardised logistic regression with C chosen by 5-fold cross-validation on log loss,
+    returned in the raw feature space: (weights, bias, C), logit = x @ weights + bias."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    folds = int(min(5, np.bincount(y, minlength=2).min()))
+    if folds < 2:
+        raise ValueError("a probe needs at least 2 training images of each class")
+    with warnings.catch_warnings():  # scikit-learn 1.8's notice of its attributes' coming change
+        warnings.simplefilter("ignore", FutureWarning)
+        lr = LogisticRegressionCV(Cs=CS, cv=folds, scoring="neg_log_loss", max_iter=5000,
+                                  random_state=seed).fit(scaler.transform(x), y)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    w = lr.coef_[0] / scale
+    b = float(lr.intercept_[0] - np.sum(lr.coef_[0] * scaler.mean_ / scale))
+    return w.astype(np.float32), b, float(np.atleast_1d(lr.C_)[0])
+
+
+def _bce(y: np.ndarray, p: np.ndarray) -> float:
+    keep = ~np.isnan(p)
+    q = np.clip(p[keep], 1e-7, 1 - 1e-7)
+    return float(-np.mean(y[keep] * np.log(q) + (1 - y[keep]) * np.log(1 - q))) if keep.any() else float("nan")
+
+
+def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None, progress: bool = True) -> Run:
+    """Fit the probe of a queued run (kind probe, or an audit fold whose config says probe) and
+    record it like a training run's one epoch; returns the finished row."""
+    sessions = sessions or session_factory()
+    me = this_process()
+    with sessions.begin() as s:
+        jobs.claim(s, run_id, me, resume=False, world=1)
+    try:
+        t0 = time.perf_counter()
+        with sessions.begin() as s:
+            run = queries.get_run(s, run_id)
+            cfg = TrainConfig.from_dict(run.config).validate()
+            data, train_ids, val_ids = jobs.train_data(s, run)
+            keys = queries.content_keys(s, run.dataset_id, None)
+            run.progress = {"host": me[0], "epoch": 1, "epochs": 1, "phase": "features",
+                            "train_images": len(train_ids), "val_images": len(val_ids)}
+        device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.pretrained, cfg.arch).to(device).eval()
+        feats, computed = cached_features(
+            model, cfg, data.root, data.train_paths + data.val_paths, [keys[i] for i in train_ids + val_ids],
+            device=device, batch_size=cfg.batch_size, stamps=data.stamps, progress=progress)
+        x_train, x_val = feats[:len(train_ids)], feats[len(train_ids):]
+        y_train, y_val = np.asarray(data.train_labels), np.asarray(data.val_labels)
+        ok = ~np.isnan(x_train).any(axis=1)
+        w, b, c = fit_head(x_train[ok], y_train[ok], cfg.seed)
+        train_p = 1 / (1 + np.exp(-(x_train[ok] @ w + b)))
+        val_p = np.full(len(val_ids), np.nan)
+        good = ~np.isnan(x_val).any(axis=1)
+        val_p[good] = 1 / (1 + np.exp(-(x_val[good] @ w + b)))
+        seconds = time.perf_counter() - t0
+        skipped = int((~ok).sum() + (~good).sum())
+        er = _epoch_result(1, _bce(y_train[ok], train_p), _bce(y_val, val_p), y_val, val_p, c,
+                           int(ok.sum()), seconds, skipped)
+        fc = head(model)
+        with torch.no_grad():
+            fc.weight.copy_(torch.from_numpy(w).view(1, -1))
+            fc.bias.fill_(b)
+        out = run_dir(run_id)
+        save_atomic({"model": model.cpu().state_dict(), "config": cfg.to_dict(), "epoch": 1,
+                     "probe": {"C": c, "features_computed": computed}}, out / "best.pt")
+        log.info("probe run %d: %d train / %d val images (%d features computed, the rest cached), C=%.3g, "
+                 "val F1@0.5 %.4f best F1 %.4f AUC %.4f in %.1f s", run_id, len(train_ids), len(val_ids),
+                 computed, c, er.val_f1, er.val_best_f1, er.val_auc, seconds)
+        StoreCallbacks(sessions, run_id, val_ids, data.val_labels, me).on_epoch(
+            er, is_best=True, val_probs=val_p, checkpoint=out / "best.pt", checkpoint_sha1=file_sha1(out / "best.pt"))
+        return jobs.finish(sessions, run_id, me, "succeeded")
+    except BaseException as e:
+        log.exception("probe run %d failed", run_id)
+        jobs.finish(sessions, run_id, me, "failed", f"{type(e).__name__}: {e}")
+        raise
