@@ -4,8 +4,9 @@ Only this module opens database sessions; pages call its functions and get plain
 values and detached rows. Loaders only read (a run whose owner died shows as such, see
 ui.status_text); actions write: relabel, undo, save a threshold, freeze an evaluation set,
 start, retrain, resume, cancel, export. Stale runs are reaped where a run action happens.
-Cached loaders are keyed on dashboard.keys (one small query each): new predictions, a new best
-epoch or a finished run show on the next rerun.
+Every cached loader is keyed on everything that can change its result, read cheaply on each
+call (one small query): the label version, the run's predictions version, the run's state, the
+test images and test.csv. New predictions, a new best epoch or a finished run show on the next rerun.
 """
 from __future__ import annotations
 
@@ -20,12 +21,10 @@ import streamlit as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dashboard import keys
 from db import queries
 from db.models import Dataset, EvalSetImage, Run
-from db.store import db_url, home, run_dir
+from db.store import db_url, home, run_dir  # noqa: F401 - home, run_dir: the folders pages show
 
-__all__ = ["UndoRefused", "home", "run_dir"]
 UndoRefused = queries.UndoRefused  # nothing of the reviewer's to undo, or relabelled since
 
 
@@ -110,13 +109,30 @@ def audits() -> list:
     return _query(queries.list_audits)
 
 
-# ---------------------------------------------------------------- cached loaders (keys: dashboard.keys)
+# ---------------------------------------------------------------- cached loaders and their keys
+
+
+def _run_key(s: Session, run_id: int) -> tuple:
+    return (queries.label_version(s), queries.predictions_version(s, run_id),
+            queries.run_state(s.get(Run, run_id)))
+
+
+def _test_key(s: Session, run: Run) -> tuple:
+    """Test images of the run's dataset and test.csv on disk (size, mtime)."""
+    from engine.kaggle import TEST_CSV
+
+    try:
+        st_ = (Path(s.get(Dataset, run.dataset_id).root) / TEST_CSV).stat()
+        csv_state = (st_.st_size, st_.st_mtime_ns)
+    except OSError:
+        csv_state = None
+    return queries.images_version(s, run.dataset_id, "test"), csv_state
 
 
 def run_version(run_id: int) -> tuple:
     """The cache key of everything a page shows about a run: labels, predictions, run state."""
     with _read() as s:
-        return keys.run(s, run_id)
+        return _run_key(s, run_id)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -129,7 +145,7 @@ def _prediction_frame(url: str, run_id: int, split: str, version: tuple) -> pd.D
 
 
 def prediction_frame(run_id: int, split: str) -> pd.DataFrame:
-    """A run's predictions on a split with current labels; cached on keys.run."""
+    """A run's predictions on a split with current labels; cached on run_version."""
     return _prediction_frame(db_url(), run_id, split, run_version(run_id))
 
 
@@ -175,7 +191,7 @@ def submission_scores(run_id: int) -> SubmissionScores:
     """The submission's ids and probabilities, once per state: a typed threshold reads nothing."""
     with _read() as s:
         run = queries.get_run(s, run_id)
-        version = (keys.run(s, run_id), keys.test_images(s, run))
+        version = (_run_key(s, run_id), _test_key(s, run))
     return _test_scores(db_url(), run_id, version)
 
 
@@ -192,9 +208,10 @@ def _compare(url: str, a: int, b: int, eval_set: str | None,
 
 
 def compare_runs(a: int, b: int, *, eval_set: str | None = None) -> dict:
-    """engine.compare.compare_runs once per keys.compare; ValueError (the engine's words) if refused."""
+    """engine.compare.compare_runs once per state of both runs; ValueError (the engine's words) if refused."""
     with _read() as s:
-        version = keys.compare(s, a, b)
+        sets = tuple(e.id for e in queries.list_eval_sets(s, queries.get_run(s, a).dataset_id))
+        version = (_run_key(s, a), queries.predictions_version(s, b), queries.run_state(s.get(Run, b)), sets)
     result, error = _compare(db_url(), a, b, eval_set, version)
     if error is not None:
         raise ValueError(error)
@@ -215,9 +232,11 @@ def _audit_frame(url: str, audit_id: int, version: tuple) -> pd.DataFrame:
 
 
 def audit_frame(audit_id: int) -> pd.DataFrame:
-    """An audit's ranked images (worst first) with current labels; cached on keys.audit."""
+    """An audit's ranked images (worst first) with current labels; cached on its state."""
     with _read() as s:
-        version = keys.audit(s, audit_id)
+        audit = queries.get_audit(s, audit_id)
+        version = (queries.label_version(s), audit.status, audit.flagged,
+                   tuple((r.id, r.status) for r in queries.audit_runs(s, audit_id)))
     return _audit_frame(db_url(), audit_id, version)
 
 
@@ -272,8 +291,8 @@ def export_checks(run_id: int, threshold: float) -> tuple[str, str | None, list[
     url = db_url()
     with _read(url) as s:
         run = queries.get_run(s, run_id)
-        version = keys.run(s, run_id)
-        scores = _test_scores(url, run_id, (version, keys.test_images(s, run)))
+        version = _run_key(s, run_id)
+        scores = _test_scores(url, run_id, (version, _test_key(s, run)))
         made_by, stale = _provenance(url, run_id, "test", version)
         labels = None if scores.refused else scores.called_ai(threshold).tolist()
         warnings = warn(s, run, threshold, labels, val=labelled_val(run_id, version))

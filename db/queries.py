@@ -500,3 +500,30 @@ def submission_probabilities(s: Session, run: Run) -> list[tuple[str, float | No
          .where(Image.dataset_id == run.dataset_id, Image.split == "test")
          .order_by(Image.split, Image.csv_row))
     return [tuple(r) for r in s.execute(q)]
+
+
+# ---------------------------------------------------------------- cache keys (the dashboard's loaders)
+
+
+def predictions_version(s: Session, run_id: int) -> tuple:
+    """Changes whenever a run's predictions do: rows added or removed, a probability rewritten
+    (an upsert keeps the row, so a count or id alone would not see it), another checkpoint."""
+    q = select(func.count(), func.sum(Prediction.prob), func.min(Prediction.epoch),
+               func.max(Prediction.epoch), func.min(Prediction.checkpoint_sha1),
+               func.max(Prediction.checkpoint_sha1))
+    return tuple(s.execute(q.where(Prediction.run_id == run_id)).one())
+
+
+def run_state(run: Run | None) -> tuple:
+    """What of a run changes what it shows: status, best epoch, thresholds, checkpoint, labels."""
+    if run is None:
+        return (None,)
+    return (run.status, run.best_epoch, run.best_threshold, run.chosen_threshold, run.checkpoint,
+            run.labels_as_of, str(run.finished_at))
+
+
+def images_version(s: Session, dataset_id: int, split: str) -> tuple:
+    """Changes when the dataset's images on a split do (added, re-probed)."""
+    q = select(func.count(), func.max(Image.id), func.sum(Image.mtime_ns % 1_000_003), func.max(Image.sha1),
+               func.sum(func.length(Image.status)))
+    return tuple(s.execute(q.where(Image.dataset_id == dataset_id, Image.split == split)).one())
