@@ -140,8 +140,9 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.pretrained, cfg.arch).to(device).eval()
+        keys_used = [keys[i] for i in train_ids + val_ids]
         feats, computed = cached_features(
-            model, cfg, data.root, data.train_paths + data.val_paths, [keys[i] for i in train_ids + val_ids],
+            model, cfg, data.root, data.train_paths + data.val_paths, keys_used,
             device=device, batch_size=cfg.batch_size, stamps=data.stamps, progress=progress)
         x_train, x_val = feats[:len(train_ids)], feats[len(train_ids):]
         y_train, y_val = np.asarray(data.train_labels), np.asarray(data.val_labels)
@@ -165,6 +166,10 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         log.info("probe run %d: %d train / %d val images (%d features computed, the rest cached), C=%.3g, "
                  "val F1@0.5 %.4f best F1 %.4f AUC %.4f in %.1f s", run_id, len(train_ids), len(val_ids),
                  computed, c, er.val_f1, er.val_best_f1, er.val_auc, seconds)
+        with sessions.begin() as s:
+            run = queries.get_run(s, run_id)
+            run.progress = {**(run.progress or {}), "phase": "done", "features_computed": computed,
+                            "features_cached": len(keys_used) - computed, "C": c}
         StoreCallbacks(sessions, run_id, val_ids, data.val_labels, me).on_epoch(
             er, is_best=True, val_probs=val_p, checkpoint=out / "best.pt", checkpoint_sha1=file_sha1(out / "best.pt"))
         return jobs.finish(sessions, run_id, me, "succeeded")

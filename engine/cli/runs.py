@@ -73,7 +73,10 @@ def cmd_probe(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     t0 = time.perf_counter()
     run = execute_probe(run_id, sessions=sessions, progress=not args.json)
-    _report_run(args, sessions, run, seconds=round(time.perf_counter() - t0, 2))
+    progress = run.progress or {}
+    _report_run(args, sessions, run, seconds=round(time.perf_counter() - t0, 2),
+                features_computed=progress.get("features_computed"),
+                features_cached=progress.get("features_cached"))
 
 
 def _train_run_id(args, sessions) -> int:

