@@ -81,6 +81,17 @@ def test_every_page_renders(server, page, path, heading):
     assert page.locator("[data-testid='stException']").count() == 0
 
 
+def test_a_deep_link_keeps_the_navigations_sidebar(server, page):
+    """After /review?run=N and a click on the page, the sidebar lists st.navigation's pages, never
+    Streamlit's auto-discovered list of files (app, evaluate, ...) that a pages/ folder fed."""
+    open_page(page, f"{server['url']}/review?run={server['run']}&reviewer=ana")
+    page.get_by_role("button", name="Open").first.click()
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
+    nav = page.locator("[data-testid='stSidebarNav'] a")
+    expect(nav).to_have_count(5)
+    assert [t.split("\n")[-1].strip() for t in nav.all_inner_texts()] == ["Runs", "Train", "Evaluate", "Review", "Export"]
+
+
 def test_relabel_through_the_ui_lands_in_the_store(server, page):
     open_page(page, f"{server['url']}/review?run={server['run']}&reviewer=bea")
     with server["sessions"]() as s:
