@@ -69,6 +69,11 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--limit", type=int, help="use a random subset of N training rows (smoke runs)")
+    ap.add_argument("--probe", action="store_true",
+                    help="audit folds as linear probes on a frozen pretrained backbone (--arch, --pretrained)")
+    ap.add_argument("--arch", default=None, help="(efficientnet_b3; tf_efficientnet_lite0 with --probe)")
+    ap.add_argument("--pretrained", default=None, help="(none; imagenet with --probe)")
+    ap.add_argument("--audit-only", action="store_true", help="stop after the audit (no before/after runs)")
     args = ap.parse_args()
 
     work = Path(args.workdir).resolve()
@@ -90,8 +95,11 @@ def main() -> int:
     flipped, n_train = flipped_copy(Path(args.data), work / "data", args.rate, args.seed, args.limit)
     sessions = session_factory()
     import_dataset(sessions, work / "data", "noisy", progress=False)
-    cfg = TrainConfig(epochs=args.epochs, img_size=args.img_size, batch_size=args.batch_size, lr=args.lr,
-                      device=args.device, workers=args.workers, seed=args.seed, patience=args.epochs)
+    cfg = TrainConfig.from_dict({
+        "epochs": args.epochs, "img_size": args.img_size, "batch_size": args.batch_size, "lr": args.lr,
+        "device": args.device, "workers": args.workers, "seed": args.seed, "patience": args.epochs,
+        "arch": args.arch or ("tf_efficientnet_lite0" if args.probe else "efficientnet_b3"),
+        "pretrained": args.pretrained or ("imagenet" if args.probe else None), "probe": args.probe})
     print(f"{n_train} training rows, {len(flipped)} labels flipped; torch {torch.__version__}, "
           f"device {args.device}", file=sys.stderr)
 
@@ -109,8 +117,16 @@ def main() -> int:
     k = len(flipped)
     audit_fig = {"scored": len(rows), "flipped": k, "flagged": len(flagged),
                  "flagged_precision": tp / max(len(flagged), 1), "flagged_recall": tp / k,
-                 "precision_at_k": sum(is_flip[:k]) / k, "random_precision": k / len(rows),
-                 "seconds": round(audit_s, 1)}
+                 "precision_at_k": sum(is_flip[:k]) / k, "precision_at_150": sum(is_flip[:150]) / 150,
+                 "random_precision": k / len(rows), "seconds": round(audit_s, 1)}
+    if args.audit_only:
+        print(f"audit ({'probe' if args.probe else 'fine-tuned'} folds): {len(rows)} scored, {len(flagged)} "
+              f"flagged (precision {audit_fig['flagged_precision']:.3f}, recall {audit_fig['flagged_recall']:.3f}); "
+              f"precision@{k} {audit_fig['precision_at_k']:.3f}, @150 {audit_fig['precision_at_150']:.3f}; "
+              f"{audit_fig['seconds']} s")
+        print(json.dumps({"data": args.data, "train_rows": n_train, "rate": args.rate, "seed": args.seed,
+                          "folds": args.folds, "config": cfg.to_dict(), "audit": audit_fig}, default=str))
+        return 0
 
     # 2. the run on the noisy labels
     t0 = time.perf_counter()

@@ -2,7 +2,9 @@
 cleanlab ranks each image's label by how likely it is wrong.
 
 An audit is a row in `audits` and k runs (kind "fold") that point at it. Fold runs keep their
-final epoch (`keep_epoch="last"`), so nothing is chosen on the labels being audited.
+final epoch (`keep_epoch="last"`), so nothing is chosen on the labels being audited. With
+`probe` in its config, each fold is a linear probe on a frozen backbone's cached features
+(engine.probe): the same k folds in seconds rather than k trainings.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from engine.atomic import write_csv
 from engine.config import TrainConfig
 from engine.liveness import now
 from engine.model import weights_source
+from engine.probe import execute_probe
 from engine.splits import assign_folds
 
 log = logging.getLogger("aivh.audit")
@@ -60,14 +63,20 @@ def run_audit(sessions: sessionmaker[Session], audit_id: int, *, progress: bool 
     with sessions.begin() as s:
         audit = queries.get_audit(s, audit_id)
         audit.status, audit.error = "running", None
-        fold_runs = [(r.id, r.status) for r in queries.audit_runs(s, audit_id)]
+        fold_runs = [(r.id, r.status, bool(r.config.get("probe"))) for r in queries.audit_runs(s, audit_id)]
     try:
-        for n, (run_id, status) in enumerate(fold_runs, 1):
+        for n, (run_id, status, is_probe) in enumerate(fold_runs, 1):
             if status == "succeeded":
                 continue
-            log.info("audit %d: fold %d/%d (run %d)", audit_id, n, len(fold_runs), run_id)
-            resume = status != "queued" and _resumable(sessions, run_id)
-            run = jobs.execute(run_id, resume=resume, progress=progress, sessions=sessions)
+            log.info("audit %d: fold %d/%d (run %d%s)", audit_id, n, len(fold_runs), run_id,
+                     ", a probe on cached features" if is_probe else "")
+            if is_probe:  # seconds of work, nothing to resume: a dead one starts again
+                if status != "queued":
+                    _requeue(sessions, run_id)
+                run = execute_probe(run_id, sessions=sessions, progress=progress)
+            else:
+                resume = status != "queued" and _resumable(sessions, run_id)
+                run = jobs.execute(run_id, resume=resume, progress=progress, sessions=sessions)
             if run.status != "succeeded":
                 raise RuntimeError(f"fold run {run_id} {run.status}")
         with sessions.begin() as s:
@@ -92,6 +101,12 @@ def _resumable(sessions: sessionmaker[Session], run_id: int) -> bool:
             return True
         queries.get_run(s, run_id).status = "queued"
         return False
+
+
+def _requeue(sessions: sessionmaker[Session], run_id: int) -> None:
+    with sessions.begin() as s:
+        jobs.check_resumable(s, run_id)  # refuses while its owner lives
+        queries.get_run(s, run_id).status = RunStatus.QUEUED.value
 
 
 def label_scores(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

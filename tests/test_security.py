@@ -99,7 +99,8 @@ def test_all_sql_is_bound_parameters():
 
 
 def test_serve_binds_locally_with_xsrf_on_unless_told_otherwise():
-    from engine.cli import build_parser, serve_command
+    from engine.cli import build_parser
+    from engine.cli.serve import serve_command
 
     def flags(argv: list[str]) -> dict[str, str]:
         args = build_parser().parse_args(argv)

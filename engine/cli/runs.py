@@ -8,7 +8,7 @@ from pathlib import Path
 from db import queries
 from db.store import home, session_factory
 from engine.choices import RESIZE_MODES
-from engine.cli.shared import emit, given, train_config
+from engine.cli.shared import PROBE_DEFAULTS, emit, given, train_config
 from engine.errors import UsageError
 
 
@@ -65,7 +65,7 @@ def cmd_probe(args) -> None:
 
     sessions = session_factory()
     given = {k: getattr(args, k) for k in PROBE_FLAGS if getattr(args, k, None) is not None}
-    cfg = TrainConfig.from_dict({"batch_size": 64, **given, "probe": True, "epochs": 1}).validate()
+    cfg = TrainConfig.from_dict({**PROBE_DEFAULTS, **given, "probe": True, "epochs": 1}).validate()
     with sessions.begin() as s:
         run_id = create_probe(s, queries.get_dataset(s, args.dataset), cfg).id
     print(f"probe run {run_id}: {cfg.arch} ({cfg.pretrained or 'random weights'}) at {cfg.img_size} px, "
@@ -119,8 +119,8 @@ def cmd_audit(args) -> None:
         if args.resume is not None:
             audit_id = queries.get_audit(s, args.resume).id
         elif args.dataset:
-            audit_id = au.create_audit(s, queries.get_dataset(s, args.dataset), train_config(args),
-                                       args.folds).id
+            cfg = train_config(args, probe_defaults=args.probe)
+            audit_id = au.create_audit(s, queries.get_dataset(s, args.dataset), cfg, args.folds).id
         else:
             raise UsageError("audit needs --dataset NAME (or --resume AUDIT, --list)")
     print(f"audit {audit_id}: {args.folds if args.resume is None else 'resuming'} fold runs",
@@ -198,6 +198,9 @@ def add_parsers(sub, common, training) -> None:
     c.add_argument("--out", help="also write file_name,given_label,prob,quality,flagged worst first")
     c.add_argument("--resume", type=int, metavar="AUDIT", help="finish an audit that died")
     c.add_argument("--list", action="store_true", help="list audits")
+    c.add_argument("--probe", action="store_true",
+                   help="folds as linear probes on a frozen pretrained backbone's cached features (seconds, "
+                        "not k trainings); --arch defaults to tf_efficientnet_lite0, --pretrained to imagenet")
     c.set_defaults(func=cmd_audit)
 
     c = sub.add_parser("compare", parents=[common], help="two runs on the same evaluation images")
@@ -208,8 +211,8 @@ def add_parsers(sub, common, training) -> None:
     c = sub.add_parser("probe", parents=[common],
                        help="a linear probe on a frozen pretrained backbone: a baseline run in seconds")
     c.add_argument("--dataset", required=True)
-    c.add_argument("--arch", default="tf_efficientnet_lite0", help="(tf_efficientnet_lite0)")
-    c.add_argument("--pretrained", default="imagenet", help="imagenet (default) or PATH of backbone weights")
+    c.add_argument("--arch", help="(tf_efficientnet_lite0)")
+    c.add_argument("--pretrained", help="imagenet (default) or PATH of backbone weights")
     c.add_argument("--img-size", type=int, help="(the architecture's native size)")
     c.add_argument("--device", help="auto, cpu or cuda (auto)")
     c.add_argument("--seed", type=int)

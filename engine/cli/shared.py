@@ -63,8 +63,13 @@ def given(args) -> dict:
     return {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
 
 
-def train_config(args):
-    """TrainConfig from the flags given, checked (ValueError with its first problem)."""
+PROBE_DEFAULTS = {"arch": "tf_efficientnet_lite0", "pretrained": "imagenet", "batch_size": 64}
+
+
+def train_config(args, *, probe_defaults: bool = False):
+    """TrainConfig from the flags given, checked (ValueError with its first problem). For a
+    probe, the architecture and weights default to the offline pretrained Lite0."""
     from engine.config import TrainConfig
 
-    return TrainConfig.from_dict(given(args)).validate()
+    values = {**PROBE_DEFAULTS, **given(args), "probe": True} if probe_defaults else given(args)
+    return TrainConfig.from_dict(values).validate()
