@@ -83,7 +83,7 @@ def main() -> int:
 
     import torch
 
-    from db import queries
+    from db import evaluation, labelling, queries
     from db.store import session_factory
     from engine import audit as au
     from engine import jobs
@@ -110,7 +110,7 @@ def main() -> int:
     audit = au.run_audit(sessions, audit_id, progress=False)
     audit_s = time.perf_counter() - t0
     with sessions() as s:
-        rows = queries.audit_rows(s, audit_id)
+        rows = evaluation.audit_rows(s, audit_id)
     is_flip = [r.rel_path in flipped for r in rows]
     flagged = [r for r in rows if r.flagged]
     tp = sum(r.rel_path in flipped for r in flagged)
@@ -140,7 +140,7 @@ def main() -> int:
     with sessions.begin() as s:
         for r in flagged:
             if r.rel_path in flipped:
-                queries.relabel(s, r.image_id, 1 - r.given_label, author="reviewer",
+                labelling.relabel(s, r.image_id, 1 - r.given_label, author="reviewer",
                                 note=f"audit {audit_id} rank {r.rank}")
                 restored += 1
 

@@ -21,11 +21,11 @@ import streamlit as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import evaluation, labelling, queries
 from db.models import Dataset, EvalSetImage, Run
 from db.store import db_url, home, run_dir  # noqa: F401 - home, run_dir: the folders pages show
 
-UndoRefused = queries.UndoRefused  # nothing of the reviewer's to undo, or relabelled since
+UndoRefused = labelling.UndoRefused  # nothing of the reviewer's to undo, or relabelled since
 
 
 @st.cache_resource
@@ -94,11 +94,11 @@ def run_with_epochs(run_id: int) -> tuple[Run, list]:
 
 def eval_set_names(dataset_id: int) -> list[str]:
     with _read() as s:
-        return [e.name for e in queries.list_eval_sets(s, dataset_id)]
+        return [e.name for e in evaluation.list_eval_sets(s, dataset_id)]
 
 
 def label_history(image_id: int) -> list:
-    return _query(queries.label_history, image_id)
+    return _query(labelling.label_history, image_id)
 
 
 def exports() -> list:
@@ -106,14 +106,14 @@ def exports() -> list:
 
 
 def audits() -> list:
-    return _query(queries.list_audits)
+    return _query(evaluation.list_audits)
 
 
 # ---------------------------------------------------------------- cached loaders and their keys
 
 
 def _run_key(s: Session, run_id: int) -> tuple:
-    return (queries.label_version(s), queries.predictions_version(s, run_id),
+    return (labelling.label_version(s), queries.predictions_version(s, run_id),
             queries.run_state(s.get(Run, run_id)))
 
 
@@ -210,7 +210,7 @@ def _compare(url: str, a: int, b: int, eval_set: str | None,
 def compare_runs(a: int, b: int, *, eval_set: str | None = None) -> dict:
     """engine.compare.compare_runs once per state of both runs; ValueError (the engine's words) if refused."""
     with _read() as s:
-        sets = tuple(e.id for e in queries.list_eval_sets(s, queries.get_run(s, a).dataset_id))
+        sets = tuple(e.id for e in evaluation.list_eval_sets(s, queries.get_run(s, a).dataset_id))
         version = (_run_key(s, a), queries.predictions_version(s, b), queries.run_state(s.get(Run, b)), sets)
     result, error = _compare(db_url(), a, b, eval_set, version)
     if error is not None:
@@ -221,8 +221,8 @@ def compare_runs(a: int, b: int, *, eval_set: str | None = None) -> dict:
 @st.cache_data(max_entries=8, show_spinner=False)
 def _audit_frame(url: str, audit_id: int, version: tuple) -> pd.DataFrame:
     with _read(url) as s:
-        rows = queries.audit_rows(s, audit_id)
-        fold_run = {i: r.id for r in queries.audit_runs(s, audit_id)
+        rows = evaluation.audit_rows(s, audit_id)
+        fold_run = {i: r.id for r in evaluation.audit_runs(s, audit_id)
                     for i in queries.run_image_ids(s, r.id, "val")}
     df = pd.DataFrame(rows, columns=["rank", "image_id", "rel_path", "given_label", "prob", "quality",
                                      "flagged", "label", "reviews"])
@@ -234,24 +234,24 @@ def _audit_frame(url: str, audit_id: int, version: tuple) -> pd.DataFrame:
 def audit_frame(audit_id: int) -> pd.DataFrame:
     """An audit's ranked images (worst first) with current labels; cached on its state."""
     with _read() as s:
-        audit = queries.get_audit(s, audit_id)
-        version = (queries.label_version(s), audit.status, audit.flagged,
-                   tuple((r.id, r.status) for r in queries.audit_runs(s, audit_id)))
+        audit = evaluation.get_audit(s, audit_id)
+        version = (labelling.label_version(s), audit.status, audit.flagged,
+                   tuple((r.id, r.status) for r in evaluation.audit_runs(s, audit_id)))
     return _audit_frame(db_url(), audit_id, version)
 
 
 def labels_changed(dataset_id: int, before: int | None, after: int | None) -> int:
     """Images whose label differs between two label states (None after: now); cached on the ids."""
     with _read() as s:
-        after = after if after is not None else queries.newest_label_id(s, dataset_id)
+        after = after if after is not None else labelling.newest_label_id(s, dataset_id)
     return _labels_changed(db_url(), dataset_id, before, after)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _labels_changed(url: str, dataset_id: int, before: int | None, after: int | None) -> int:
-    """queries.labels_changed's count (it reads only the images labelled between the states)."""
+    """labelling.labels_changed's count (it reads only the images labelled between the states)."""
     with _read(url) as s:
-        return len(queries.labels_changed(s, dataset_id, before, after))
+        return len(labelling.labels_changed(s, dataset_id, before, after))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -304,13 +304,13 @@ def export_checks(run_id: int, threshold: float) -> tuple[str, str | None, list[
 
 def relabel(image_id: int, label: int, *, author: str, note: str | None = None) -> None:
     with _write() as s:
-        queries.relabel(s, image_id, label, author=author, note=note)
+        labelling.relabel(s, image_id, label, author=author, note=note)
 
 
 def undo(image_id: int, *, author: str) -> None:
     """Undo the author's newest review of the image; UndoRefused when it cannot."""
     with _write() as s:
-        queries.undo_last_review(s, image_id, author=author)
+        labelling.undo_last_review(s, image_id, author=author)
 
 
 def save_threshold(run_id: int, threshold: float) -> None:
@@ -321,7 +321,7 @@ def save_threshold(run_id: int, threshold: float) -> None:
 def freeze_validation(run_id: int, name: str, *, author: str | None = None) -> int:
     """Freeze the run's validation images as an evaluation set; how many. ValueError: name taken."""
     with _write() as s:
-        es = queries.freeze_validation(s, run_id, name, author=author)
+        es = evaluation.freeze_validation(s, run_id, name, author=author)
         return s.scalar(select(func.count()).where(EvalSetImage.eval_set_id == es.id))
 
 

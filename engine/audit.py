@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import evaluation, labelling, queries
 from db.models import Audit, AuditScore, Dataset, Run, RunKind, RunStatus
 from engine import jobs
 from engine.atomic import write_csv
@@ -37,14 +37,14 @@ def create_audit(s: Session, dataset: Dataset, cfg: TrainConfig, folds: int) -> 
     cfg = dataclasses.replace(cfg, keep_epoch="last", limit=None,
                               weights_source=weights_source(cfg.pretrained, cfg.arch))
     ims = {im.id: im.rel_path for im in queries.images(s, dataset.id, "train")}
-    strata = {i: v for i, v in queries.import_labels(s, dataset.id).items() if i in ims}
+    strata = {i: v for i, v in labelling.import_labels(s, dataset.id).items() if i in ims}
     if min(np.bincount(list(strata.values()), minlength=2)) < folds:
         raise ValueError(f"dataset {dataset.name!r} needs at least {folds} labelled images of each "
                          f"class for {folds} folds")
     fold_of = assign_folds({i: ims[i] for i in strata}, strata, folds, cfg.seed,
                            groups=queries.content_keys(s, dataset.id, "train"))
     audit = Audit(dataset_id=dataset.id, folds=folds, config=cfg.to_dict(), status="queued",
-                  labels_as_of=queries.newest_label_id(s, dataset.id))
+                  labels_as_of=labelling.newest_label_id(s, dataset.id))
     s.add(audit)
     s.flush()
     for k in range(folds):
@@ -61,9 +61,9 @@ def create_audit(s: Session, dataset: Dataset, cfg: TrainConfig, folds: int) -> 
 def run_audit(sessions: sessionmaker[Session], audit_id: int, *, progress: bool = True) -> Audit:
     """Train the fold runs that have not succeeded (resuming a dead one), then score."""
     with sessions.begin() as s:
-        audit = queries.get_audit(s, audit_id)
+        audit = evaluation.get_audit(s, audit_id)
         audit.status, audit.error = "running", None
-        fold_runs = [(r.id, r.status, bool(r.config.get("probe"))) for r in queries.audit_runs(s, audit_id)]
+        fold_runs = [(r.id, r.status, bool(r.config.get("probe"))) for r in evaluation.audit_runs(s, audit_id)]
     try:
         for n, (run_id, status, is_probe) in enumerate(fold_runs, 1):
             if status == "succeeded":
@@ -81,12 +81,12 @@ def run_audit(sessions: sessionmaker[Session], audit_id: int, *, progress: bool 
                 raise RuntimeError(f"fold run {run_id} {run.status}")
         with sessions.begin() as s:
             flagged = score_audit(s, audit_id)
-            audit = queries.get_audit(s, audit_id)
+            audit = evaluation.get_audit(s, audit_id)
             audit.status, audit.flagged, audit.finished_at = "succeeded", flagged, now()
             return audit
     except BaseException as e:
         with sessions.begin() as s:
-            audit = queries.get_audit(s, audit_id)
+            audit = evaluation.get_audit(s, audit_id)
             audit.status, audit.error = "failed", f"{type(e).__name__}: {e}"
         raise
 
@@ -122,10 +122,10 @@ def label_scores(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
 
 def score_audit(s: Session, audit_id: int) -> int:
     """Store a score per training image that has an out-of-fold probability; returns how many are flagged."""
-    audit = queries.get_audit(s, audit_id)
-    given = queries.current_labels(s, audit.dataset_id, as_of=audit.labels_as_of)
+    audit = evaluation.get_audit(s, audit_id)
+    given = labelling.current_labels(s, audit.dataset_id, as_of=audit.labels_as_of)
     oof: dict[int, float] = {}
-    for run in queries.audit_runs(s, audit_id):
+    for run in evaluation.audit_runs(s, audit_id):
         held_out = queries.run_image_ids(s, run.id, "val")
         oof.update(queries.predictions(s, run.id, held_out))
     ids = sorted(i for i in oof if i in given)
@@ -147,4 +147,4 @@ def write_audit_csv(s: Session, audit_id: int, path: Path) -> Path:
     """file_name,given_label,prob,quality,flagged worst first; temporary file + rename."""
     return write_csv(path, CSV_COLUMNS, (
         [row.rel_path, row.given_label, f"{row.prob:.6f}", f"{row.quality:.6f}", int(row.flagged)]
-        for row in queries.audit_rows(s, audit_id)))
+        for row in evaluation.audit_rows(s, audit_id)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from sqlalchemy.orm import Session
 
-from db import queries
+from db import evaluation, labelling, queries
 from engine import metrics
 from engine.export import default_threshold
 
@@ -24,16 +24,16 @@ def compare_runs(s: Session, run_a: int, run_b: int, *, eval_set: str | None = N
     ds = a.dataset_id
     # Labels at run a's state, run b's state and now, for the images relabelled since the older
     # of the two (every other image has one label in all three)
-    states = queries.label_states(s, ds, [a.labels_as_of or 0, b.labels_as_of or 0, None])
+    states = labelling.label_states(s, ds, [a.labels_as_of or 0, b.labels_as_of or 0, None])
     changed = {i for i, (la, lb, _) in states.items() if la is not None and lb is not None and la != lb}
-    now = queries.current_labels(s, ds)
+    now = labelling.current_labels(s, ds)
     trained = set(queries.run_image_ids(s, run_a, "train")) | set(queries.run_image_ids(s, run_b, "train"))
     if eval_set is None:
         candidates = set(queries.run_image_ids(s, run_a, "val")) & set(queries.run_image_ids(s, run_b, "val"))
         differ = {i for i in candidates & states.keys() if not (states[i][0] == states[i][1] == states[i][2])}
         basis = "shared validation images with unchanged labels"
     else:
-        candidates = set(queries.eval_set_image_ids(s, queries.get_eval_set(s, ds, eval_set).id))
+        candidates = set(evaluation.eval_set_image_ids(s, evaluation.get_eval_set(s, ds, eval_set).id))
         differ = set()
         basis = f"frozen evaluation set {eval_set!r}, current labels"
     was_trained = candidates & trained

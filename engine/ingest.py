@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from db import queries
+from db import labelling, queries
 from db.models import Dataset, Image, Label
 from engine.images import ImageInfo, probe_image
 from engine.kaggle import TRAIN_CSV, Reject, Row, read_kaggle_csvs
@@ -145,7 +145,7 @@ def _report_duplicates(s: Session, dataset_id: int, result: ImportResult) -> Non
     result.duplicate_groups = len(groups)
     if not groups:
         return
-    labels = queries.current_labels(s, dataset_id)
+    labels = labelling.current_labels(s, dataset_id)
     for sha1, members in groups:
         labelled = {labels[i] for i, _, split in members if split == "train" and i in labels}
         if len(labelled) > 1:

@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import labelling, queries
 from db import runs as owners
 from db.models import Dataset, Epoch, Prediction, Run, RunKind, RunStatus
 from db.store import run_dir, session_factory
@@ -48,7 +48,7 @@ def create_run(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
     """A queued run, its config recording where its starting weights come from."""
     cfg = dataclasses.replace(cfg, weights_source=weights_source(cfg.pretrained, cfg.arch))
     run = Run(dataset_id=dataset.id, kind=RunKind.TRAIN.value, status=RunStatus.QUEUED.value,
-              config=cfg.to_dict(), labels_as_of=queries.newest_label_id(s, dataset.id))
+              config=cfg.to_dict(), labels_as_of=labelling.newest_label_id(s, dataset.id))
     s.add(run)
     s.flush()
     return run
@@ -72,7 +72,7 @@ def train_data(s: Session, run: Run) -> tuple[TrainData, list[int], list[int]]:
     train_ids = queries.run_image_ids(s, run.id, "train")
     val_ids = queries.run_image_ids(s, run.id, "val")
     if not train_ids:
-        strata = {i: v for i, v in queries.import_labels(s, ds.id).items() if i in ims}
+        strata = {i: v for i, v in labelling.import_labels(s, ds.id).items() if i in ims}
         keys = {i: ims[i].rel_path for i in strata}
         train_ids, val_ids = split_images(keys, strata, val_fraction=cfg.val_fraction, seed=cfg.seed,
                                           limit=cfg.limit, content={i: ims[i].sha1 for i in strata})
@@ -80,7 +80,7 @@ def train_data(s: Session, run: Run) -> tuple[TrainData, list[int], list[int]]:
             raise ValueError(f"dataset {ds.name!r} has too few labelled images to train "
                              f"({len(train_ids)} train, {len(val_ids)} validation)")
         queries.set_run_images(s, run.id, {"train": train_ids, "val": val_ids})
-    labels = queries.current_labels(s, ds.id, as_of=run.labels_as_of)
+    labels = labelling.current_labels(s, ds.id, as_of=run.labels_as_of)
     data = TrainData(Path(ds.root), [ims[i].rel_path for i in train_ids],
                      [labels[i] for i in train_ids], [ims[i].rel_path for i in val_ids],
                      [labels[i] for i in val_ids], stamps=queries.image_stamps(s, ds.id))

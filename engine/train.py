@@ -24,6 +24,7 @@ from engine.infer import infer
 from engine.loader import make_loader
 from engine.metrics import threshold_note
 from engine.model import build_model
+from engine.precise_bn import bn_sample, recalibrate_bn
 from engine.transforms import normalize
 
 log = logging.getLogger("aivh.train")
@@ -158,7 +159,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
                                                  device, epoch, cfg.epochs, cb, progress and rank == 0, norm)
         stop = False
         if rank == 0:
-            _recalibrate_bn(model, bn_loader, device, norm)  # the eager module: no recompiles for BN mode
+            recalibrate_bn(model, bn_loader, device, norm)  # the eager module: no recompiles for BN mode
             probs, val_loss, val_skipped = _validate(eval_model, val_loader, device, val_y, loss_fn, norm,
                                                      lambda b, n, e=epoch: cb.on_batch(e, b, n, 0.0, "val"))
             er = _epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0],
@@ -198,15 +199,6 @@ def _end_epoch(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: Train
     promote_checkpoints(out_dir)
 
 
-def bn_sample(paths: list[str], n: int, seed: int) -> list[str]:
-    """The training images that re-estimate BatchNorm: a seeded random sample of `n` (in list
-    order), not the first `n` of a CSV that may be sorted by class or source."""
-    if n >= len(paths):
-        return list(paths)
-    pick = np.random.default_rng([seed, 0xB4]).choice(len(paths), size=n, replace=False)
-    return [paths[i] for i in sorted(pick)]
-
-
 def _epoch_result(epoch, train_loss, val_loss, val_y, probs, lr, seen, seconds, skipped) -> EpochResult:
     keep = ~np.isnan(probs)  # undecodable validation images are left out of the metrics
     s = metrics.summary(val_y[keep], probs[keep]) if keep.any() else {}
@@ -217,46 +209,12 @@ def _epoch_result(epoch, train_loss, val_loss, val_y, probs, lr, seen, seconds, 
                        seen / max(seconds, 1e-9), seconds, skipped)
 
 
-# The end of an epoch writes in this order, so that a kill or an error at any point leaves a
-# state `--resume` brings back to one epoch history (recover_checkpoints):
-#   1. stage: last.next.pt, then best.next.pt (each written whole, then renamed into place)
-#   2. the store records the epoch (cb.on_epoch: one transaction, the commit point)
-#   3. promote: best.next.pt -> best.pt, then last.next.pt -> last.pt
-# Before the commit the staged files are thrown away on resume; after it they are promoted.
-
-
 def epoch_score(e: EpochResult) -> tuple[float, float, float]:
     """Best checkpoint by validation F1 (at its best threshold), ties broken by AUC, then by
     the lower validation loss: once F1 and AUC saturate (an easy or small validation set),
     the first perfect epoch is not the best one, the most confident is."""
     return (e.val_best_f1, -1.0 if np.isnan(e.val_auc) else e.val_auc,
             -np.inf if np.isnan(e.val_loss) else -e.val_loss)
-
-
-@torch.no_grad()
-def _recalibrate_bn(model: nn.Module, loader, device, norm=None) -> None:
-    """Re-estimate BatchNorm running statistics from training images (precise BN).
-
-    Early in training, and in short runs from scratch, the running averages lag far behind
-    the weights and eval-mode outputs collapse to one value; a plain average over a few
-    batches with the current weights fixes that. Dropout and stochastic depth stay off.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    model.eval()
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average
-        bn.train()
-    for x, _y, _idx, _failed in device_batches(loader, device):
-        if x is not None and len(x):
-            with autocast(device):
-                model(normalize(x, device, channels_last=device.type == "cuda", norm=norm))
-    for bn, momentum in zip(bns, saved):
-        bn.momentum = momentum
-    model.eval()
 
 
 def _restore(path: Path, model, opt, sched, result: TrainResult, keep_epoch: str,

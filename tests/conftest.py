@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from db import store
+from db import evaluation, labelling, store
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "engine" / "sample"
@@ -128,7 +128,7 @@ def finished_run(sessions, *, name: str = "sample", seed: int = 0, source: Path 
     """The bundled sample imported and a succeeded run recorded as training would record it:
     split, two epochs, best threshold, validation and test predictions (seeded scores that
     separate the classes imperfectly). For dashboard tests, which need no real training."""
-    from db import queries
+    from db import labelling, queries
     from db.models import Epoch, Run
     from engine.config import TrainConfig
     from engine.ingest import import_dataset
@@ -139,11 +139,11 @@ def finished_run(sessions, *, name: str = "sample", seed: int = 0, source: Path 
     with sessions.begin() as s:
         ds = queries.get_dataset(s, name)
         ims = {im.id: im for im in queries.images(s, ds.id)}
-        labels = {i: v for i, v in queries.current_labels(s, ds.id).items() if i in ims}
+        labels = {i: v for i, v in labelling.current_labels(s, ds.id).items() if i in ims}
         train_ids, val_ids = split_images({i: ims[i].rel_path for i in labels}, labels,
                                           val_fraction=0.2, seed=0)
         run = Run(dataset_id=ds.id, status="succeeded", config=TrainConfig(epochs=2, img_size=32).to_dict(),
-                  labels_as_of=queries.newest_label_id(s, ds.id), checkpoint="/nonexistent/best.pt",
+                  labels_as_of=labelling.newest_label_id(s, ds.id), checkpoint="/nonexistent/best.pt",
                   best_epoch=2, best_threshold=0.5)
         s.add(run)
         s.flush()
@@ -174,12 +174,12 @@ def finished_audit(sessions, *, flips: int = 15, folds: int = 2, seed: int = 0) 
     rng = np.random.default_rng(seed)
     with sessions.begin() as s:
         ds = queries.get_dataset(s, "sample")
-        truth = queries.current_labels(s, ds.id)
+        truth = labelling.current_labels(s, ds.id)
         flipped = {int(i) for i in rng.choice(sorted(truth), flips, replace=False)}
         for i in flipped:
-            queries.relabel(s, i, 1 - truth[i], author="import-noise")
+            labelling.relabel(s, i, 1 - truth[i], author="import-noise")
         audit = au.create_audit(s, ds, TrainConfig(epochs=1, img_size=32), folds)
-        for run in queries.audit_runs(s, audit.id):
+        for run in evaluation.audit_runs(s, audit.id):
             held = queries.run_image_ids(s, run.id, "val")
             probs = np.clip(rng.normal(0.2 + 0.6 * np.array([truth[i] for i in held]), 0.12), 0.01, 0.99)
             queries.upsert_predictions(s, run.id, zip(held, probs))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from db import queries
+from db import labelling
 from db.store import session_factory
 
 
@@ -16,7 +16,7 @@ def main() -> int:
         time.sleep(0.001)
     for n, image_id in enumerate(ids):
         with sessions.begin() as s:
-            queries.relabel(s, image_id, n % 2, author=author, note=f"{author} #{n}")
+            labelling.relabel(s, image_id, n % 2, author=author, note=f"{author} #{n}")
     return 0
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from db import queries
+from db import evaluation, labelling, queries
 from db.models import Run
 from engine import audit as au
 from engine.compare import compare_runs
@@ -46,10 +46,10 @@ def test_cleanlab_ranks_labels_that_disagree_with_a_confident_model_worst():
 def test_audit_scores_every_training_image_once_worst_first(sessions, tmp_path):
     audit_id, flipped = finished_audit(sessions)
     with sessions() as s:
-        audit = queries.get_audit(s, audit_id)
-        rows = queries.audit_rows(s, audit_id)
+        audit = evaluation.get_audit(s, audit_id)
+        rows = evaluation.audit_rows(s, audit_id)
         train = queries.images(s, audit.dataset_id, "train")
-        runs = queries.audit_runs(s, audit_id)
+        runs = evaluation.audit_runs(s, audit_id)
         path = au.write_audit_csv(s, audit_id, tmp_path / "audit.csv")
     assert audit.status == "succeeded" and audit.flagged == sum(r.flagged for r in rows)
     assert sorted(r.image_id for r in rows) == sorted(im.id for im in train)
@@ -69,11 +69,11 @@ def test_audit_scores_every_training_image_once_worst_first(sessions, tmp_path):
 def test_the_queue_shows_the_audited_label_and_the_current_one_after_a_fix(sessions):
     audit_id, _flipped = finished_audit(sessions)
     with sessions() as s:
-        worst = queries.audit_rows(s, audit_id, limit=1)[0]
+        worst = evaluation.audit_rows(s, audit_id, limit=1)[0]
     with sessions.begin() as s:
-        queries.relabel(s, worst.image_id, 1 - worst.given_label, author="ana", note="audit fix")
+        labelling.relabel(s, worst.image_id, 1 - worst.given_label, author="ana", note="audit fix")
     with sessions() as s:
-        again = queries.audit_rows(s, audit_id, limit=1)[0]
+        again = evaluation.audit_rows(s, audit_id, limit=1)[0]
     assert again.given_label == worst.given_label and again.current == 1 - worst.given_label
     assert again.reviews == worst.reviews + 1
 
@@ -85,15 +85,15 @@ def test_compare_uses_the_same_images_and_leaves_out_relabelled_ones(sessions):
         val = queries.run_image_ids(s, run_a, "val")
         train = queries.run_image_ids(s, run_a, "train")
         for i in val[:3]:
-            queries.relabel(s, i, 1 - queries.current_labels(s, a.dataset_id)[i], author="ana")
+            labelling.relabel(s, i, 1 - labelling.current_labels(s, a.dataset_id)[i], author="ana")
         b = Run(dataset_id=a.dataset_id, status="succeeded", config=a.config, best_epoch=1,
-                labels_as_of=queries.newest_label_id(s, a.dataset_id), like_run_id=run_a, checkpoint="x")
+                labels_as_of=labelling.newest_label_id(s, a.dataset_id), like_run_id=run_a, checkpoint="x")
         s.add(b)
         s.flush()
         queries.set_run_images(s, b.id, {"train": train, "val": val})
-        labels = queries.current_labels(s, a.dataset_id)
+        labels = labelling.current_labels(s, a.dataset_id)
         queries.upsert_predictions(s, b.id, [(i, 0.9 if labels[i] else 0.1) for i in val])
-        queries.create_eval_set(s, a.dataset_id, "frozen", val[5:] + train[:4])
+        evaluation.create_eval_set(s, a.dataset_id, "frozen", val[5:] + train[:4])
         run_b = b.id
     with sessions() as s:
         r = compare_runs(s, run_a, run_b)
@@ -127,15 +127,15 @@ def test_audit_cli_end_to_end_then_retrain_like_compare_and_export_history(works
     sessions = session_factory()
     with sessions.begin() as s:
         im = queries.image_by_path(s, queries.get_dataset(s, "tiny").id, worst)
-        queries.relabel(s, im.id, 1 - int(names[worst]), author="ana", note="audit")
+        labelling.relabel(s, im.id, 1 - int(names[worst]), author="ana", note="audit")
     out = aivh("train", "--like", str(result["runs"][0]), "--patience", "1", "--json", env_home=workspace)
     like = json.loads(out.stdout.strip().splitlines()[-1])
     assert like["status"] == "succeeded" and like["like_run"] == result["runs"][0]
     with sessions() as s:
         new = queries.get_run(s, like["run"])
         assert new.kind == "train" and new.config["keep_epoch"] == "best" and new.config["patience"] == 1
-        assert new.config["img_size"] == 32 and new.labels_as_of == queries.newest_label_id(s, new.dataset_id)
-        assert queries.labels_changed(s, new.dataset_id, queries.get_run(s, result["runs"][0]).labels_as_of,
+        assert new.config["img_size"] == 32 and new.labels_as_of == labelling.newest_label_id(s, new.dataset_id)
+        assert labelling.labels_changed(s, new.dataset_id, queries.get_run(s, result["runs"][0]).labels_as_of,
                                       new.labels_as_of) == [im.id]
     aivh("evalset", "--run", str(like["run"]), "--name", "frozen", env_home=workspace)
     out = aivh("compare", "--runs", str(like["run"]), str(like["run"]), "--eval-set", "frozen", "--json",
@@ -157,14 +157,14 @@ def test_an_audit_whose_fold_died_finishes_on_the_next_call(sessions, tiny_datas
     cfg = TrainConfig(epochs=1, img_size=32, batch_size=4, workers=0, device="cpu")
     with sessions.begin() as s:
         audit_id = au.create_audit(s, queries.get_dataset(s, "tiny"), cfg, 2).id
-        first = queries.audit_runs(s, audit_id)[0]
+        first = evaluation.audit_runs(s, audit_id)[0]
         first.status, first.pid = "running", 999_999_999  # died before its first checkpoint
         first.progress = {"host": __import__("socket").gethostname()}
     audit = au.run_audit(sessions, audit_id, progress=False)
     with sessions() as s:
         assert audit.status == "succeeded"
-        assert [r.status for r in queries.audit_runs(s, audit_id)] == ["succeeded", "succeeded"]
-        assert len(queries.audit_rows(s, audit_id)) == 8
+        assert [r.status for r in evaluation.audit_runs(s, audit_id)] == ["succeeded", "succeeded"]
+        assert len(evaluation.audit_rows(s, audit_id)) == 8
 
 
 def test_audit_refuses_too_few_images_per_class(sessions, tiny_dataset):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from db import evaluation, labelling
 from engine import backbones, weights
 from engine.config import PRETRAINED_LR, TrainConfig
 from engine.errors import WeightsError
@@ -195,17 +196,17 @@ def test_audit_with_probe_folds_finds_planted_flips_and_computes_features_once(w
     rng = np.random.default_rng(0)
     with sessions.begin() as s:
         ds = queries.get_dataset(s, "sample")
-        truth = queries.import_labels(s, ds.id)
+        truth = labelling.import_labels(s, ds.id)
         flipped = {int(i) for i in rng.choice(sorted(truth), 15, replace=False)}
         for i in flipped:
-            queries.relabel(s, i, 1 - truth[i], author="noise")
+            labelling.relabel(s, i, 1 - truth[i], author="noise")
         cfg = TrainConfig.from_dict({"arch": LITE0, "pretrained": "imagenet", "probe": True, "img_size": 64,
                                      "device": "cpu", "workers": 0, "batch_size": 64})
         audit_id = au.create_audit(s, ds, cfg, 2).id
     au.run_audit(sessions, audit_id, progress=False)
     with sessions() as s:
-        rows = queries.audit_rows(s, audit_id)
-        folds = queries.audit_runs(s, audit_id)
+        rows = evaluation.audit_rows(s, audit_id)
+        folds = evaluation.audit_runs(s, audit_id)
         assert [(r.kind, r.status, r.config["probe"]) for r in folds] == [("fold", "succeeded", True)] * 2
         computed = [r.progress["features_computed"] for r in folds]
     assert len(rows) == 300 and len({r.image_id for r in rows}) == 300

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from db import queries
+from db import evaluation, labelling, queries
 from db.models import Label
 from tests.conftest import ROOT, finished_run
 
@@ -85,7 +85,7 @@ def test_review_relabel_and_undo_add_history_rows(run_id, sessions):
     next(b for b in at.button if b.label == "Undo last review").click().run()
     assert label_rows() == before + 2
     with sessions() as s:
-        history = queries.label_history(s, newest.image_id)
+        history = labelling.label_history(s, newest.image_id)
         assert history[-1].label == history[0].label and history[-1].note.startswith("undo of")
 
 
@@ -170,7 +170,7 @@ def test_label_error_queue_is_worst_first_and_relabels_with_a_note(sessions):
     at = page("review", queue="audit", reviewer="ana")
     assert not at.exception
     with sessions() as s:
-        rows = queries.audit_rows(s, audit_id, flagged_only=True)
+        rows = evaluation.audit_rows(s, audit_id, flagged_only=True)
     assert any(f"{len(rows):,} images in the queue" in c.value for c in at.caption)
     assert at.subheader[0].value == rows[0].rel_path  # the worst opens first
     at.text_input(key=f"note_{rows[0].image_id}").set_value("audit: clearly a photo").run()
@@ -178,7 +178,7 @@ def test_label_error_queue_is_worst_first_and_relabels_with_a_note(sessions):
     next(b for b in at.button if b.label == wanted).click().run()
     assert not at.exception
     with sessions() as s:
-        newest = queries.label_history(s, rows[0].image_id)[-1]
+        newest = labelling.label_history(s, rows[0].image_id)[-1]
     assert (newest.label, newest.author, newest.note) == (1 - rows[0].given_label, "ana",
                                                            "audit: clearly a photo")
     at.radio[2].set_value("not yet reviewed").run()  # the fixed image leaves the pending queue
@@ -191,9 +191,9 @@ def test_runs_page_compares_two_runs_fairly_and_offers_retraining(run_id, sessio
     with sessions.begin() as s:
         a = queries.get_run(s, run_id)
         val = queries.run_image_ids(s, run_id, "val")
-        queries.relabel(s, val[0], 1 - queries.current_labels(s, a.dataset_id)[val[0]], author="ana")
+        labelling.relabel(s, val[0], 1 - labelling.current_labels(s, a.dataset_id)[val[0]], author="ana")
         b = Run(dataset_id=a.dataset_id, status="succeeded", config=a.config, checkpoint="x",
-                labels_as_of=queries.newest_label_id(s, a.dataset_id), like_run_id=run_id)
+                labels_as_of=labelling.newest_label_id(s, a.dataset_id), like_run_id=run_id)
         s.add(b)
         s.flush()
         queries.set_run_images(s, b.id, {"train": queries.run_image_ids(s, run_id, "train"), "val": val})

@@ -4,7 +4,7 @@ import os
 import pytest
 from sqlalchemy import func, select
 
-from db import queries
+from db import labelling, queries
 from db.models import Image, Label
 from engine.errors import CsvError
 from engine.ingest import import_dataset
@@ -26,7 +26,7 @@ def test_clean_folder_records_images_and_first_labels(sessions, tiny_dataset):
         assert (first.width, first.height) == (48, 40)
         assert first.bytes == (tiny_dataset / first.rel_path).stat().st_size
         assert len(first.sha1) == 40
-        labels = queries.current_labels(s, ds.id)
+        labels = labelling.current_labels(s, ds.id)
         assert sorted(labels.values()) == [0] * 4 + [1] * 4
         assert all(lb.source == "import" for lb in s.scalars(select(Label)))
         # test order is test.csv's order
@@ -137,7 +137,7 @@ def test_a_file_missing_at_first_import_is_picked_up_later(sessions, tiny_datase
     second = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     assert (second.train, second.added, second.rejects) == (8, 0, [])
     with sessions() as s:
-        labels = queries.current_labels(s, queries.get_dataset(s, "tiny").id)
+        labels = labelling.current_labels(s, queries.get_dataset(s, "tiny").id)
         assert len(labels) == 8  # its label was kept from the first import
 
 

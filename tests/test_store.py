@@ -6,7 +6,7 @@ import json
 import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
 
-from db import queries, store
+from db import evaluation, labelling, queries, store
 from db.models import Base, Epoch, Label
 from tests.conftest import SAMPLE, aivh, finished_run
 
@@ -61,10 +61,10 @@ def test_a_newer_aivh_opens_an_older_store_without_losing_data(store_url, stampe
     with sessions() as s:
         assert queries.get_run(s, 1).config == {"epochs": 2}
         assert [e.epoch for e in queries.epochs(s, 1)] == [1, 2]  # no cascade fired mid-migration
-        assert queries.current_labels(s, 1) == {1: 1}
+        assert labelling.current_labels(s, 1) == {1: 1}
         assert queries.get_run(s, 1).audit_id is None  # the new column exists
     with sessions.begin() as s:
-        queries.create_eval_set(s, 1, "frozen", [1])
+        evaluation.create_eval_set(s, 1, "frozen", [1])
     with store.get_engine(store_url).connect() as c:
         assert store.current_revision(c) == store.head_revision()
 
@@ -74,21 +74,21 @@ def test_import_relabel_undo_and_history_on_each_backend(store_url):
     run_id = finished_run(sessions)
     with sessions.begin() as s:
         ds = queries.get_run(s, run_id).dataset_id
-        image_id = min(queries.current_labels(s, ds))
-        first = queries.current_labels(s, ds)[image_id]
-        queries.relabel(s, image_id, 1 - first, author="ana", note="looks generated")
+        image_id = min(labelling.current_labels(s, ds))
+        first = labelling.current_labels(s, ds)[image_id]
+        labelling.relabel(s, image_id, 1 - first, author="ana", note="looks generated")
     with sessions.begin() as s:
-        assert queries.current_labels(s, ds)[image_id] == 1 - first
-        assert queries.import_labels(s, ds)[image_id] == first
-        with pytest.raises(queries.UndoRefused, match="nothing to undo: ben"):
-            queries.undo_last_review(s, image_id, author="ben")  # not ben's review to undo
-        queries.undo_last_review(s, image_id, author="ana")
+        assert labelling.current_labels(s, ds)[image_id] == 1 - first
+        assert labelling.import_labels(s, ds)[image_id] == first
+        with pytest.raises(labelling.UndoRefused, match="nothing to undo: ben"):
+            labelling.undo_last_review(s, image_id, author="ben")  # not ben's review to undo
+        labelling.undo_last_review(s, image_id, author="ana")
     with sessions() as s:
-        history = queries.label_history(s, image_id)
+        history = labelling.label_history(s, image_id)
         assert [(h.label, h.source, h.author) for h in history] == [
             (first, "import", "import"), (1 - first, "review", "ana"), (first, "undo", "ana")]
-        assert queries.labels_changed(s, ds, history[0].id, history[1].id) == [image_id]
-        assert queries.labels_changed(s, ds, history[0].id, history[2].id) == []
+        assert labelling.labels_changed(s, ds, history[0].id, history[1].id) == [image_id]
+        assert labelling.labels_changed(s, ds, history[0].id, history[2].id) == []
         rows = queries.prediction_rows(s, queries.get_run(s, run_id), "val")
         assert rows and all(r[4] >= 0 for r in rows)
 
@@ -124,31 +124,31 @@ def test_label_states_reads_only_relabelled_images_and_agrees_with_full_label_st
     rnd = random.Random(0)
     with sessions() as s:
         ds = queries.get_run(s, run_id).dataset_id
-        labelled = sorted(queries.current_labels(s, ds))
+        labelled = sorted(labelling.current_labels(s, ds))
         unlabelled = [i.id for i in queries.images(s, ds, "test")][:4]
     states = []
     with sessions() as s:
-        states.append(queries.newest_label_id(s, ds))
+        states.append(labelling.newest_label_id(s, ds))
     for step in range(30):
         image_id = rnd.choice(labelled[:6] + unlabelled)
         with sessions.begin() as s:
             if step % 3 == 2:
                 try:
-                    queries.undo_last_review(s, image_id, author="ana")
-                except queries.UndoRefused:
+                    labelling.undo_last_review(s, image_id, author="ana")
+                except labelling.UndoRefused:
                     pass
             else:
-                queries.relabel(s, image_id, rnd.randint(0, 1), author="ana")
+                labelling.relabel(s, image_id, rnd.randint(0, 1), author="ana")
         with sessions() as s:
-            states.append(queries.newest_label_id(s, ds))
+            states.append(labelling.newest_label_id(s, ds))
     with sessions() as s:
-        full = {st: queries.current_labels(s, ds, as_of=st) for st in set(states)}
-        full[None] = queries.current_labels(s, ds)
-        sources = {row.source for i in labelled[:6] + unlabelled for row in queries.label_history(s, i)}
+        full = {st: labelling.current_labels(s, ds, as_of=st) for st in set(states)}
+        full[None] = labelling.current_labels(s, ds)
+        sources = {row.source for i in labelled[:6] + unlabelled for row in labelling.label_history(s, i)}
         assert {"review", "undo", "unlabel"} <= sources, sources  # every kind of row was exercised
         for _ in range(20):
             picked = [rnd.choice(states), rnd.choice(states), None]
-            got = queries.label_states(s, ds, picked)
+            got = labelling.label_states(s, ds, picked)
             for i in full[None].keys() | {i for st in states for i in full[st]}:
                 want = [full[st].get(i) for st in picked]
                 if i in got:
@@ -156,5 +156,5 @@ def test_label_states_reads_only_relabelled_images_and_agrees_with_full_label_st
                 else:  # left out: one label in every state
                     assert len(set(want)) == 1, (i, picked)
             a, b = picked[:2]
-            assert queries.labels_changed(s, ds, a, b) == sorted(
+            assert labelling.labels_changed(s, ds, a, b) == sorted(
                 i for i in full[a].keys() & full[b].keys() if full[a][i] != full[b][i])

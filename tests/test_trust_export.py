@@ -12,7 +12,7 @@ import pytest
 import torch
 from sqlalchemy import select, update
 
-from db import queries
+from db import labelling, queries
 from db.models import Epoch, Prediction, Run
 from engine import cli
 from engine.errors import ExportRefused
@@ -42,7 +42,7 @@ def _run(sessions, root: Path, *, best_epoch: int = 2, best_threshold: float = 0
     import_dataset(sessions, root, "d", progress=False)
     with sessions.begin() as s:
         ds = queries.get_dataset(s, "d")
-        labels = queries.current_labels(s, ds.id)
+        labels = labelling.current_labels(s, ds.id)
         val_ids = sorted(labels)
         test_ids = [im.id for im in queries.images(s, ds.id, "test")]
         run = Run(dataset_id=ds.id, status="succeeded", config=TrainConfig(epochs=5, img_size=32).to_dict(),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from db import queries
+from db import evaluation, labelling, queries
 from engine.ingest import import_dataset
 from tests.conftest import aivh, draw_jpeg, write_kaggle
 
@@ -71,7 +71,7 @@ def test_audit_folds_keep_byte_identical_copies_in_one_fold(sessions, dup_datase
             ds = queries.get_dataset(s, "dups")
             audit = au.create_audit(s, ds, TrainConfig(epochs=1, img_size=32), folds)
             held = {}
-            for run in queries.audit_runs(s, audit.id):
+            for run in evaluation.audit_runs(s, audit.id):
                 for i in queries.run_image_ids(s, run.id, "val"):
                     held[i] = run.fold
             sha = {im.id: im.sha1 for im in queries.images(s, ds.id, "train")}
@@ -82,7 +82,7 @@ def test_audit_folds_keep_byte_identical_copies_in_one_fold(sessions, dup_datase
                 by_content.setdefault(sha[i], set()).add(f)
             split = {paths[i]: f for i, f in held.items() if len(by_content[sha[i]]) > 1}
             assert not split, f"{folds} folds: copies of one file in different folds: {split}"
-            labels = queries.import_labels(s, ds.id)
+            labels = labelling.import_labels(s, ds.id)
             for cls in (0, 1):  # each class still balanced, within the largest group (2 copies)
                 sizes = np.bincount([f for i, f in held.items() if labels[i] == cls], minlength=folds)
                 assert sizes.max() - sizes.min() <= 2, (folds, cls, sizes)
@@ -116,72 +116,72 @@ def labelled(sessions, tiny_dataset):
         ds = queries.get_dataset(s, "tiny")
         train = queries.images(s, ds.id, "train")[0]
         test = queries.images(s, ds.id, "test")[0]
-        return ds.id, train.id, queries.current_labels(s, ds.id)[train.id], test.id
+        return ds.id, train.id, labelling.current_labels(s, ds.id)[train.id], test.id
 
 
 def _label(sessions, ds_id, image_id):
     with sessions() as s:
-        return queries.current_labels(s, ds_id).get(image_id)
+        return labelling.current_labels(s, ds_id).get(image_id)
 
 
 def test_a_second_undo_goes_further_back_never_forward(sessions, labelled):
     ds_id, image_id, first, _ = labelled
     with sessions.begin() as s:
-        queries.relabel(s, image_id, 1 - first, author="ana")
+        labelling.relabel(s, image_id, 1 - first, author="ana")
     with sessions.begin() as s:
-        queries.relabel(s, image_id, first, author="ana", note="no, it was right")
+        labelling.relabel(s, image_id, first, author="ana", note="no, it was right")
     with sessions.begin() as s:
-        queries.undo_last_review(s, image_id, author="ana")
+        labelling.undo_last_review(s, image_id, author="ana")
     assert _label(sessions, ds_id, image_id) == 1 - first
     with sessions.begin() as s:
-        queries.undo_last_review(s, image_id, author="ana")
+        labelling.undo_last_review(s, image_id, author="ana")
     assert _label(sessions, ds_id, image_id) == first  # back to the import label, not a toggle
-    with pytest.raises(queries.UndoRefused) as err, sessions.begin() as s:
-        queries.undo_last_review(s, image_id, author="ana")
+    with pytest.raises(labelling.UndoRefused) as err, sessions.begin() as s:
+        labelling.undo_last_review(s, image_id, author="ana")
     assert "nothing to undo" in str(err.value) and "\n" not in str(err.value)
     assert _label(sessions, ds_id, image_id) == first
     with sessions() as s:
-        history = queries.label_history(s, image_id)
+        history = labelling.label_history(s, image_id)
         assert [h.source for h in history] == ["import", "review", "review", "undo", "undo"]
-        rows = [r for r in queries.label_history_rows(s, ds_id) if r[0] in {h.id for h in history}]
+        rows = [r for r in labelling.label_history_rows(s, ds_id) if r[0] in {h.id for h in history}]
         assert [r.source for r in rows] == [h.source for h in history]  # the history stays whole
 
 
 def test_undo_refuses_when_someone_else_relabelled_since_naming_who_and_when(sessions, labelled):
     ds_id, image_id, first, _ = labelled
     with sessions.begin() as s:
-        queries.relabel(s, image_id, 1 - first, author="ana")
+        labelling.relabel(s, image_id, 1 - first, author="ana")
     with sessions.begin() as s:
-        bens = queries.relabel(s, image_id, first, author="ben")
+        bens = labelling.relabel(s, image_id, first, author="ben")
         when = bens.created_at
-    with pytest.raises(queries.UndoRefused) as err, sessions.begin() as s:
-        queries.undo_last_review(s, image_id, author="ana")
+    with pytest.raises(labelling.UndoRefused) as err, sessions.begin() as s:
+        labelling.undo_last_review(s, image_id, author="ana")
     msg = str(err.value)
     assert "ben" in msg and when.strftime("%Y-%m-%d %H:%M") in msg and "\n" not in msg
     assert _label(sessions, ds_id, image_id) == first  # ben's relabel stands
-    with pytest.raises(queries.UndoRefused, match="nothing to undo"), sessions.begin() as s:
-        queries.undo_last_review(s, image_id, author="cleo")  # cleo never reviewed it
+    with pytest.raises(labelling.UndoRefused, match="nothing to undo"), sessions.begin() as s:
+        labelling.undo_last_review(s, image_id, author="cleo")  # cleo never reviewed it
     with sessions.begin() as s:  # ben takes his back: now ana's undo may go ahead
-        queries.undo_last_review(s, image_id, author="ben")
+        labelling.undo_last_review(s, image_id, author="ben")
     assert _label(sessions, ds_id, image_id) == 1 - first
     with sessions.begin() as s:
-        queries.undo_last_review(s, image_id, author="ana")
+        labelling.undo_last_review(s, image_id, author="ana")
     assert _label(sessions, ds_id, image_id) == first
 
 
 def test_undo_of_a_test_images_first_review_leaves_it_unlabelled(sessions, labelled):
     ds_id, _, _, test_id = labelled
     with sessions.begin() as s:
-        queries.relabel(s, test_id, 1, author="ana")
+        labelling.relabel(s, test_id, 1, author="ana")
     assert _label(sessions, ds_id, test_id) == 1
     with sessions.begin() as s:
-        queries.undo_last_review(s, test_id, author="ana")
+        labelling.undo_last_review(s, test_id, author="ana")
     assert _label(sessions, ds_id, test_id) is None
     with sessions() as s:
-        assert test_id not in queries.current_labels(s, ds_id)
-        assert [h.source for h in queries.label_history(s, test_id)] == ["review", "unlabel"]
+        assert test_id not in labelling.current_labels(s, ds_id)
+        assert [h.source for h in labelling.label_history(s, test_id)] == ["review", "unlabel"]
     with sessions.begin() as s:  # and it can be labelled again
-        queries.relabel(s, test_id, 0, author="ben")
+        labelling.relabel(s, test_id, 0, author="ben")
     assert _label(sessions, ds_id, test_id) == 0
 
 
@@ -193,12 +193,12 @@ def test_an_undone_review_no_longer_counts_as_a_review(sessions):
         run = queries.get_run(s, run_id)
         image_id, _, _, label, _ = queries.prediction_rows(s, run, "val")[0]
     with sessions.begin() as s:
-        queries.relabel(s, image_id, 1 - label, author="ana")
+        labelling.relabel(s, image_id, 1 - label, author="ana")
     with sessions() as s:
         row = {r[0]: r for r in queries.prediction_rows(s, queries.get_run(s, run_id), "val")}[image_id]
         assert (row[3], row[4]) == (1 - label, 1)
     with sessions.begin() as s:
-        queries.undo_last_review(s, image_id, author="ana")
+        labelling.undo_last_review(s, image_id, author="ana")
     with sessions() as s:
         row = {r[0]: r for r in queries.prediction_rows(s, queries.get_run(s, run_id), "val")}[image_id]
         assert (row[3], row[4]) == (label, 0)
@@ -445,14 +445,14 @@ def test_undo_refusal_names_the_time_in_utc_on_each_backend(store_url):
     run_id = finished_run(sessions)
     with sessions.begin() as s:
         image_id = queries.run_image_ids(s, run_id, "val")[0]
-        queries.relabel(s, image_id, 1, author="ana")
+        labelling.relabel(s, image_id, 1, author="ana")
     with sessions.begin() as s:
-        queries.relabel(s, image_id, 0, author="ben")
+        labelling.relabel(s, image_id, 0, author="ben")
     with sessions() as s:
-        when = queries.label_history(s, image_id)[-1].created_at
+        when = labelling.label_history(s, image_id)[-1].created_at
     when = when.astimezone(UTC) if when.tzinfo else when
-    with pytest.raises(queries.UndoRefused) as err, sessions.begin() as s:
-        queries.undo_last_review(s, image_id, author="ana")
+    with pytest.raises(labelling.UndoRefused) as err, sessions.begin() as s:
+        labelling.undo_last_review(s, image_id, author="ana")
     assert f"ben relabelled it human-made at {when:%Y-%m-%d %H:%M:%S} UTC" in str(err.value), str(err.value)
 
 

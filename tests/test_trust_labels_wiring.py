@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from db import queries
+from db import labelling, queries
 from tests.conftest import aivh, copy_sample, draw_jpeg, write_kaggle
 
 
@@ -87,15 +87,15 @@ def test_review_page_shows_why_an_undo_is_refused(sessions):
     opener = next(b for b in at.button if b.label == "Open")
     image_id = int(opener.key.split("_")[1])
     with sessions() as s:
-        label = queries.current_labels(s, queries.get_run(s, run_id).dataset_id)[image_id]
+        label = labelling.current_labels(s, queries.get_run(s, run_id).dataset_id)[image_id]
     with sessions.begin() as s:
-        queries.relabel(s, image_id, 1 - label, author="ana")
+        labelling.relabel(s, image_id, 1 - label, author="ana")
     with sessions.begin() as s:
-        queries.relabel(s, image_id, label, author="ben")
+        labelling.relabel(s, image_id, label, author="ben")
     opener.click().run()
     assert not at.exception
     next(b for b in at.button if b.label == "Undo last review").click().run()
     assert not at.exception
     assert any("ben relabelled it" in w.value for w in at.warning), [w.value for w in at.warning]
     with sessions() as s:
-        assert queries.current_labels(s, queries.get_run(s, run_id).dataset_id)[image_id] == label
+        assert labelling.current_labels(s, queries.get_run(s, run_id).dataset_id)[image_id] == label

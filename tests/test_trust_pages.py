@@ -9,7 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from streamlit.testing.v1 import AppTest
 
-from db import queries
+from db import labelling, queries
 from tests.conftest import ROOT, draw_jpeg, finished_run, write_kaggle
 
 PAGES = ROOT / "dashboard" / "views"
@@ -142,14 +142,14 @@ def test_labels_changed_is_exact_and_cached(run_id, sessions):
         run = queries.get_run(s, run_id)
         ds, before = run.dataset_id, run.labels_as_of
         val = queries.run_image_ids(s, run_id, "val")
-        now = queries.current_labels(s, ds)
-        queries.relabel(s, val[0], 1 - now[val[0]], author="ana")
-        queries.relabel(s, val[1], 1 - now[val[1]], author="ana")
-        queries.relabel(s, val[1], now[val[1]], author="bea")  # put back: not a change
-        queries.relabel(s, val[2], now[val[2]], author="ana")  # confirmed: not a change
+        now = labelling.current_labels(s, ds)
+        labelling.relabel(s, val[0], 1 - now[val[0]], author="ana")
+        labelling.relabel(s, val[1], 1 - now[val[1]], author="ana")
+        labelling.relabel(s, val[1], now[val[1]], author="bea")  # put back: not a change
+        labelling.relabel(s, val[2], now[val[2]], author="ana")  # confirmed: not a change
     with sessions() as s:
-        expected = len(queries.labels_changed(s, ds, before, queries.newest_label_id(s, ds)))
-        newest = queries.newest_label_id(s, ds)
+        expected = len(labelling.labels_changed(s, ds, before, labelling.newest_label_id(s, ds)))
+        newest = labelling.newest_label_id(s, ds)
     assert expected == 1
     assert store.labels_changed(ds, before, None) == expected
     assert store.labels_changed(ds, newest, before) == expected  # either order
@@ -181,7 +181,7 @@ def test_compare_runs_is_cached_and_follows_new_predictions(run_id, sessions):
         assert store.compare_runs(run_id, b_id) == got
     assert not any("FROM predictions" in q and "sum(" not in q for q in sql.seen)  # versions only
     with sessions.begin() as s:  # run B predicted again, now perfectly
-        now = queries.current_labels(s, queries.get_run(s, run_id).dataset_id)
+        now = labelling.current_labels(s, queries.get_run(s, run_id).dataset_id)
         queries.upsert_predictions(s, b_id, [(i, 0.1 + 0.8 * now[i]) for i in val])
     after = store.compare_runs(run_id, b_id)
     assert (got["b"]["auc"], after["b"]["auc"]) == (0.5, 1.0)

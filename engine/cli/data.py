@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from db import queries
+from db import evaluation, labelling, queries
 from db.store import session_factory
 from engine.cli.shared import emit
 
@@ -27,8 +27,8 @@ def cmd_import(args) -> None:
 
 def cmd_evalset(args) -> None:
     with session_factory().begin() as s:
-        es = queries.freeze_validation(s, args.run, args.name, author=args.author)
-        images = len(queries.eval_set_image_ids(s, es.id))
+        es = evaluation.freeze_validation(s, args.run, args.name, author=args.author)
+        images = len(evaluation.eval_set_image_ids(s, es.id))
     emit(args, {"eval_set": args.name, "images": images, "id": es.id},
           f"froze {images} validation images of run {args.run} as evaluation set {args.name!r}")
 
@@ -38,7 +38,7 @@ def cmd_labels_export(args) -> None:
 
     out = Path(args.out)
     with session_factory()() as s:
-        rows = queries.label_history_rows(s, queries.get_dataset(s, args.dataset).id)
+        rows = labelling.label_history_rows(s, queries.get_dataset(s, args.dataset).id)
     write_csv(out, ["label_id", "file_name", "split", "label", "source", "author", "note", "created_at"],
               ([r.id, r.rel_path, r.split, r.label, r.source, r.author or "", r.note or "",
                 r.created_at.isoformat()] for r in rows))

@@ -5,7 +5,7 @@ import logging
 import sys
 from pathlib import Path
 
-from db import queries
+from db import evaluation, queries
 from db.store import home, session_factory
 from engine.choices import RESIZE_MODES
 from engine.cli.shared import PROBE_DEFAULTS, emit, given, train_config
@@ -111,13 +111,13 @@ def cmd_audit(args) -> None:
         with sessions() as s:
             rows = [{"audit": a.id, "dataset_id": a.dataset_id, "folds": a.folds, "status": a.status,
                      "flagged": a.flagged, "labels_as_of": a.labels_as_of, "error": a.error}
-                    for a in queries.list_audits(s)]
+                    for a in evaluation.list_audits(s)]
         emit(args, rows, "\n".join(f"audit {r['audit']}: {r['folds']} folds, {r['status']}, "
                                      f"{r['flagged']} flagged" for r in rows) or "no audits yet")
         return
     with sessions.begin() as s:
         if args.resume is not None:
-            audit_id = queries.get_audit(s, args.resume).id
+            audit_id = evaluation.get_audit(s, args.resume).id
         elif args.dataset:
             cfg = train_config(args, probe_defaults=args.probe)
             audit_id = au.create_audit(s, queries.get_dataset(s, args.dataset), cfg, args.folds).id
@@ -128,9 +128,9 @@ def cmd_audit(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     audit = au.run_audit(sessions, audit_id, progress=not args.json)
     with sessions() as s:
-        rows = queries.audit_rows(s, audit_id)
+        rows = evaluation.audit_rows(s, audit_id)
         out = au.write_audit_csv(s, audit_id, Path(args.out)) if args.out else None
-        runs = [r.id for r in queries.audit_runs(s, audit_id)]
+        runs = [r.id for r in evaluation.audit_runs(s, audit_id)]
     payload = {"audit": audit_id, "status": audit.status, "folds": audit.folds, "runs": runs,
                "scored": len(rows), "flagged": audit.flagged, "csv": str(out) if out else None,
                "worst": [r.rel_path for r in rows[:10]]}
