@@ -348,6 +348,13 @@ def start_run(dataset_id: int, cfg) -> int:
     return _start(lambda s, jobs: jobs.create_run(s, s.get(Dataset, dataset_id), cfg))
 
 
+def start_probe(dataset_id: int, cfg) -> int:
+    """A linear-probe run (engine.probe) on the dataset with `cfg`, started; its id."""
+    from engine.probe import create_probe
+
+    return _start(lambda s, jobs: create_probe(s, s.get(Dataset, dataset_id), cfg))
+
+
 def retrain(like_id: int) -> int:
     """A new run with `like_id`'s config on the current labels, started; its id."""
     return _start(lambda s, jobs: jobs.create_like_run(s, like_id))

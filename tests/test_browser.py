@@ -129,7 +129,7 @@ def test_export_download_is_a_valid_submission(server, page):
 
 def test_launch_a_tiny_run_and_watch_it_finish(server, page):
     open_page(page, f"{server['url']}/train")
-    for label, value in (("Epochs", "1"), ("Image size (px)", "32"), ("Batch size", "16"),
+    for label, value in (("Epochs", "1"), ("Image size (px, 0 = the architecture's)", "32"), ("Batch size", "16"),
                          ("Limit images (0 = all)", "40"), ("Decoding workers", "0")):
         box = page.get_by_label(label, exact=True)
         box.fill(value)

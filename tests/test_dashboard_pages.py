@@ -273,8 +273,40 @@ def test_train_form_defaults_are_train_configs(run_id):
     at = page("train")
     d = TrainConfig()
     values = {n.label: n.value for n in at.number_input}
-    assert values["Epochs"] == d.epochs and values["Image size (px)"] == d.img_size
-    assert values["Batch size"] == d.batch_size and values["Learning rate"] == pytest.approx(d.lr)
-    assert values["Decoding workers"] == d.workers
+    # image size and learning rate: 0 = TrainConfig.from_dict's, from the architecture and weights
+    assert values["Epochs"] == d.epochs and values["Image size (px, 0 = the architecture's)"] == 0
+    assert values["Batch size"] == d.batch_size and values["Decoding workers"] == d.workers
+    assert values["Learning rate (0 = 1e-3 from scratch, 3e-4 pretrained)"] == 0
+    assert values["Freeze epochs (head only first)"] == d.freeze_epochs
+    assert {t.label: t.value for t in at.text_input}["Architecture"] == d.arch
     boxes = {b.label: b.value for b in at.selectbox}
     assert (boxes["Device"], boxes["Resize mode"], boxes["JPEG decode"]) == (d.device, d.resize_mode, d.decode)
+
+
+def test_train_page_starts_a_probe_that_finishes_and_shows_its_arch_and_weights(run_id, sessions):
+    """The Train form's probe button launches a real probe process (pretrained Lite0, offline
+    weights) on the sample; the Runs page then lists its architecture and weights."""
+    import time
+
+    at = page("train")
+    next(t for t in at.text_input if t.label == "Architecture").set_value("tf_efficientnet_lite0")
+    next(b for b in at.selectbox if b.label == "Starting weights").set_value("imagenet")
+    next(n for n in at.number_input if n.label.startswith("Image size")).set_value(32)
+    next(n for n in at.number_input if n.label == "Decoding workers").set_value(0)
+    next(b for b in at.button if b.label.startswith("Start a probe")).click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    with sessions() as s:
+        probe = max(queries.list_runs(s), key=lambda r: r.id)
+    assert probe.id != run_id and probe.kind == "probe" and probe.config["arch"] == "tf_efficientnet_lite0"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            status = queries.get_run(s, probe.id).status
+        if status not in ("queued", "running"):
+            break
+        time.sleep(1)
+    assert status == "succeeded", (probe.id, status)
+    table = page("runs").dataframe[1].value
+    row = table[table["run"] == probe.id].iloc[0]
+    assert row["arch"] == "tf_efficientnet_lite0" and row["weights"].startswith("imagenet: ")
+    assert row["kind"] == "probe" and row["status"] == "succeeded"

@@ -42,9 +42,10 @@ def draw(i: int, rng, *, neutral: bool = False) -> tuple[np.ndarray, int]:
 N_TRAIN, N_NEUTRAL = 280, 93
 
 
-def train_planted(root: Path, seed: int = 0):
+def train_planted(root: Path, seed: int = 0, **overrides):
     """Draw the images into root and train the planted run: (training result, model).
-    The seed draws the images and seeds the training (init, order, flips).
+    The seed draws the images and seeds the training (init, order, flips); `overrides` change
+    the TrainConfig (another architecture, pretrained weights).
 
     Two things make the patch evidence the model cannot miss. Training runs in crop mode,
     which on these S x S images is the whole image, flipped half the time: the default
@@ -70,8 +71,8 @@ def train_planted(root: Path, seed: int = 0):
         train_paths.append(f"neutral{j}.png")
         train_labels.append(y)
     data = TrainData(root, train_paths, train_labels, paths[N_TRAIN:320], labels[N_TRAIN:320])
-    cfg = TrainConfig(epochs=5, img_size=S, batch_size=16, lr=2e-3, workers=0, patience=9,
-                      resize_mode="crop", seed=seed)
+    cfg = TrainConfig.from_dict({"epochs": 5, "img_size": S, "batch_size": 16, "lr": 2e-3, "workers": 0,
+                                 "patience": 9, "resize_mode": "crop", "seed": seed, **overrides})
     result = train(cfg, data, root / "run", progress=False)
     return result, load_trained(root / "run" / "best.pt")[0]
 

@@ -33,6 +33,9 @@ def runs_table(runs: dict) -> pd.DataFrame:
         rows.append({"run": r.id, "dataset": names.get(r.dataset_id), "kind": r.kind,
                      "status": ui.status_text(r), "like run": r.like_run_id,
                      "epochs": f"{sum(e.run_id == r.id for e in epochs)}/{cfg.get('epochs')}",
+                     "arch": cfg.get("arch", "efficientnet_b3"),
+                     "weights": cfg.get("weights_source") or ("none" if cfg.get("pretrained") is None
+                                                              else cfg["pretrained"]),
                      "img size": cfg.get("img_size"), "batch": cfg.get("batch_size"), "lr": cfg.get("lr"),
                      "labels as of": r.labels_as_of, "best epoch": r.best_epoch,
                      "val F1 (best thr.)": b.val_best_f1 if b else None,

@@ -1,5 +1,4 @@
 """Train: start a run as its own process and watch it live from the store."""
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +10,8 @@ from engine import metrics
 from engine.choices import DECODES, DEVICES, RESIZE_MODES
 from engine.config import TrainConfig
 
+WEIGHTS = ("none (from scratch)", "imagenet", "a file")
+
 
 def form_ui(names: dict[int, str], runs: dict) -> None:
     resumable = ui.resumable(runs)
@@ -19,25 +20,39 @@ def form_ui(names: dict[int, str], runs: dict) -> None:
         st.subheader("New run")
         c1, c2, c3 = st.columns(3)
         dataset = c1.selectbox("Dataset", list(names), format_func=names.get)
+        arch = c2.text_input("Architecture", value=d.arch,
+                             help="efficientnet_b3 (torchvision) or any timm model name, e.g. "
+                                  "tf_efficientnet_lite0 (ImageNet weights offline)")
+        weights = c3.selectbox("Starting weights", WEIGHTS)
+        c1, c2, c3 = st.columns(3)
+        weights_file = c1.text_input("Weights file (for 'a file')", placeholder="/path/to/weights.pth")
         epochs = c2.number_input("Epochs", 1, 200, value=d.epochs)
-        img_size = c3.number_input("Image size (px)", 16, 1024, value=d.img_size, step=16)
+        freeze = c3.number_input("Freeze epochs (head only first)", 0, 199, value=d.freeze_epochs)
         c1, c2, c3 = st.columns(3)
-        batch_size = c1.number_input("Batch size", 1, 1024, value=d.batch_size)
-        lr = c2.number_input("Learning rate", 1e-6, 1.0, value=d.lr, format="%.5f", step=1e-4)
-        device = c3.selectbox("Device", DEVICES, index=DEVICES.index(d.device))
+        img_size = c1.number_input("Image size (px, 0 = the architecture's)", 0, 1024, value=0, step=16)
+        batch_size = c2.number_input("Batch size", 1, 1024, value=d.batch_size)
+        lr = c3.number_input("Learning rate (0 = 1e-3 from scratch, 3e-4 pretrained)", 0.0, 1.0, value=0.0,
+                             format="%.5f", step=1e-4)
         c1, c2, c3 = st.columns(3)
-        limit = c1.number_input("Limit images (0 = all)", 0, 10_000_000, value=d.limit or 0)
-        pretrained = c2.text_input("Pretrained weights file (optional)", value=d.pretrained or "",
-                                   placeholder="/path/to/b3.pth")
+        device = c1.selectbox("Device", DEVICES, index=DEVICES.index(d.device))
+        limit = c2.number_input("Limit images (0 = all)", 0, 10_000_000, value=d.limit or 0)
         workers = c3.number_input("Decoding workers", 0, 64, value=d.workers)
         c1, c2, _ = st.columns(3)
         resize_mode = c1.selectbox("Resize mode", RESIZE_MODES, index=RESIZE_MODES.index(d.resize_mode))
         decode = c2.selectbox("JPEG decode", DECODES, index=DECODES.index(d.decode))
-        if st.form_submit_button("Start training", type="primary"):
-            start_run(dataset, replace(
-                d, epochs=int(epochs), img_size=int(img_size), batch_size=int(batch_size), lr=float(lr),
-                device=device, limit=int(limit) or None, pretrained=pretrained.strip() or None,
-                workers=int(workers), resize_mode=resize_mode, decode=decode))
+        b1, b2 = st.columns(2)
+        train = b1.form_submit_button("Start training", type="primary")
+        probe = b2.form_submit_button("Start a probe (frozen features + logistic regression, seconds)")
+        if train or probe:
+            pretrained = {"imagenet": "imagenet", "a file": weights_file.strip() or "(no file given)"}.get(weights)
+            given = {"arch": arch.strip() or d.arch, "pretrained": pretrained, "epochs": int(epochs),
+                     "freeze_epochs": int(freeze), "batch_size": int(batch_size), "device": device,
+                     "limit": int(limit) or None, "workers": int(workers), "resize_mode": resize_mode,
+                     "decode": decode, **({"img_size": int(img_size)} if img_size else {}),
+                     **({"lr": float(lr)} if lr else {})}
+            if probe:  # what `aivh probe` sets: one pass, no epochs to freeze
+                given |= {"probe": True, "epochs": 1, "freeze_epochs": 0}
+            start_run(dataset, TrainConfig.from_dict(given), probe=bool(probe))
     if resumable:
         c1, c2 = st.columns([3, 1])
         chosen = c1.selectbox("Resume a run that died", resumable, format_func=lambda i: f"#{i}")
@@ -51,14 +66,14 @@ def form_ui(names: dict[int, str], runs: dict) -> None:
                 st.rerun()
 
 
-def start_run(dataset_id: int, cfg: TrainConfig) -> None:
+def start_run(dataset_id: int, cfg: TrainConfig, *, probe: bool = False) -> None:
     problems = cfg.problems()  # the same check as `aivh train`
     if problems:
         st.error("Not started: " + "; ".join(problems))
         return
-    run_id = store.start_run(dataset_id, cfg)
+    run_id = (store.start_probe if probe else store.start_run)(dataset_id, cfg)
     st.query_params["watch"] = str(run_id)
-    st.success(f"Run #{run_id} started.")
+    st.success(f"{'Probe' if probe else 'Run'} #{run_id} started.")
 
 
 def tail(path: Path, lines: int = 30) -> str:
