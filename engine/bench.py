@@ -100,11 +100,13 @@ def _timed(batches, step, device, warmup: int, lag: int = 0) -> float:
 
 def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | None = None,
               compile: bool = False, steps: int | None = None, warmup: int = 2, workers: int | None = None,
-              data_dir: Path | None = None, progress: bool = True, decode: str = "auto") -> dict:
+              data_dir: Path | None = None, progress: bool = True, decode: str = "auto",
+              arch: str = "efficientnet_b3") -> dict:
     import torch
     from torch import nn
     from torch.utils.data import RandomSampler
 
+    from engine.backbones import spec
     from engine.device import autocast, default_workers, prepare, resolve_device
     from engine.gpu_decode import default_ahead, device_batches
     from engine.infer import infer
@@ -115,6 +117,7 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
+    norm = (spec(arch).mean, spec(arch).std)
     batch_size = batch_size or (128 if cuda else 32)
     steps = steps or (30 if cuda else 6)
     workers = default_workers(cuda) if workers is None else workers
@@ -132,7 +135,7 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats()
-    model = prepare(build_model(None), dev)
+    model = prepare(build_model(None, arch), dev)
     step_model = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -145,13 +148,13 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
         x, y = batch[0], batch[1]
         if x is None:
             return 0
-        train_step(step_model, x, y, opt, loss_fn, dev)
+        train_step(step_model, x, y, opt, loss_fn, dev, norm)
         return int(x.shape[0])
 
     ahead = default_ahead(dev, train_decode == "device")
     pred_ahead = default_ahead(dev, decode == "device")
 
-    out: dict = {"device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({os.cpu_count()} cores)",
+    out: dict = {"arch": arch, "device": torch.cuda.get_device_name(dev) if cuda else f"cpu ({os.cpu_count()} cores)",
                  "img_size": img_size, "batch_size": batch_size, "compile": compile, "steps": steps,
                  "predict_steps": pred_steps,
                  "workers": workers, "decode": decode, "train_decode": train_decode, "train_ahead": ahead,
@@ -189,7 +192,7 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     @torch.no_grad()
     def infer_on(x) -> int:
         with autocast(dev):
-            step_model(normalize(x, dev, channels_last=cuda)).float().cpu()
+            step_model(normalize(x, dev, channels_last=cuda, norm=norm)).float().cpu()
         return int(x.shape[0])
 
     m = warmup + pred_steps
@@ -201,7 +204,7 @@ def run_bench(*, device: str = "auto", img_size: int = 300, batch_size: int | No
     def predict_e2e(feed_ahead: int) -> float:
         pred_loader = make_loader(root, paths[: (m + 1) * batch_size], None, size=img_size, batch_size=batch_size,
                                   workers=workers, device=dev, decode=decode)
-        batches = infer(step_model, pred_loader, dev, ahead=feed_ahead)
+        batches = infer(step_model, pred_loader, dev, ahead=feed_ahead, norm=norm)
         try:
             return _timed((torch.sigmoid(logits).tolist() for _, (_idx, logits, _f) in zip(range(m), batches)),
                           len, dev, warmup, lag=1)
@@ -242,20 +245,20 @@ def _warm_compile(cfg, dev) -> None:
     from engine.model import build_model
     from engine.train import train_step
 
-    model = prepare(build_model(None), dev)
+    model = prepare(build_model(None, cfg.arch), dev)
     step_model = torch.compile(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, 256, (cfg.batch_size, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, device=dev)
     y = torch.randint(0, 2, (cfg.batch_size,), device=dev).float()
     step_model.train()
     for _ in range(3):
-        train_step(step_model, x, y, opt, nn.BCEWithLogitsLoss(), dev)
+        train_step(step_model, x, y, opt, nn.BCEWithLogitsLoss(), dev, (cfg.mean, cfg.std))
     _sync(dev)
 
 
 def run_epoch(n: int, *, device: str = "auto", img_size: int = 300, batch_size: int | None = None,
               compile: bool = False, workers: int | None = None, data_dir: Path | None = None,
-              progress: bool = True, decode: str = "auto") -> dict:
+              progress: bool = True, decode: str = "auto", arch: str = "efficientnet_b3") -> dict:
     """One full training epoch through aivh's trainer over n generated Kaggle-sized JPEGs:
     90% trained on, 10% validated (BatchNorm re-estimation and validation included), as
     `aivh train` does it, without the store. With compile, the model is compiled once before
@@ -275,7 +278,7 @@ def run_epoch(n: int, *, device: str = "auto", img_size: int = 300, batch_size: 
     n_val = n // 10
     cfg = TrainConfig(epochs=1, img_size=img_size, batch_size=batch_size or (128 if cuda else 32),
                       device=str(dev), compile=compile, workers=default_workers(cuda) if workers is None else workers,
-                      decode=decode)
+                      decode=decode, arch=arch)
     data = TrainData(root, paths[n_val:], labels[n_val:], paths[:n_val], labels[:n_val])
     warm = None
     if compile:

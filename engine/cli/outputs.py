@@ -60,11 +60,13 @@ def cmd_bench(args) -> None:
         raise UsageError("--epoch-only needs --epoch N")
     out = {} if args.epoch_only else run_bench(
         device=args.device, img_size=args.img_size, batch_size=args.batch_size, compile=args.compile,
-        steps=args.steps, workers=args.workers, data_dir=data, progress=not args.json, decode=args.decode)
+        steps=args.steps, workers=args.workers, data_dir=data, progress=not args.json, decode=args.decode,
+        arch=args.arch)
     if args.epoch:
         out |= run_epoch(args.epoch, device=args.device, img_size=args.img_size, batch_size=args.batch_size,
                          compile=args.compile, workers=args.workers, decode=args.decode,
-                         data_dir=data and data.with_name(f"{data.name}-{args.epoch}"), progress=not args.json)
+                         data_dir=data and data.with_name(f"{data.name}-{args.epoch}"), progress=not args.json,
+                         arch=args.arch)
     parts = []
     if not args.epoch_only:
         parts.append(f"train {out['train_e2e_img_s']} / {out['train_model_img_s']} img/s (ratio {out['train_ratio']:.3f}); "
@@ -111,6 +113,7 @@ def add_parsers(sub, common) -> None:
     c.set_defaults(func=cmd_saliency)
 
     c = sub.add_parser("bench", parents=[common], help="data path vs model-only speed, in one process")
+    c.add_argument("--arch", default="efficientnet_b3", help="(efficientnet_b3) or any timm model name")
     c.add_argument("--device", default="auto")
     c.add_argument("--img-size", type=int, default=300)
     c.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 32 on the CPU")
