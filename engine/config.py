@@ -124,7 +124,7 @@ class TrainConfig:
             spec(self.arch)
         except ValueError as e:
             found.append(str(e))
-        if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs:
+        if self.freeze_epochs < 0 or (self.freeze_epochs and self.freeze_epochs >= self.epochs):
             found.append(f"freeze epochs must be 0 or more and fewer than the epochs (got {self.freeze_epochs} "
                          f"of {self.epochs}): a run needs at least one epoch that trains the backbone")
         if self.freeze_epochs and self.pretrained is None:
