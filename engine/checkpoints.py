@@ -91,12 +91,6 @@ def recover_checkpoints(out_dir: Path, recorded_epochs: set[int]) -> int | None:
     return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
 
 
-def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 

@@ -23,7 +23,8 @@ from db import labelling, queries
 from db import runs as owners
 from db.models import Dataset, Epoch, Prediction, Run, RunKind, RunStatus
 from db.store import run_dir, session_factory
-from engine.checkpoints import file_sha1, recover_checkpoints, torch_load
+from engine.atomic import file_sha1
+from engine.checkpoints import recover_checkpoints, torch_load
 from engine.config import TrainConfig
 from engine.errors import Cancelled, LostRun
 from engine.liveness import (

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from engine import backbones, weights
+from engine.atomic import file_sha1
 from engine.backbones import DEFAULT_ARCH
 from engine.errors import WeightsError
 
@@ -42,7 +43,7 @@ def weights_source(pretrained: str | None, arch: str) -> str:
         file = weights.packaged_file(arch)
         return f"imagenet: {file}" if file is not None else f"imagenet: {arch} (library download)"
     path = Path(pretrained)
-    return f"file: {path.resolve()} sha1 {weights.file_digest(path)[:12]}" if path.is_file() else f"file: {path}"
+    return f"file: {path.resolve()} sha1 {file_sha1(path)[:12]}" if path.is_file() else f"file: {path}"
 
 
 def read_weights(path: Path, obj: object = None) -> dict:

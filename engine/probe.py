@@ -29,8 +29,9 @@ from db import queries
 from db.models import Dataset, Run, RunKind
 from db.store import home, run_dir, session_factory
 from engine import atomic, jobs
+from engine.atomic import file_sha1
 from engine.backbones import head
-from engine.checkpoints import file_sha1, save_atomic
+from engine.checkpoints import save_atomic
 from engine.config import TrainConfig
 from engine.device import resolve_device
 from engine.infer import embed

@@ -16,7 +16,8 @@ from torch.utils.data import RandomSampler
 from tqdm import tqdm
 
 from engine import backbones, metrics
-from engine.checkpoints import BEST_NEXT, file_sha1, promote_checkpoints, stage_checkpoints
+from engine.atomic import file_sha1
+from engine.checkpoints import BEST_NEXT, promote_checkpoints, stage_checkpoints
 from engine.config import TrainConfig
 from engine.device import autocast, prepare, resolve_device
 from engine.gpu_decode import device_batches

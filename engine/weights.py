@@ -13,7 +13,6 @@ Every file is read with torch.load(weights_only=True): nothing in it is executed
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -152,10 +151,3 @@ def load_backbone(model: nn.Module, state: dict, where: str) -> None:
                            f"{len(unexpected)} unexpected, {len(wrong)} of another shape; first: {first})")
     model.load_state_dict(body, strict=False)
 
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 from db import queries
 from db.models import Dataset, Epoch, Image, Label, Prediction, Run
 from db.store import run_dir
-from engine import checkpoints, distributed, errors, jobs, liveness, recording
+from engine import atomic, checkpoints, distributed, errors, jobs, liveness, recording
 from engine import train as tr
 from engine.config import TrainConfig
 
@@ -302,7 +302,7 @@ def test_an_epoch_end_interrupted_at_any_point_resumes_to_one_epoch_history(sess
         best = s.get(Epoch, (run_id, run.best_epoch))
         rows = s.query(Prediction).filter_by(run_id=run_id).all()
     assert run.best_threshold == best.val_best_threshold
-    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(run.best_epoch, checkpoints.file_sha1(out / "best.pt"))}
+    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(run.best_epoch, atomic.file_sha1(out / "best.pt"))}
 
 
 @pytest.mark.parametrize("point", ["writing best.next.pt", "store", "renaming last.pt"])
@@ -329,7 +329,7 @@ def test_a_kill_at_an_epoch_end_resumes_to_one_epoch_history(sessions, tmp_path,
     assert torch.load(out / "best.pt", weights_only=True)["epoch"] == run.best_epoch == 3
     with sessions() as s:
         rows = s.query(Prediction).filter_by(run_id=run_id).all()
-    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(3, checkpoints.file_sha1(out / "best.pt"))}
+    assert rows and {(p.epoch, p.checkpoint_sha1) for p in rows} == {(3, atomic.file_sha1(out / "best.pt"))}
 
 
 def test_the_cuda_generator_is_saved_and_restored(tmp_path, monkeypatch):
