@@ -28,7 +28,7 @@ from engine.gpu_decode import decode_on_device, to_device
 from engine.infer import infer
 from engine.loader import ImageDataset, collate, make_loader
 from engine.model import build_model, load_trained
-from engine.train import _recalibrate_bn
+from engine.precise_bn import recalibrate_bn as _recalibrate_bn
 from engine.transforms import normalize
 
 SAMPLE = Path(__file__).resolve().parents[1] / "engine" / "sample"

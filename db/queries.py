@@ -50,7 +50,7 @@ def list_runs(s: Session, dataset_id: int | None = None) -> list[Run]:
 
 def image_stamps(s: Session, dataset_id: int) -> dict[str, tuple[int | None, int | None]]:
     """rel_path -> (bytes, mtime_ns) of the readable images as import recorded them: what a
-    loader compares with the file on disk (engine.data.check_unchanged) to notice a replaced file."""
+    loader compares with the file on disk (engine.images.check_unchanged) to notice a replaced file."""
     q = select(Image.rel_path, Image.bytes, Image.mtime_ns).where(Image.dataset_id == dataset_id,
                                                                  Image.status == "ok")
     return {path: (size, mtime) for path, size, mtime in s.execute(q)}
@@ -59,6 +59,28 @@ def image_stamps(s: Session, dataset_id: int) -> dict[str, tuple[int | None, int
 def image_sha1s(s: Session, dataset_id: int) -> dict[str, str | None]:
     q = select(Image.rel_path, Image.sha1).where(Image.dataset_id == dataset_id)
     return {path: sha1 for path, sha1 in s.execute(q)}
+
+
+def images_without_meta(s: Session, dataset_id: int) -> dict[str, int]:
+    """rel_path -> id of the readable images whose header properties were never recorded
+    (imported before migration 0004)."""
+    q = select(Image.rel_path, Image.id).where(Image.dataset_id == dataset_id, Image.status == "ok",
+                                               Image.format.is_(None))
+    return {path: i for path, i in s.execute(q)}
+
+
+META_COLUMNS = ("width", "height", "bytes", "format", "mode", "jpeg_quality", "subsampling",
+                "progressive", "has_exif", "has_icc")
+
+
+def image_meta(s: Session, dataset_id: int, split: str | None = None) -> list[tuple]:
+    """(id, rel_path, split, *META_COLUMNS) of the readable images, in images()'s order."""
+    cols = [getattr(Image, c) for c in META_COLUMNS]
+    q = select(Image.id, Image.rel_path, Image.split, *cols).where(Image.dataset_id == dataset_id,
+                                                                  Image.status == "ok")
+    if split is not None:
+        q = q.where(Image.split == split)
+    return [tuple(r) for r in s.execute(q.order_by(Image.split, Image.csv_row))]
 
 
 def duplicate_groups(s: Session, dataset_id: int) -> list[tuple[str, list[tuple[int, str, str]]]]:

@@ -91,16 +91,22 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
     done: list[tuple[nn.Module, torch.Size]] = []
     hooks = [m.register_forward_hook(lambda m, i, o: done.append((m, o.shape)) if torch.is_tensor(o) else None)
              for m in model.modules() if m is not model]
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    side = int(cfg.get("input_size", (3, 64, 64))[-1]) if cfg.get("fixed_input_size") else 64
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            out = model.forward_features(torch.zeros(1, 3, 64, 64, device=next(model.parameters()).device))
+            out = model.forward_features(torch.zeros(1, 3, side, side, device=next(model.parameters()).device))
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return next(m for m, shape in reversed(done) if shape == out.shape and len(shape) == 4)
+    found = [m for m, shape in reversed(done) if shape == out.shape and len(shape) == 4]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no spatial feature map for Grad-CAM "
+                         f"(its features are {tuple(out.shape)}); use another saliency method")
+    return found[0]
 
 
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from db import runs as owners
 from db.models import Dataset, Epoch, Prediction, Run, RunKind, RunStatus
 from db.store import run_dir, session_factory
 from engine.atomic import file_sha1
+from engine.backbones import DEFAULT_ARCH
 from engine.checkpoints import recover_checkpoints, torch_load
 from engine.config import TrainConfig
 from engine.errors import Cancelled, LostRun
@@ -59,8 +60,17 @@ def create_like_run(s: Session, like_id: int, overrides: dict | None = None,
                     dataset: Dataset | None = None) -> Run:
     """A queued run with `like_id`'s config (and `overrides`) on the current labels."""
     like = queries.get_run(s, like_id)
-    cfg = TrainConfig.from_dict({**like.config, "keep_epoch": "best", **(overrides or {})})
+    base = dict(like.config)
+    overrides = overrides or {}
+    if "arch" in overrides and overrides["arch"] != base.get("arch", DEFAULT_ARCH):
+        for key in ("mean", "std", "img_size"):  # the new architecture's own, unless given
+            base.pop(key, None)
+    if "pretrained" in overrides and overrides["pretrained"] != base.get("pretrained"):
+        base.pop("lr", None)  # the default for the new weights, unless given
+    cfg = TrainConfig.from_dict({**base, "keep_epoch": "best", "weights_source": None, **overrides})
     run = create_run(s, dataset or s.get(Dataset, like.dataset_id), cfg)
+    if cfg.probe:
+        run.kind = RunKind.PROBE.value
     run.like_run_id = like_id
     return run
 

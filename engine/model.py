@@ -2,6 +2,7 @@
 weights (engine.weights), and a trained one read back from an aivh checkpoint."""
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import torch
@@ -41,7 +42,10 @@ def weights_source(pretrained: str | None, arch: str) -> str:
         return "none"
     if pretrained == "imagenet":
         file = weights.packaged_file(arch)
-        return f"imagenet: {file}" if file is not None else f"imagenet: {arch} (library download)"
+        if file is None:
+            return f"imagenet: {arch} (library download)"
+        dist = weights.PACKAGED[arch][0]
+        return f"imagenet: {file} ({dist} {importlib.metadata.version(dist)})"
     path = Path(pretrained)
     return f"file: {path.resolve()} sha1 {file_sha1(path)[:12]}" if path.is_file() else f"file: {path}"
 

@@ -35,7 +35,7 @@ from engine.checkpoints import save_atomic
 from engine.config import TrainConfig
 from engine.device import resolve_device
 from engine.infer import embed
-from engine.liveness import this_process
+from engine.liveness import Heartbeat, this_process
 from engine.loader import make_loader
 from engine.model import build_model
 from engine.recording import StoreCallbacks
@@ -54,10 +54,11 @@ def create_probe(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
     return run
 
 
-def feature_space(cfg: TrainConfig) -> str:
-    """Names everything that changes an image's features: the cache folder's name."""
-    key = json.dumps([cfg.arch, cfg.weights_source, cfg.img_size, cfg.resize_mode,
-                      list(cfg.mean), list(cfg.std)], sort_keys=True)
+def feature_space(cfg: TrainConfig, device_type: str = "cpu") -> str:
+    """Names everything that changes an image's features: the cache file's name. Random
+    weights depend on the seed; CUDA computes in bf16, the CPU in fp32."""
+    key = json.dumps([cfg.arch, cfg.weights_source, cfg.img_size, cfg.resize_mode, list(cfg.mean),
+                      list(cfg.std), cfg.seed if cfg.pretrained is None else None, device_type], sort_keys=True)
     return f"{cfg.arch}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
 
@@ -66,7 +67,7 @@ def cached_features(model, cfg: TrainConfig, root: Path, paths: list[str], keys:
                     ) -> tuple[np.ndarray, int]:
     """(N, F) float32 features of `paths` (NaN rows: images that failed to decode), and how many
     were computed now rather than read from the cache."""
-    file = home() / "cache" / "features" / f"{feature_space(cfg)}.npz"
+    file = home() / "cache" / "features" / f"{feature_space(cfg, device.type)}.npz"
     known: dict[str, np.ndarray] = {}
     if file.is_file():
         with np.load(file, allow_pickle=False) as saved:
@@ -84,6 +85,8 @@ def cached_features(model, cfg: TrainConfig, root: Path, paths: list[str], keys:
                 log.warning("skipped %s", msg)
             bar.update(len(idx) + len(failed))
         bar.close()
+        if not known:
+            raise ValueError(f"no image could be decoded for the probe ({len(todo)} tried; see the skipped lines)")
         file.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_path(file, durable=False) as tmp:
             with open(tmp, "wb") as f:
@@ -102,10 +105,10 @@ def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler().fit(x)
     folds = int(min(5, np.bincount(y, minlength=2).min()))
     if folds < 2:
-        raise ValueError("a probe needs at least 2 training images of each class")
+        raise ValueError("a probe needs at least 2 decodable training images of each class")
+    scaler = StandardScaler().fit(x)
     with warnings.catch_warnings():  # scikit-learn 1.8's notice of its attributes' coming change
         warnings.simplefilter("ignore", FutureWarning)
         lr = LogisticRegressionCV(Cs=CS, cv=folds, scoring="neg_log_loss", max_iter=5000,
@@ -129,13 +132,21 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
     me = this_process()
     with sessions.begin() as s:
         jobs.claim(s, run_id, me, resume=False, world=1)
+    handler = logging.FileHandler(run_dir(run_id) / "log.txt")  # the Train page shows its tail
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("aivh").addHandler(handler)
+    logging.getLogger("aivh").setLevel(logging.INFO)
+    beat = Heartbeat(sessions, run_id, me)  # alive to other hosts while features are computed
+    beat.start()
     try:
         t0 = time.perf_counter()
         with sessions.begin() as s:
             run = queries.get_run(s, run_id)
             cfg = TrainConfig.from_dict(run.config).validate()
             data, train_ids, val_ids = jobs.train_data(s, run)
-            keys = queries.content_keys(s, run.dataset_id, None)
+            # a file without a recorded sha1 is keyed by its path: within this dataset only
+            keys = {i: k if not k.startswith("path:") else f"dataset {run.dataset_id} {k}"
+                    for i, k in queries.content_keys(s, run.dataset_id, None).items()}
             run.progress = {"host": me[0], "epoch": 1, "epochs": 1, "phase": "features",
                             "train_images": len(train_ids), "val_images": len(val_ids)}
         device = resolve_device(cfg.device)
@@ -155,8 +166,8 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         val_p[good] = 1 / (1 + np.exp(-(x_val[good] @ w + b)))
         seconds = time.perf_counter() - t0
         skipped = int((~ok).sum() + (~good).sum())
-        er = _epoch_result(1, _bce(y_train[ok], train_p), _bce(y_val, val_p), y_val, val_p, c,
-                           int(ok.sum()), seconds, skipped)
+        er = _epoch_result(1, _bce(y_train[ok], train_p), _bce(y_val, val_p), y_val, val_p, 0.0,
+                           int(ok.sum()), seconds, skipped)  # no learning rate (0): C is in the progress
         fc = head(model)
         with torch.no_grad():
             fc.weight.copy_(torch.from_numpy(w).view(1, -1))
@@ -178,3 +189,7 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         log.exception("probe run %d failed", run_id)
         jobs.finish(sessions, run_id, me, "failed", f"{type(e).__name__}: {e}")
         raise
+    finally:
+        beat.stop()
+        logging.getLogger("aivh").removeHandler(handler)
+        handler.close()

@@ -140,7 +140,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # frozen epochs leave the backbone without gradients: DDP must expect unused parameters
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=cfg.freeze_epochs > 0)
     step_model = torch.compile(wrapped) if cfg.compile else wrapped
     # validation runs the eager module: rank 0 validates alone (no collectives), and a compiled
     # module would compile again for eval mode and for the last, shorter batch mid-epoch
@@ -177,7 +179,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
                      f" skipped {er.skipped}" if er.skipped else "")
             _end_epoch(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, world, cb, er,
                        is_best=is_best, probs=probs)
-            stop = cfg.keep_epoch != "last" and bad_epochs >= cfg.patience
+            # never stop while the backbone is still frozen: the run would end before it trained
+            stop = cfg.keep_epoch != "last" and bad_epochs >= cfg.patience and epoch > cfg.freeze_epochs
             if stop:
                 log.info("early stop: no better validation F1 for %d epochs", bad_epochs)
         if world > 1:

@@ -117,9 +117,11 @@ def imagenet_state(arch: str) -> tuple[dict, str]:
         reason = _no_network_reason("download.pytorch.org")
         if reason is None:
             try:
-                return EfficientNet_B3_Weights.IMAGENET1K_V1.get_state_dict(progress=False), f"imagenet: {url}"
+                state = EfficientNet_B3_Weights.IMAGENET1K_V1.get_state_dict(
+                    progress=False, check_hash=True, weights_only=True)  # a cached file is never unpickled
+                return state, f"imagenet: {url}"
             except Exception as e:  # noqa: BLE001 - any failed download is one line
-                reason = f"{type(e).__name__}: {e}"
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         raise WeightsError(f"ImageNet weights for {arch}: could not fetch {url} ({reason}); {hint}")
     import timm
 

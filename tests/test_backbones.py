@@ -213,3 +213,39 @@ def test_audit_with_probe_folds_finds_planted_flips_and_computes_features_once(w
     assert computed == [300, 0]  # the first fold computes every image's features, the second reads them
     auc = roc_auc_score([r.image_id in flipped for r in rows], [-r.quality for r in rows])
     assert auc > 0.70, auc
+
+
+def test_like_run_with_another_arch_or_weights_takes_their_defaults(workspace):
+    from db import queries
+    from db.store import session_factory
+    from engine import jobs
+    from engine.ingest import import_dataset
+
+    sessions = session_factory()
+    import_dataset(sessions, SAMPLE, "sample", progress=False)
+    with sessions.begin() as s:
+        ds = queries.get_dataset(s, "sample")
+        b3 = jobs.create_run(s, ds, TrainConfig.from_dict({"epochs": 2}))
+        lite = jobs.create_like_run(s, b3.id, {"arch": LITE0, "pretrained": "imagenet"})
+        same = jobs.create_like_run(s, b3.id, {"epochs": 3})
+        sized = jobs.create_like_run(s, b3.id, {"arch": LITE0, "img_size": 64})
+        got = [(r.config["img_size"], r.config["lr"], tuple(r.config["mean"])) for r in (lite, same, sized)]
+    assert got == [(224, PRETRAINED_LR, (0.5,) * 3), (300, 1e-3, (0.485, 0.456, 0.406)), (64, 1e-3, (0.5,) * 3)]
+
+
+def test_probe_features_of_random_weights_are_cached_per_seed(workspace):
+    from db import queries
+    from db.store import session_factory
+    from engine.ingest import import_dataset
+    from engine.probe import create_probe, execute_probe
+
+    sessions = session_factory()
+    import_dataset(sessions, SAMPLE, "sample", progress=False)
+    computed = []
+    for seed in (0, 1, 0):
+        cfg = TrainConfig.from_dict({"arch": LITE0, "img_size": 32, "device": "cpu", "workers": 0,
+                                     "seed": seed, "probe": True})
+        with sessions.begin() as s:
+            run_id = create_probe(s, queries.get_dataset(s, "sample"), cfg).id
+        computed.append(execute_probe(run_id, sessions=sessions, progress=False).progress["features_computed"])
+    assert computed == [300, 300, 0]  # seed 1's network is another one; seed 0's features come back

@@ -32,9 +32,18 @@ def cmd_train(args) -> None:
     elif args.nproc > 1:
         run = distributed.execute_distributed(run_id, args.nproc, resume=args.resume is not None,
                                        progress=not args.json)
+    elif _is_probe(sessions, run_id):  # `--like` a probe run: the probe refitted on the current labels
+        from engine.probe import execute_probe
+
+        run = execute_probe(run_id, sessions=sessions, progress=not args.json)
     else:
         run = jobs.execute(run_id, resume=args.resume is not None, progress=not args.json)
     _report_run(args, sessions, run)
+
+
+def _is_probe(sessions, run_id: int) -> bool:
+    with sessions() as s:
+        return bool(queries.get_run(s, run_id).config.get("probe"))
 
 
 def _report_run(args, sessions, run, **extra) -> None:
