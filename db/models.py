@@ -77,6 +77,16 @@ class Image(Base):
     # added in migration 0003: the file's modification time when it was probed (with `bytes`,
     # how a file replaced after import is noticed)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    # added in migration 0004: what the file's header says (engine.images.FileMeta), read at
+    # import without decoding pixels; NULL format on a readable image: not yet probed (a store
+    # from before 0004, filled in by the next import). Bytes per pixel is bytes / (width * height).
+    format: Mapped[str | None] = mapped_column(String(16))  # JPEG, PNG, WEBP ...
+    mode: Mapped[str | None] = mapped_column(String(16))  # RGB, L, CMYK ...
+    jpeg_quality: Mapped[int | None] = mapped_column(Integer)  # estimated from the quantization tables
+    subsampling: Mapped[str | None] = mapped_column(String(8))  # 4:4:4, 4:2:2, 4:2:0
+    progressive: Mapped[bool | None] = mapped_column(Boolean)  # progressive JPEG, interlaced PNG
+    has_exif: Mapped[bool | None] = mapped_column(Boolean)
+    has_icc: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class Label(Base):

@@ -22,6 +22,77 @@ class ImageInfo:
     bytes: int
     sha1: str
     mtime_ns: int | None = None  # the file's modification time when it was read
+    meta: FileMeta | None = None  # what the header says (format, JPEG quality, ...)
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What a file's header says, read without decoding pixels: the properties a detector can
+    learn instead of generation traces (engine.shortcuts). Stored on the image row."""
+
+    format: str | None  # Pillow's name: JPEG, PNG, WEBP ...
+    mode: str | None  # RGB, L, CMYK, RGBA, P ...
+    jpeg_quality: int | None = None  # 1-100, estimated from the quantization tables (JPEG only)
+    subsampling: str | None = None  # 4:4:4, 4:2:2 or 4:2:0 (colour JPEG only)
+    progressive: bool | None = None  # progressive JPEG, interlaced PNG
+    has_exif: bool = False
+    has_icc: bool = False
+
+    def columns(self) -> dict:
+        """The image row's columns (db.models.Image) for this file."""
+        return {"format": self.format, "mode": self.mode, "jpeg_quality": self.jpeg_quality,
+                "subsampling": self.subsampling, "progressive": self.progressive,
+                "has_exif": self.has_exif, "has_icc": self.has_icc}
+
+
+# the example tables of the JPEG standard (Annex K), in natural (row-major) order, as Pillow
+# reports `im.quantization`; libjpeg (and so Pillow, most cameras, most generators' pipelines)
+# scales them by quality
+_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+                  14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+                  18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+                  49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+_CHROMA = np.full(64, 99)
+_CHROMA[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 24, 25]] = [17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 47, 66]
+
+
+def _scaled(table: np.ndarray) -> np.ndarray:
+    """(100, 64): libjpeg's table at quality 1..100 (jpeg_quality_scaling, forced baseline)."""
+    q = np.arange(1, 101)[:, None]
+    scale = np.where(q < 50, 5000 // q, 200 - 2 * q)
+    return np.clip((table[None, :] * scale + 50) // 100, 1, 255)
+
+
+_SCALED = (_scaled(_LUMA), _scaled(_CHROMA))
+_SAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+
+
+def jpeg_quality(tables: dict) -> int | None:
+    """The libjpeg quality whose scaled standard tables are nearest (sum of absolute
+    differences) to the file's luminance table, and chrominance where present: exact for
+    files libjpeg wrote, the nearest equivalent for other encoders' own tables."""
+    if not tables or 0 not in tables or len(tables[0]) != 64:
+        return None
+    dist = np.abs(_SCALED[0] - np.asarray(tables[0])).sum(axis=1)
+    if 1 in tables and len(tables[1]) == 64:
+        dist = dist + np.abs(_SCALED[1] - np.asarray(tables[1])).sum(axis=1)
+    return int(dist.argmin()) + 1
+
+
+def file_meta(im: Image.Image) -> FileMeta:
+    """The header's properties of an opened image (nothing decoded)."""
+    info, fmt = im.info, im.format
+    quality = subsampling = progressive = None
+    if fmt == "JPEG":
+        from PIL import JpegImagePlugin
+
+        quality = jpeg_quality(getattr(im, "quantization", None) or {})
+        subsampling = _SAMPLING.get(JpegImagePlugin.get_sampling(im)) if im.mode == "RGB" else None
+        progressive = bool(info.get("progressive") or info.get("progression"))
+    elif fmt == "PNG":
+        progressive = bool(info.get("interlace"))
+    return FileMeta(fmt, im.mode, quality, subsampling, progressive,
+                    has_exif=bool(info.get("exif")), has_icc=bool(info.get("icc_profile")))
 
 
 def resolve_inside(root: Path, rel_path: str) -> Path:
@@ -137,6 +208,7 @@ def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 width, height, fmt = *im.size, im.format
+                meta = file_meta(im)  # before _decodes: a PNG's verify() spends the image
                 if width * height > MAX_PIXELS:
                     return (f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,}; "
                             "a decompression bomb?)")
@@ -148,7 +220,20 @@ def probe_image(root: Path, rel_path: str) -> ImageInfo | str:
         return f"not an image: no image format recognised in its {len(data):,} bytes ({_sniff(data)})"
     except Exception as e:  # noqa: BLE001 - PIL raises many types for damaged headers
         return f"not an image: damaged header ({_words(e) or 'no detail'})"
-    return ImageInfo(width, height, len(data), hashlib.sha1(data).hexdigest(), mtime_ns)
+    return ImageInfo(width, height, len(data), hashlib.sha1(data).hexdigest(), mtime_ns, meta)
+
+
+def probe_meta(root: Path, rel_path: str) -> FileMeta | None:
+    """The header's properties of a file already imported (a store from before they were
+    recorded): the header alone is read and parsed, no pixel decoded, no hash. None when the
+    file cannot be opened now (the next changed-file check reports it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(resolve_inside(root, rel_path)) as im:
+                return file_meta(im)
+    except Exception:  # noqa: BLE001 - missing, replaced or damaged since: left unfilled
+        return None
 
 
 def _sniff(data: bytes) -> str:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from db import labelling, queries
 from db.models import Dataset, Image, Label
-from engine.images import ImageInfo, probe_image
+from engine.images import FileMeta, ImageInfo, probe_image, probe_meta
 from engine.kaggle import TRAIN_CSV, Reject, Row, read_kaggle_csvs
 
 SERIAL_BELOW = 2000  # rows: below this, starting worker processes costs more than it saves
@@ -34,6 +34,7 @@ class ImportResult:
     # [{"sha1", "files": [{"file_name", "split", "label"}]}]
     label_conflicts: list[dict] = field(default_factory=list)
     summary: str | None = None  # one line when every row was rejected (and alike: what to do)
+    metadata_filled: int = 0  # stored images whose header properties were read this time (pre-0004 rows)
 
     def to_json(self) -> dict:
         return {
@@ -43,6 +44,7 @@ class ImportResult:
                         for r in self.rejects],
             "changed": self.changed, "duplicate_groups": self.duplicate_groups,
             "label_conflicts": self.label_conflicts, "summary": self.summary,
+            "metadata_filled": self.metadata_filled,
         }
 
     def duplicates_line(self) -> str | None:
@@ -58,18 +60,19 @@ class ImportResult:
         return line
 
 
-def _probe_all(root: Path, rows: list[Row], *, progress: bool) -> list[ImageInfo | str]:
-    """Header, a cheap decode check, size, mtime and sha1 of every file. Processes, not threads:
-    PIL's header parsing holds the GIL, and threads measured slower than one loop (390 vs 200 us
-    per file, before the decode check was added)."""
-    names = [r.file_name for r in rows]
-    bar = {"total": len(rows), "desc": "probing images", "unit": "img", "disable": not progress,
+def _probe_all(root: Path, names: list[str], *, progress: bool, probe=None,
+               desc: str = "probing images") -> list:
+    """Header, a cheap decode check, size, mtime and sha1 of every file (or another per-file
+    probe). Processes, not threads: PIL's header parsing holds the GIL, and threads measured
+    slower than one loop (390 vs 200 us per file, before the decode check was added)."""
+    probe = probe or probe_image
+    bar = {"total": len(names), "desc": desc, "unit": "img", "disable": not progress,
            "mininterval": 0.5}
     workers = 2 * (os.cpu_count() or 1)  # twice the cores: cold reads wait on the disk
-    if len(rows) < SERIAL_BELOW:
-        return list(tqdm((probe_image(root, n) for n in names), **bar))
+    if len(names) < SERIAL_BELOW:
+        return list(tqdm((probe(root, n) for n in names), **bar))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        return list(tqdm(pool.map(partial(probe_image, root), names, chunksize=256), **bar))
+        return list(tqdm(pool.map(partial(probe, root), names, chunksize=256), **bar))
 
 
 def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: str | None = None,
@@ -87,7 +90,7 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
                                    queries.image_stamps(s, ds.id))
         todo = [r for r in rows if r.file_name not in known or known[r.file_name][1] != "ok"
                 or r.file_name in changed]
-        infos = _probe_all(root, todo, progress=progress)
+        infos = _probe_all(root, [r.file_name for r in todo], progress=progress)
         result = ImportResult(name, rejects=rejects)
         new_images, new_rows, recovered = [], [], []
         stored_sha1 = queries.image_sha1s(s, ds.id) if changed else {}
@@ -108,15 +111,30 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
             elif not isinstance(info, str):
                 recovered.append({"id": old[0], **values})
         _insert(s, new_images, new_rows)
+        filled = _fill_meta(s, root, ds.id, {r.file_name for r in todo}, progress=progress)
         if recovered:  # a file missing last time is there now, or one replaced since
             s.execute(update(Image), recovered)
-        result.added = len(new_images)
+        result.added, result.metadata_filled = len(new_images), filled
         result.rejects.sort(key=lambda r: (r.csv != TRAIN_CSV, r.line))
         for split in ("train", "test"):
             setattr(result, split, queries.count_images(s, ds.id, split))
         _report_duplicates(s, ds.id, result)
         result.summary = _summary(result, total)
     return result
+
+
+def _fill_meta(s: Session, root: Path, dataset_id: int, probed: set[str], *, progress: bool) -> int:
+    """Header properties for the readable images recorded before they were (migration 0004)
+    and not probed again this time: headers only, no pixel decode, no hash. Returns how many."""
+    todo = [(i, path) for path, i in queries.images_without_meta(s, dataset_id).items() if path not in probed]
+    if not todo:
+        return 0
+    metas = _probe_all(root, [p for _, p in todo], progress=progress, probe=probe_meta,
+                       desc="reading headers")
+    filled = [{"id": i, **m.columns()} for (i, _), m in zip(todo, metas) if m is not None]
+    if filled:
+        s.execute(update(Image), filled)
+    return len(filled)
 
 
 def _changed_on_disk(root: Path, rows: list[Row], stamps: dict[str, tuple]) -> dict[str, bool]:
@@ -202,7 +220,11 @@ def _image_values(dataset_id: int, row: Row, info: ImageInfo | str) -> dict:
         "width": info.width if ok else None, "height": info.height if ok else None,
         "bytes": info.bytes if ok else None, "sha1": info.sha1 if ok else None,
         "mtime_ns": info.mtime_ns if ok else None, "status": "ok" if ok else "unreadable",
+        **(info.meta if ok and info.meta else _NO_META).columns(),
     }
+
+
+_NO_META = FileMeta(None, None, has_exif=None, has_icc=None)  # an unreadable file's columns
 
 
 def _insert(s: Session, values: list[dict], rows: list[Row]) -> None:

@@ -2,14 +2,15 @@
 
 One module per family of subcommands, each with its handlers and the parsers for them:
 data (import, evalset, labels), runs (train, audit, runs, compare), outputs (predict,
-export, saliency, bench), serve (serve, demo); shared holds the flags and output rule they share.
+export, saliency, bench), review (shortcuts, shift,
+robustness), serve (serve, demo); shared holds the flags and output rule they share.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from engine.cli import data, outputs, runs, serve
+from engine.cli import data, outputs, review, runs, serve
 from engine.cli.shared import json_parent, training_parent
 from engine.errors import UsageError, error_line
 
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_parsers(sub, common)
     runs.add_parsers(sub, common, training_parent())
     outputs.add_parsers(sub, common)
+    review.add_parsers(sub, common)
     serve.add_parsers(sub, common)
     return p
 

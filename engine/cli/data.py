@@ -7,6 +7,7 @@ from pathlib import Path
 from db import evaluation, labelling, queries
 from db.store import session_factory
 from engine.cli.shared import emit
+from engine.errors import UsageError
 
 
 def cmd_import(args) -> None:
@@ -26,11 +27,22 @@ def cmd_import(args) -> None:
 
 
 def cmd_evalset(args) -> None:
+    if (args.run is None) == (args.like_test is None):
+        raise UsageError("give --run RUN (its validation images) or --like-test N --dataset D")
+    if args.like_test is not None and not args.dataset:
+        raise UsageError("--like-test needs --dataset")
     with session_factory().begin() as s:
-        es = evaluation.freeze_validation(s, args.run, args.name, author=args.author)
+        if args.run is not None:
+            es = evaluation.freeze_validation(s, args.run, args.name, author=args.author)
+            what, extra = f"validation images of run {args.run}", {}
+        else:
+            from engine.shortcuts import freeze_test_like
+
+            es, shift = freeze_test_like(s, args.dataset, args.like_test, args.name, author=args.author)
+            what, extra = "most test-like labelled training images", {"shift_auc": shift.auc}
         images = len(evaluation.eval_set_image_ids(s, es.id))
-    emit(args, {"eval_set": args.name, "images": images, "id": es.id},
-          f"froze {images} validation images of run {args.run} as evaluation set {args.name!r}")
+    emit(args, {"eval_set": args.name, "images": images, "id": es.id, **extra},
+          f"froze {images} {what} as evaluation set {args.name!r}")
 
 
 def cmd_labels_export(args) -> None:
@@ -51,8 +63,12 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--name", help="dataset name (default: the folder's name)")
     c.set_defaults(func=cmd_import)
 
-    c = sub.add_parser("evalset", parents=[common], help="freeze a run's validation images for comparisons")
-    c.add_argument("--run", type=int, required=True)
+    c = sub.add_parser("evalset", parents=[common],
+                       help="freeze a run's validation images, or the most test-like ones, for comparisons")
+    c.add_argument("--run", type=int, help="freeze this run's validation images")
+    c.add_argument("--like-test", type=int, metavar="N",
+                   help="freeze the N labelled training images most like the test set (`aivh shift`)")
+    c.add_argument("--dataset", help="with --like-test")
     c.add_argument("--name", required=True)
     c.add_argument("--author")
     c.set_defaults(func=cmd_evalset)
