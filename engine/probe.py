@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit  # the logistic function, without overflow warnings
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
@@ -160,10 +161,10 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         y_train, y_val = np.asarray(data.train_labels), np.asarray(data.val_labels)
         ok = ~np.isnan(x_train).any(axis=1)
         w, b, c = fit_head(x_train[ok], y_train[ok], cfg.seed)
-        train_p = 1 / (1 + np.exp(-(x_train[ok] @ w + b)))
+        train_p = expit(x_train[ok] @ w + b)
         val_p = np.full(len(val_ids), np.nan)
         good = ~np.isnan(x_val).any(axis=1)
-        val_p[good] = 1 / (1 + np.exp(-(x_val[good] @ w + b)))
+        val_p[good] = expit(x_val[good] @ w + b)
         seconds = time.perf_counter() - t0
         skipped = int((~ok).sum() + (~good).sum())
         er = _epoch_result(1, _bce(y_train[ok], train_p), _bce(y_val, val_p), y_val, val_p, 0.0,
