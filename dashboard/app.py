@@ -11,6 +11,7 @@ pages = [
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
     st.Page("views/evaluate.py", title="Evaluate", icon=":material/analytics:"),
     st.Page("views/review.py", title="Review", icon=":material/rate_review:"),
+    st.Page("views/shift.py", title="Shift", icon=":material/compare_arrows:"),
     st.Page("views/export.py", title="Export", icon=":material/download:"),
 ]
 st.navigation(pages).run()

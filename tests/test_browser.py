@@ -74,7 +74,8 @@ def open_page(page, url: str) -> None:
 
 
 @pytest.mark.parametrize("path,heading", [("", "Runs"), ("train", "Train"), ("evaluate", "Evaluate"),
-                                          ("review", "Review"), ("export", "Export a Kaggle submission")])
+                                          ("review", "Review"), ("shift", "Shift"),
+                                          ("export", "Export a Kaggle submission")])
 def test_every_page_renders(server, page, path, heading):
     open_page(page, f"{server['url']}/{path}?run={server['run']}&reviewer=ana")
     expect(page.get_by_role("heading", name=heading, level=1)).to_be_visible()
@@ -88,8 +89,9 @@ def test_a_deep_link_keeps_the_navigations_sidebar(server, page):
     page.get_by_role("button", name="Open").first.click()
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
     nav = page.locator("[data-testid='stSidebarNav'] a")
-    expect(nav).to_have_count(5)
-    assert [t.split("\n")[-1].strip() for t in nav.all_inner_texts()] == ["Runs", "Train", "Evaluate", "Review", "Export"]
+    expect(nav).to_have_count(6)
+    assert [t.split("\n")[-1].strip() for t in nav.all_inner_texts()] == ["Runs", "Train", "Evaluate", "Review", "Shift",
+                                                                      "Export"]
 
 
 def test_relabel_through_the_ui_lands_in_the_store(server, page):

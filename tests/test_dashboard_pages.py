@@ -25,7 +25,7 @@ def run_id(sessions):
     return finished_run(sessions)
 
 
-@pytest.mark.parametrize("name", ["runs", "train", "evaluate", "review", "export"])
+@pytest.mark.parametrize("name", ["runs", "train", "evaluate", "review", "shift", "export"])
 def test_empty_store_gives_a_message_not_a_traceback(sessions, name):
     at = page(name)
     assert not at.exception
@@ -310,3 +310,25 @@ def test_train_page_starts_a_probe_that_finishes_and_shows_its_arch_and_weights(
     row = table[table["run"] == probe.id].iloc[0]
     assert row["arch"] == "tf_efficientnet_lite0" and row["weights"].startswith("imagenet: ")
     assert row["kind"] == "probe" and row["status"] == "succeeded"
+
+
+def test_shift_page_shows_shortcuts_shift_slices_and_stored_robustness(run_id):
+    import json
+
+    from db.store import run_dir
+
+    at = page("shift", run=str(run_id))
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    # the bundled sample: every file has the same header, so no shortcut and no shift
+    assert float(metrics["label from file properties alone (AUC)"]) < 0.75
+    assert float(metrics["training vs test images, file properties (AUC)"]) < 0.75
+    slices = at.dataframe[2].value
+    assert set(slices["dimension"]) == {"size (short side)", "aspect", "format", "JPEG quality"}
+    assert slices.groupby("dimension")["val images"].sum().nunique() == 1  # every image in one slice each
+    assert any("aivh robustness --run" in i.value for i in at.info)
+    rows = [{"perturbation": "none", "f1": 0.9, "auc": 0.95, "called_ai": 0.5},
+            {"perturbation": "jpeg50", "f1": 0.4, "auc": 0.6, "called_ai": 0.1}]
+    (run_dir(run_id) / "robustness-val.json").write_text(json.dumps({"rows": rows}))
+    at = page("shift", run=str(run_id))
+    assert not at.exception and list(at.dataframe[3].value["perturbation"]) == ["none", "jpeg50"]
