@@ -2,8 +2,8 @@
 
 - db imports neither engine nor dashboard; engine imports neither dashboard nor streamlit;
 - outside engine/cli, nothing imports engine.cli (the command line is a leaf);
-- dashboard pages (dashboard/views) never import db; in the dashboard only dashboard/store.py
-  imports db at run time (it is the one door to the store: the only module opening sessions);
+- dashboard pages (dashboard/views) never import db; in the dashboard only the dashboard/store
+  package imports db at run time (the one door to the store: the only place opening sessions);
 - no import cycle anywhere, lazy (function-level) imports included.
 Imports under `if TYPE_CHECKING:` are annotations only and are left out.
 """
@@ -92,7 +92,7 @@ def test_pages_never_import_the_store_and_only_dashboard_store_does(graph):
     assert pages, "no dashboard pages found: the check would pass vacuously"
     assert _breaking(graph, "dashboard.views", "db") == []
     door = sorted({b.split(" imports ")[0] for b in _breaking(graph, "dashboard", "db")})
-    assert door == ["dashboard.store"]
+    assert door and all(_under(m, "dashboard.store") for m in door), door  # the door is one package
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

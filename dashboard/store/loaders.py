@@ -1,115 +1,71 @@
-"""The dashboard's one door to the store: cached loaders and the actions pages perform.
-
-Only this module opens database sessions; pages call its functions and get plain frames,
-values and detached rows. Loaders only read (a run whose owner died shows as such, see
-ui.status_text); actions write: relabel, undo, save a threshold, freeze an evaluation set,
-start, retrain, resume, cancel, export. Stale runs are reaped where a run action happens.
-Every cached loader is keyed on everything that can change its result, read cheaply on each
-call (one small query): the label version, the run's predictions version, the run's state, the
-test images and test.csv. New predictions, a new best epoch or a finished run show on the next rerun.
-"""
+"""What pages read: runs, datasets and the cached loaders, each keyed on the version of what it shows."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from dashboard.store.sessions import query, read
 from db import evaluation, labelling, queries
-from db.models import Dataset, EvalSetImage, Run
+from db.models import Dataset, Run
 from db.store import db_url, home, run_dir  # noqa: F401 - home, run_dir: the folders pages show
-
-UndoRefused = labelling.UndoRefused  # nothing of the reviewer's to undo, or relabelled since
-
-
-@st.cache_resource
-def _sessions(url: str) -> sessionmaker[Session]:
-    from db.store import session_factory
-
-    return session_factory(url)
-
-
-@contextmanager
-def _read(url: str | None = None) -> Iterator[Session]:
-    with _sessions(url or db_url())() as s:
-        yield s
-
-
-def _query(read, *args):
-    """One db.queries read in its own session."""
-    with _read() as s:
-        return read(s, *args)
-
-
-@contextmanager
-def _write() -> Iterator[Session]:
-    with _sessions(db_url()).begin() as s:
-        yield s
-
-
-# ---------------------------------------------------------------- runs and datasets
 
 
 def runs_by_id() -> dict[int, Run]:
     """Every run by id, oldest first, as stored (nothing is marked here: see ui.status_text)."""
-    with _read() as s:
+    with read() as s:
         return {r.id: r for r in queries.list_runs(s)}
 
 
 def dataset_names() -> dict[int, str]:
-    with _read() as s:
+    with read() as s:
         return {d.id: d.name for d in queries.list_datasets(s)}
 
 
 def dataset_root(dataset_id: int) -> str:
-    with _read() as s:
+    with read() as s:
         return next(d.root for d in queries.list_datasets(s) if d.id == dataset_id)
 
 
 def dataset_counts() -> list[tuple]:
-    return _query(queries.dataset_counts)
+    return query(queries.dataset_counts)
 
 
 def epochs_for_runs(run_ids: list[int]) -> list:
-    return _query(queries.epochs_for_runs, run_ids)
+    return query(queries.epochs_for_runs, run_ids)
 
 
 def best_epochs(all_runs: dict[int, Run]) -> dict[int, object]:
     """run id -> the epoch row of its kept checkpoint (queries.best_epoch), for runs that have one."""
-    with _read() as s:
+    with read() as s:
         found = {r.id: queries.best_epoch(s, r) for r in all_runs.values() if r.best_epoch is not None}
     return {i: e for i, e in found.items() if e is not None}
 
 
 def run_with_epochs(run_id: int) -> tuple[Run, list]:
-    with _read() as s:
+    with read() as s:
         return queries.get_run(s, run_id), queries.epochs(s, run_id)
 
 
 def eval_set_names(dataset_id: int) -> list[str]:
-    with _read() as s:
+    with read() as s:
         return [e.name for e in evaluation.list_eval_sets(s, dataset_id)]
 
 
 def label_history(image_id: int) -> list:
-    return _query(labelling.label_history, image_id)
+    return query(labelling.label_history, image_id)
 
 
 def exports() -> list:
-    return _query(queries.exports)
+    return query(queries.exports)
 
 
 def audits() -> list:
-    return _query(evaluation.list_audits)
-
-
-# ---------------------------------------------------------------- cached loaders and their keys
+    return query(evaluation.list_audits)
 
 
 def _run_key(s: Session, run_id: int) -> tuple:
@@ -131,13 +87,13 @@ def _test_key(s: Session, run: Run) -> tuple:
 
 def run_version(run_id: int) -> tuple:
     """The cache key of everything a page shows about a run: labels, predictions, run state."""
-    with _read() as s:
+    with read() as s:
         return _run_key(s, run_id)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _prediction_frame(url: str, run_id: int, split: str, version: tuple) -> pd.DataFrame:
-    with _read(url) as s:
+    with read(url) as s:
         rows = queries.prediction_rows(s, queries.get_run(s, run_id), split)
     df = pd.DataFrame(rows, columns=["image_id", "rel_path", "prob", "label", "reviews"])
     df["label"] = df["label"].astype("Int64")
@@ -154,7 +110,7 @@ def image_sha1s(image_ids) -> dict[int, tuple[str | None, tuple[int | None, int 
     ids = [int(i) for i in image_ids]
     if not ids:
         return {}
-    with _read() as s:
+    with read() as s:
         return queries.thumbnail_keys(s, ids)
 
 
@@ -176,7 +132,7 @@ def _test_scores(url: str, run_id: int, version: tuple) -> SubmissionScores:
     from engine.errors import ExportRefused
     from engine.export import submission_rows
 
-    with _read(url) as s:
+    with read(url) as s:
         run = queries.get_run(s, run_id)
         rows = queries.submission_probabilities(s, run)  # test.csv order, as submission_rows
         if not rows or any(p is None for _, p in rows):
@@ -189,7 +145,7 @@ def _test_scores(url: str, run_id: int, version: tuple) -> SubmissionScores:
 
 def submission_scores(run_id: int) -> SubmissionScores:
     """The submission's ids and probabilities, once per state: a typed threshold reads nothing."""
-    with _read() as s:
+    with read() as s:
         run = queries.get_run(s, run_id)
         version = (_run_key(s, run_id), _test_key(s, run))
     return _test_scores(db_url(), run_id, version)
@@ -200,7 +156,7 @@ def _compare(url: str, a: int, b: int, eval_set: str | None,
              version: tuple) -> tuple[dict | None, str | None]:
     from engine.compare import compare_runs as compare
 
-    with _read(url) as s:
+    with read(url) as s:
         try:
             return compare(s, a, b, eval_set=eval_set), None
         except (ValueError, LookupError) as e:
@@ -209,7 +165,7 @@ def _compare(url: str, a: int, b: int, eval_set: str | None,
 
 def compare_runs(a: int, b: int, *, eval_set: str | None = None) -> dict:
     """engine.compare.compare_runs once per state of both runs; ValueError (the engine's words) if refused."""
-    with _read() as s:
+    with read() as s:
         sets = tuple(e.id for e in evaluation.list_eval_sets(s, queries.get_run(s, a).dataset_id))
         version = (_run_key(s, a), queries.predictions_version(s, b), queries.run_state(s.get(Run, b)), sets)
     result, error = _compare(db_url(), a, b, eval_set, version)
@@ -220,7 +176,7 @@ def compare_runs(a: int, b: int, *, eval_set: str | None = None) -> dict:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _audit_frame(url: str, audit_id: int, version: tuple) -> pd.DataFrame:
-    with _read(url) as s:
+    with read(url) as s:
         rows = evaluation.audit_rows(s, audit_id)
         fold_run = {i: r.id for r in evaluation.audit_runs(s, audit_id)
                     for i in queries.run_image_ids(s, r.id, "val")}
@@ -233,7 +189,7 @@ def _audit_frame(url: str, audit_id: int, version: tuple) -> pd.DataFrame:
 
 def audit_frame(audit_id: int) -> pd.DataFrame:
     """An audit's ranked images (worst first) with current labels; cached on its state."""
-    with _read() as s:
+    with read() as s:
         audit = evaluation.get_audit(s, audit_id)
         version = (labelling.label_version(s), audit.status, audit.flagged,
                    tuple((r.id, r.status) for r in evaluation.audit_runs(s, audit_id)))
@@ -242,7 +198,7 @@ def audit_frame(audit_id: int) -> pd.DataFrame:
 
 def labels_changed(dataset_id: int, before: int | None, after: int | None) -> int:
     """Images whose label differs between two label states (None after: now); cached on the ids."""
-    with _read() as s:
+    with read() as s:
         after = after if after is not None else labelling.newest_label_id(s, dataset_id)
     return _labels_changed(db_url(), dataset_id, before, after)
 
@@ -250,7 +206,7 @@ def labels_changed(dataset_id: int, before: int | None, after: int | None) -> in
 @st.cache_data(max_entries=64, show_spinner=False)
 def _labels_changed(url: str, dataset_id: int, before: int | None, after: int | None) -> int:
     """labelling.labels_changed's count (it reads only the images labelled between the states)."""
-    with _read(url) as s:
+    with read(url) as s:
         return len(labelling.labels_changed(s, dataset_id, before, after))
 
 
@@ -258,7 +214,7 @@ def _labels_changed(url: str, dataset_id: int, before: int | None, after: int | 
 def _provenance(url: str, run_id: int, split: str, version: tuple) -> tuple[str, str | None]:
     from engine.export import prediction_source, stale_problem
 
-    with _read(url) as s:
+    with read(url) as s:
         run = queries.get_run(s, run_id)
         return prediction_source(s, run, split), stale_problem(s, run) if split == "test" else None
 
@@ -279,7 +235,7 @@ def threshold_warnings(run_id: int, threshold: float, test_labels: list[int] | N
     """engine.export.threshold_warnings for the Evaluate page (validation from the cached frame)."""
     from engine.export import threshold_warnings as warn
 
-    with _read() as s:
+    with read() as s:
         return warn(s, queries.get_run(s, run_id), threshold, test_labels, val=labelled_val(run_id))
 
 
@@ -289,7 +245,7 @@ def export_checks(run_id: int, threshold: float) -> tuple[str, str | None, list[
     from engine.export import threshold_warnings as warn
 
     url = db_url()
-    with _read(url) as s:
+    with read(url) as s:
         run = queries.get_run(s, run_id)
         version = _run_key(s, run_id)
         scores = _test_scores(url, run_id, (version, _test_key(s, run)))
@@ -297,147 +253,3 @@ def export_checks(run_id: int, threshold: float) -> tuple[str, str | None, list[
         labels = None if scores.refused else scores.called_ai(threshold).tolist()
         warnings = warn(s, run, threshold, labels, val=labelled_val(run_id, version))
     return made_by, stale, warnings
-
-
-# ---------------------------------------------------------------- actions (the only writes)
-
-
-def relabel(image_id: int, label: int, *, author: str, note: str | None = None) -> None:
-    with _write() as s:
-        labelling.relabel(s, image_id, label, author=author, note=note)
-
-
-def undo(image_id: int, *, author: str) -> None:
-    """Undo the author's newest review of the image; UndoRefused when it cannot."""
-    with _write() as s:
-        labelling.undo_last_review(s, image_id, author=author)
-
-
-def save_threshold(run_id: int, threshold: float) -> None:
-    with _write() as s:
-        queries.set_chosen_threshold(s, run_id, float(threshold))
-
-
-def freeze_validation(run_id: int, name: str, *, author: str | None = None) -> int:
-    """Freeze the run's validation images as an evaluation set; how many. ValueError: name taken."""
-    with _write() as s:
-        es = evaluation.freeze_validation(s, run_id, name, author=author)
-        return s.scalar(select(func.count()).where(EvalSetImage.eval_set_id == es.id))
-
-
-def _reap() -> None:
-    from engine.liveness import reap_stale
-
-    with _write() as s:
-        reap_stale(s)
-
-
-def _start(create) -> int:
-    """Create a queued run (create(session, jobs) -> Run) and start its process; its id."""
-    from engine import jobs
-
-    _reap()
-    with _write() as s:
-        run_id = create(s, jobs).id
-    jobs.launch(run_id, sessions=_sessions(db_url()))
-    return run_id
-
-
-def start_run(dataset_id: int, cfg) -> int:
-    """A run on the dataset with `cfg` (the caller checked cfg.problems()), started; its id."""
-    return _start(lambda s, jobs: jobs.create_run(s, s.get(Dataset, dataset_id), cfg))
-
-
-def start_probe(dataset_id: int, cfg) -> int:
-    """A linear-probe run (engine.probe) on the dataset with `cfg`, started; its id."""
-    from engine.probe import create_probe
-
-    return _start(lambda s, jobs: create_probe(s, s.get(Dataset, dataset_id), cfg))
-
-
-def retrain(like_id: int) -> int:
-    """A new run with `like_id`'s config on the current labels, started; its id."""
-    return _start(lambda s, jobs: jobs.create_like_run(s, like_id))
-
-
-def resume(run_id: int) -> None:
-    """Resume a run that died; ValueError or FileNotFoundError (nothing started) when refused."""
-    from engine import jobs
-
-    _reap()
-    jobs.launch(run_id, resume=True, sessions=_sessions(db_url()))
-
-
-def cancel(run_id: int) -> None:
-    """Ask the run to stop after its current batch (and mark runs whose owner died as failed)."""
-    from engine import jobs
-
-    _reap()
-    with _write() as s:
-        jobs.request_cancel(s, run_id)
-
-
-def export(run_id: int, out: Path, threshold: float, *, allow_stale: bool) -> dict:
-    """engine.export.export_run: write and record the submission; ExportRefused when refused."""
-    from engine.export import export_run
-
-    return export_run(_sessions(db_url()), run_id, out, threshold, allow_stale=allow_stale)
-
-
-def explain(run_id: int, rel_path: str, settings, model):
-    """engine.saliency.explain_run_image for a run's image (the map and the model's output)."""
-    from engine import saliency
-
-    return saliency.explain_run_image(_sessions(db_url()), run_id, rel_path, settings, model=model)
-
-
-# ---------------------------------------------------------------- shift and shortcuts
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _shortcut_report(url: str, dataset_id: int, version: tuple) -> dict:
-    from engine import shortcuts
-
-    with _read(url) as s:
-        name = s.get(Dataset, dataset_id).name
-        try:
-            found = shortcuts.audit_shortcuts(s, name)
-            shift = shortcuts.measure_shift(s, dataset_id)
-        except ValueError as e:  # headers never read, or no test images: said on the page
-            return {"error": str(e)}
-    return {"shortcuts": found, "shift": {"auc": shift.auc, "features": shift.features,
-                                          "sentence": shortcuts.shift_sentence(shift)}}
-
-
-def shortcut_report(dataset_id: int) -> dict:
-    """`aivh shortcuts` and `aivh shift` (file properties only) for a dataset, cached on its images."""
-    with _read() as s:
-        version = tuple(queries.images_version(s, dataset_id, sp) for sp in ("train", "test"))
-    return _shortcut_report(db_url(), dataset_id, version)
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _meta_frame(url: str, dataset_id: int, version: tuple) -> pd.DataFrame:
-    with _read(url) as s:
-        rows = queries.image_meta(s, dataset_id)
-    return pd.DataFrame(rows, columns=["image_id", "rel_path", "split", *queries.META_COLUMNS]).set_index("image_id")
-
-
-def slices(run_id: int, threshold: float) -> pd.DataFrame:
-    """engine.slices.slice_table of the run's validation and test predictions at `threshold`."""
-    from engine.slices import slice_table
-
-    with _read() as s:
-        dataset_id = queries.get_run(s, run_id).dataset_id
-        version = tuple(queries.images_version(s, dataset_id, sp) for sp in ("train", "test"))
-    meta = _meta_frame(db_url(), dataset_id, version).drop(columns=["rel_path", "split"])
-    val = prediction_frame(run_id, "val").join(meta, on="image_id").dropna(subset=["label"])
-    test = prediction_frame(run_id, "test").join(meta, on="image_id")
-    return slice_table(val, test, threshold)
-
-
-def robustness(run_id: int, split: str = "val") -> dict | None:
-    """The rows `aivh robustness` stored for the run, if it was run."""
-    from engine.robustness import stored
-
-    return stored(run_id, split)
