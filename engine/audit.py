@@ -22,7 +22,6 @@ from engine import jobs
 from engine.atomic import write_csv
 from engine.config import TrainConfig
 from engine.liveness import now
-from engine.model import weights_source
 from engine.probe import execute_probe
 from engine.splits import assign_folds
 
@@ -34,8 +33,7 @@ def create_audit(s: Session, dataset: Dataset, cfg: TrainConfig, folds: int) -> 
     """The audit row and its k queued fold runs, each with its train / held-out images fixed."""
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, not {folds}")
-    cfg = dataclasses.replace(cfg, keep_epoch="last", limit=None,
-                              weights_source=weights_source(cfg.pretrained, cfg.arch))
+    cfg = jobs.recorded(dataclasses.replace(cfg, keep_epoch="last", limit=None))
     ims = {im.id: im.rel_path for im in queries.images(s, dataset.id, "train")}
     strata = {i: v for i, v in labelling.import_labels(s, dataset.id).items() if i in ims}
     if min(np.bincount(list(strata.values()), minlength=2)) < folds:

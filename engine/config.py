@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from engine.backbones import DEFAULT_ARCH
+from engine.backbones import DEFAULT_ARCH, spec
 from engine.choices import DECODES, DEVICES, KEEP_EPOCH, RESIZE_MODES
 from engine.device import default_workers
 
@@ -51,8 +51,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.mean is None or self.std is None:
             try:
-                from engine.backbones import spec
-
                 s = spec(self.arch)
             except ValueError:  # an unknown architecture: problems() says so
                 return
@@ -69,8 +67,6 @@ class TrainConfig:
             d = {**d, "keep_epoch": d["select"]}
         d = {k: v for k, v in d.items() if k in names}
         if "img_size" not in d and d.get("arch", DEFAULT_ARCH) != DEFAULT_ARCH:
-            from engine.backbones import spec
-
             try:
                 d["img_size"] = spec(d["arch"]).img_size
             except ValueError:
@@ -119,8 +115,6 @@ class TrainConfig:
         if self.device.split(":")[0] not in DEVICES:
             found.append(f"device must be auto, cpu or cuda (got {self.device!r})")
         try:
-            from engine.backbones import spec
-
             spec(self.arch)
         except ValueError as e:
             found.append(str(e))

@@ -46,9 +46,14 @@ from engine.train import EpochResult, TrainData, _dist, train
 log = logging.getLogger("aivh.jobs")
 
 
+def recorded(cfg: TrainConfig) -> TrainConfig:
+    """The config as a run records it: with where its starting weights come from."""
+    return dataclasses.replace(cfg, weights_source=weights_source(cfg.pretrained, cfg.arch))
+
+
 def create_run(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
     """A queued run, its config recording where its starting weights come from."""
-    cfg = dataclasses.replace(cfg, weights_source=weights_source(cfg.pretrained, cfg.arch))
+    cfg = recorded(cfg)
     run = Run(dataset_id=dataset.id, kind=RunKind.TRAIN.value, status=RunStatus.QUEUED.value,
               config=cfg.to_dict(), labels_as_of=labelling.newest_label_id(s, dataset.id))
     s.add(run)

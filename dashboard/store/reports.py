@@ -8,7 +8,12 @@ from dashboard.store.loaders import prediction_frame
 from dashboard.store.sessions import read
 from db import queries
 from db.models import Dataset
-from db.store import db_url, home, run_dir  # noqa: F401 - home, run_dir: the folders pages show
+from db.store import db_url
+
+
+def _images_key(s, dataset_id: int) -> tuple:
+    """Changes when the dataset's images do (added, re-probed): the key of everything below."""
+    return tuple(queries.images_version(s, dataset_id, sp) for sp in ("train", "test"))
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -29,7 +34,7 @@ def _shortcut_report(url: str, dataset_id: int, version: tuple) -> dict:
 def shortcut_report(dataset_id: int) -> dict:
     """`aivh shortcuts` and `aivh shift` (file properties only) for a dataset, cached on its images."""
     with read() as s:
-        version = tuple(queries.images_version(s, dataset_id, sp) for sp in ("train", "test"))
+        version = _images_key(s, dataset_id)
     return _shortcut_report(db_url(), dataset_id, version)
 
 
@@ -46,7 +51,7 @@ def slices(run_id: int, threshold: float) -> pd.DataFrame:
 
     with read() as s:
         dataset_id = queries.get_run(s, run_id).dataset_id
-        version = tuple(queries.images_version(s, dataset_id, sp) for sp in ("train", "test"))
+        version = _images_key(s, dataset_id)
     meta = _meta_frame(db_url(), dataset_id, version).drop(columns=["rel_path", "split"])
     val = prediction_frame(run_id, "val").join(meta, on="image_id").dropna(subset=["label"])
     test = prediction_frame(run_id, "test").join(meta, on="image_id")

@@ -73,8 +73,8 @@ def cmd_probe(args) -> None:
     from engine.probe import create_probe, execute_probe
 
     sessions = session_factory()
-    given = {k: getattr(args, k) for k in PROBE_FLAGS if getattr(args, k, None) is not None}
-    cfg = TrainConfig.from_dict({**PROBE_DEFAULTS, **given, "probe": True, "epochs": 1}).validate()
+    cfg = TrainConfig.from_dict({**PROBE_DEFAULTS, **given(args, PROBE_FLAGS), "probe": True,
+                                 "epochs": 1}).validate()
     with sessions.begin() as s:
         run_id = create_probe(s, queries.get_dataset(s, args.dataset), cfg).id
     print(f"probe run {run_id}: {cfg.arch} ({cfg.pretrained or 'random weights'}) at {cfg.img_size} px, "

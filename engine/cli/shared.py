@@ -58,9 +58,9 @@ def training_parent() -> argparse.ArgumentParser:
     return training
 
 
-def given(args) -> dict:
-    """The training flags given on the command line."""
-    return {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k, None) is not None}
+def given(args, flags=TRAIN_FLAGS) -> dict:
+    """The flags (of `flags`) given on the command line."""
+    return {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
 
 
 PROBE_DEFAULTS = {"arch": "tf_efficientnet_lite0", "pretrained": "imagenet", "batch_size": 64}
