@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -37,11 +38,33 @@ def run_dir(run_id: int) -> Path:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # readers keep reading while a run writes
-    cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _sqlite_wal(database: str) -> None:
+    """Put a SQLite store in WAL mode (readers keep reading while a run writes); the mode is
+    kept in the file. Switching needs an exclusive lock, and two processes opening a new store
+    at once (torchrun's ranks) could both hold a shared lock and want it: SQLite then answers
+    "database is locked" at once, not after its busy timeout. So one process at a time
+    switches, under the lock migrations take, and a busy answer is retried."""
+    import sqlite3
+
+    with _file_lock(database):
+        deadline = time.monotonic() + 30
+        while True:
+            conn = sqlite3.connect(database, timeout=30)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+            finally:
+                conn.close()
+            time.sleep(0.05)
 
 
 @lru_cache(maxsize=8)
@@ -49,6 +72,9 @@ def get_engine(url: str | None = None) -> Engine:
     url = url or db_url()
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
+        database = engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            _sqlite_wal(database)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
@@ -92,6 +118,13 @@ def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
+    with _file_lock(database):
+        yield
+
+
+@contextlib.contextmanager
+def _file_lock(database: str) -> Iterator[None]:
+    """A lock file beside a SQLite store: one process at a time changes its schema or mode."""
     with open(f"{database}.migrate.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

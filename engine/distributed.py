@@ -96,7 +96,7 @@ def join_torchrun(rank: int, world: int, make_run) -> int:
     import torch
     import torch.distributed as dist
 
-    from engine.errors import error_line
+    from engine.errors import Reported, error_line, say
 
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     _join_group(rank, world, int(os.environ.get("LOCAL_RANK", rank)), local_world, torch.cuda.is_available())
@@ -118,10 +118,13 @@ def join_torchrun(rank: int, world: int, make_run) -> int:
             error, box = e, [None, error_line(e)]
     dist.broadcast_object_list(box, src=0)
     if box[0] is None:
+        if rank != 0:  # said before rank 0 may exit: torchrun then stops the other ranks
+            say(f"rank 0 could not start the run: {box[1]}")
+        dist.barrier()
         dist.destroy_process_group()
         if error is not None:
             raise error
-        raise RuntimeError(f"rank 0 could not start the run: {box[1]}")
+        raise Reported(box[1])
     return int(box[0])
 
 

@@ -38,3 +38,14 @@ def error_line(e: BaseException) -> str:
     """What `aivh: error:` prints for an exception: its first line, or its type's name."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def say(e: BaseException | str) -> None:
+    """Print the one line `aivh: error: ...` on stderr, flushed."""
+    import sys
+
+    print(f"aivh: error: {e if isinstance(e, str) else error_line(e)}", file=sys.stderr, flush=True)
+
+
+class Reported(Exception):
+    """An error already printed with say(): the command exits 1 without printing it again."""

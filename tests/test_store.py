@@ -158,3 +158,33 @@ def test_label_states_reads_only_relabelled_images_and_agrees_with_full_label_st
             a, b = picked[:2]
             assert labelling.labels_changed(s, ds, a, b) == sorted(
                 i for i in full[a].keys() & full[b].keys() if full[a][i] != full[b][i])
+
+
+def _open_new_store(url: str, start, results) -> None:
+    start.wait()  # every process opens the brand-new file at the same moment
+    try:
+        with store.session_factory(url)() as s:
+            s.execute(text("SELECT count(*) FROM runs")).scalar_one()
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_get_it_in_wal_mode(tmp_path):
+    """torchrun's ranks open the store together; switching a new file to WAL needs an exclusive
+    lock, which SQLite refused at once ("database is locked") to one of two such processes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
+        start, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_new_store, args=(url, start, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert outcomes == ["ok"] * 4, outcomes
+        with create_engine(url).connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"

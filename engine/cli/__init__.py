@@ -12,7 +12,7 @@ import sys
 
 from engine.cli import data, outputs, review, runs, serve
 from engine.cli.shared import json_parent, training_parent
-from engine.errors import UsageError, error_line
+from engine.errors import Reported, UsageError, say
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
              RuntimeError)
     try:
         args.func(args)
+    except Reported:
+        return 1
     except known as e:
-        print(f"aivh: error: {error_line(e)}", file=sys.stderr)
+        say(e)
         return 1
     except KeyboardInterrupt:
         print("aivh: interrupted", file=sys.stderr)
