@@ -98,3 +98,20 @@ def reviewer() -> str:
 
 def workspace_caption() -> None:
     st.caption(f"store: {store.home()}")
+
+
+SELECTION = "review_selection"
+
+
+def open_in_review(run_id: int, image_ids, title: str) -> None:
+    """Open exactly these images of a run in Review (the images behind a chart's bar, a lasso
+    selection): kept in the session until Review's "show all" clears it."""
+    st.session_state[SELECTION] = {"run": int(run_id), "ids": [int(i) for i in image_ids], "title": title}
+    st.session_state.pop("selected_image", None)
+    st.switch_page("views/review.py", query_params={"run": str(run_id), "queue": "run"})
+
+
+def review_selection(run_id: int) -> dict | None:
+    """The selection open_in_review left for this run, if any."""
+    sel = st.session_state.get(SELECTION)
+    return sel if sel and sel["run"] == run_id else None

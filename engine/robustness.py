@@ -154,7 +154,7 @@ def score_run(sessions, run_id: int, split: str = "val", *, limit: int | None = 
     y = np.array([labels.get(i, -1) for i in scored])
     out = {"run": run_id, "split": split, "images": len(scored), "limit": limit, "seed": seed,
            "threshold": threshold, "threshold_source": source, "epoch": epoch, "checkpoint_sha1": sha1,
-           "rows": _rows(y, {k: np.array(v) for k, v in probs.items()}, threshold),
+           "rows": _rows(y, {k: np.array(v) for k, v in probs.items()}, threshold, scored),
            "skipped": skipped, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "seconds": round(time.perf_counter() - t0, 2)}
     write_text(stored_path(run_id, split), json.dumps(out, indent=1))
@@ -181,7 +181,9 @@ def _predict(model, ims: list[Image.Image], size: int, mode: str, norm, dev) -> 
     return torch.sigmoid(logits.float()).cpu().tolist()
 
 
-def _rows(y: np.ndarray, probs: dict[str, np.ndarray], threshold: float) -> list[dict]:
+def _rows(y: np.ndarray, probs: dict[str, np.ndarray], threshold: float, ids: list[int]) -> list[dict]:
+    """Per perturbation: the metrics, how many calls (p >= threshold) it changed (`flipped`) and
+    which images those were (`flipped_ids`: the images behind the row, for Review)."""
     labelled = y >= 0
     both = labelled.any() and len(set(y[labelled].tolist())) == 2
     base = probs["none"]
@@ -194,5 +196,7 @@ def _rows(y: np.ndarray, probs: dict[str, np.ndarray], threshold: float) -> list
             "called_ai": round(float((p >= threshold).mean()), 4) if len(p) else None,
             "mean_prob": round(float(p.mean()), 4) if len(p) else None,
             "mean_abs_change": round(float(np.abs(p - base).mean()), 6) if len(p) else None,
+            "flipped_ids": [int(i) for i, a, b in zip(ids, p >= threshold, base >= threshold) if a != b],
         })
+        rows[-1]["flipped"] = len(rows[-1]["flipped_ids"])
     return rows

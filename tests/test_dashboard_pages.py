@@ -332,3 +332,69 @@ def test_shift_page_shows_shortcuts_shift_slices_and_stored_robustness(run_id):
     (run_dir(run_id) / "robustness-val.json").write_text(json.dumps({"rows": rows}))
     at = page("shift", run=str(run_id))
     assert not at.exception and list(at.dataframe[3].value["perturbation"]) == ["none", "jpeg50"]
+
+
+def _app_on(page_file: str, run_id: int) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    at.run()
+    return at.switch_page(f"views/{page_file}").run()
+
+
+def _open_in_review(at: AppTest, section: str, option: str) -> AppTest:
+    box = at.selectbox(key=f"{section}_bar")
+    box.select_index(box.options.index(option)).run()
+    at.button(key=f"{section}_open").click().run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Review"]
+    return at
+
+
+def test_a_slice_bar_and_a_robustness_bar_open_exactly_their_images_in_review(run_id, sessions):
+    import json
+
+    from db.store import run_dir
+
+    with sessions() as s:
+        val = queries.run_image_ids(s, run_id, "val")
+        test = [r[0] for r in queries.prediction_rows(s, queries.get_run(s, run_id), "test")]
+    assert len(test) == 100
+    at = _app_on("shift.py", run_id)
+    assert not at.exception, at.exception
+    # the bundled sample: every image is a 32 px JPEG, so one slice holds all validation images
+    at = _open_in_review(at, "slices", "size (short side): < 64 px (validation)")
+    assert sorted(at.session_state["review_selection"]["ids"]) == sorted(val)
+    assert any(i.value.startswith(f"size (short side): < 64 px (validation): {len(val)} images") for i in at.info)
+    at = _app_on("shift.py", run_id)
+    at = _open_in_review(at, "slices", "size (short side): < 64 px (test)")
+    assert sorted(at.session_state["review_selection"]["ids"]) == sorted(test)
+    # the robustness rows keep the images whose call each perturbation changed
+    flipped = [val[3], val[0], 10**6]  # the last one is no image of the run
+    rows = [{"perturbation": "none", "f1": 0.9, "auc": 0.95, "called_ai": 0.5, "flipped_ids": []},
+            {"perturbation": "jpeg50", "f1": 0.4, "auc": 0.6, "called_ai": 0.1, "flipped_ids": flipped}]
+    (run_dir(run_id) / "robustness-val.json").write_text(json.dumps({"rows": rows}))
+    at = _app_on("shift.py", run_id)
+    at = _open_in_review(at, "robustness", "jpeg50: 3 calls changed")
+    assert any(i.value == f"calls changed by jpeg50: 2 images (1 more have no prediction from run #{run_id})"
+               for i in at.info), [i.value for i in at.info]
+    assert at.subheader[0].value == queries_rel_path(sessions, val[3])  # in the order given, first opened
+    at.switch_page("views/review.py").run()  # where the browser now is (AppTest stays on its own page)
+    assert [t.value for t in at.title] == ["Review"] and at.session_state["review_selection"]["ids"] == flipped
+    next(b for b in at.button if b.label == "Show all predictions").click().run()
+    assert not at.exception and "review_selection" not in at.session_state
+    assert any("images match" in c.value for c in at.caption)  # Review's own filters again
+
+
+def queries_rel_path(sessions, image_id: int) -> str:
+    from db.models import Image
+
+    with sessions() as s:
+        return s.get(Image, image_id).rel_path
+
+
+def test_evaluate_shows_the_slices_and_the_robustness_of_the_run(run_id):
+    at = page("evaluate", run=str(run_id))
+    assert not at.exception, at.exception
+    assert any(h.value.startswith("Results per slice at threshold") for h in at.subheader)
+    assert any("aivh robustness --run" in i.value for i in at.info)
+    assert any(s.label == "Slice" for s in at.selectbox)

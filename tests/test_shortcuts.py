@@ -298,7 +298,15 @@ def test_robustness_rows_show_a_perturbation_that_washes_out_what_the_run_detect
     assert rows["jpeg95"]["mean_abs_change"] < rows["jpeg75"]["mean_abs_change"] < q50["mean_abs_change"]
     from engine.robustness import stored
 
-    assert stored(run_id, "val")["rows"] == out["rows"]  # kept with the run
+    kept = stored(run_id, "val")["rows"]  # kept with the run, with the images behind each row
+    assert [{k: v for k, v in r.items() if k != "flipped_ids"} for r in kept] == out["rows"]
+    flipped = {r["perturbation"]: r["flipped_ids"] for r in kept}
+    assert flipped["none"] == flipped["png"] == [] and rows["png"]["flipped"] == 0
+    with sessions() as s:
+        val_ids = set(queries.run_image_ids(s, run_id, "val"))
+    assert set(flipped["jpeg50"]) <= val_ids and len(set(flipped["jpeg50"])) == q50["flipped"]
+    # the share called AI moved by at most the calls that changed (a call can change either way)
+    assert q50["flipped"] >= round((none["called_ai"] - q50["called_ai"]) * out["images"])
 
     few = _last_json(aivh("robustness", "--run", str(run_id), "--limit", "10", "--json", env_home=workspace))
     assert few["images"] == 10

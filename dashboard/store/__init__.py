@@ -47,12 +47,14 @@ from dashboard.store.loaders import (  # noqa: F401 - what pages call
     run_version,
     run_with_epochs,
     runs_by_id,
+    selection_frame,
     submission_scores,
     threshold_warnings,
 )
 from dashboard.store.reports import (  # noqa: F401 - what pages call
     robustness,
     shortcut_report,
+    slice_ids,
     slices,
 )
 from db import labelling

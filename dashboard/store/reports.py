@@ -10,6 +10,8 @@ from db import queries
 from db.models import Dataset
 from db.store import db_url
 
+MOST_TEST_LIKE = 200  # training images the Shift page can open in Review, most test-like first
+
 
 def _images_key(s, dataset_id: int) -> tuple:
     """Changes when the dataset's images do (added, re-probed): the key of everything below."""
@@ -27,8 +29,10 @@ def _shortcut_report(url: str, dataset_id: int, version: tuple) -> dict:
             shift = shortcuts.measure_shift(s, dataset_id)
         except ValueError as e:  # headers never read, or no test images: said on the page
             return {"error": str(e)}
+    order = sorted(range(len(shift.train_ids)), key=lambda i: -float(shift.test_likeness[i]))
     return {"shortcuts": found, "shift": {"auc": shift.auc, "features": shift.features,
-                                          "sentence": shortcuts.shift_sentence(shift)}}
+                                          "sentence": shortcuts.shift_sentence(shift),
+                                          "most_test_like": [int(shift.train_ids[i]) for i in order[:MOST_TEST_LIKE]]}}
 
 
 def shortcut_report(dataset_id: int) -> dict:
@@ -45,17 +49,35 @@ def _meta_frame(url: str, dataset_id: int, version: tuple) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image_id", "rel_path", "split", *queries.META_COLUMNS]).set_index("image_id")
 
 
+def _run_meta(run_id: int) -> pd.DataFrame:
+    with read() as s:
+        dataset_id = queries.get_run(s, run_id).dataset_id
+        version = _images_key(s, dataset_id)
+    return _meta_frame(db_url(), dataset_id, version).drop(columns=["rel_path", "split"])
+
+
+def _with_meta(run_id: int, split: str, meta: pd.DataFrame) -> pd.DataFrame:
+    frame = prediction_frame(run_id, split).join(meta, on="image_id")
+    return frame.dropna(subset=["label"]) if split == "val" else frame
+
+
 def slices(run_id: int, threshold: float) -> pd.DataFrame:
     """engine.slices.slice_table of the run's validation and test predictions at `threshold`."""
     from engine.slices import slice_table
 
-    with read() as s:
-        dataset_id = queries.get_run(s, run_id).dataset_id
-        version = _images_key(s, dataset_id)
-    meta = _meta_frame(db_url(), dataset_id, version).drop(columns=["rel_path", "split"])
-    val = prediction_frame(run_id, "val").join(meta, on="image_id").dropna(subset=["label"])
-    test = prediction_frame(run_id, "test").join(meta, on="image_id")
-    return slice_table(val, test, threshold)
+    meta = _run_meta(run_id)
+    return slice_table(_with_meta(run_id, "val", meta), _with_meta(run_id, "test", meta), threshold)
+
+
+def slice_ids(run_id: int, split: str, dimension: str, name: str) -> list[int]:
+    """The image ids behind one bar of the slice chart: the run's predicted `split` images (val:
+    labelled ones, as the table counts them) whose `dimension` is `name`."""
+    from engine.slices import slice_columns
+
+    frame = _with_meta(run_id, split, _run_meta(run_id))
+    if frame.empty:
+        return []
+    return frame.loc[slice_columns(frame)[dimension] == name, "image_id"].astype(int).tolist()
 
 
 def robustness(run_id: int, split: str = "val") -> dict | None:

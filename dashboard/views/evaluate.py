@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import store, ui
+from dashboard.sections import robustness_ui, slices_ui
 from engine import metrics
 from engine.export import default_threshold, fmt_threshold
 
@@ -168,4 +169,7 @@ if run is not None:
             confusion_ui(y, p, t, run.id, split)
             curves_ui(y, p, t)
         save_ui(run, t)
+        with st.expander("Results per slice and robustness (as on the Shift page)"):
+            slices_ui(run.id, t, key="eval_slices")
+            robustness_ui(run.id, key="eval_robustness")
         st.caption(f"{len(df):,} predictions · {pd.Series(labelled).sum():,} labelled")

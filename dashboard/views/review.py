@@ -237,6 +237,27 @@ def queue_ui(who: str) -> None:
         detail_ui(df, root, selected, who, None)
 
 
+def selection_ui(run, selection: dict, who: str) -> None:
+    """Exactly the images another page opened here (a chart's bar, a lasso), in its order."""
+    df = store.selection_frame(run.id, selection["ids"])
+    missing = len(set(selection["ids"])) - len(df)
+    c1, c2 = st.columns([4, 1])
+    c1.info(f"{selection['title']}: {len(df):,} images" + (
+        f" ({missing:,} more have no prediction from run #{run.id})" if missing else ""))
+    if c2.button("Show all predictions", key="clear_selection"):
+        st.session_state.pop(ui.SELECTION, None)
+        st.rerun()
+    if df.empty:
+        return
+    page = paged(df)
+    root = store.dataset_root(run.dataset_id)
+    grid_ui(page, root)
+    selected = st.session_state.get("selected_image")
+    if selected is None or selected not in set(df["image_id"]):
+        selected = int(page.iloc[0]["image_id"])
+    detail_ui(df, root, selected, who, run.id)
+
+
 st.title("Review")
 who = ui.reviewer()
 QUEUES = ["Predictions of a run", "Likely label errors"]
@@ -247,6 +268,8 @@ runs = store.runs_by_id()
 run = ui.pick_run(runs) if queue == QUEUES[0] else None
 if queue == QUEUES[1]:
     queue_ui(who)
+elif run is not None and (selection := ui.review_selection(run.id)) is not None:
+    selection_ui(run, selection, who)
 elif run is not None:
     f = filters_ui(run)
     df = store.prediction_frame(run.id, f["split"])

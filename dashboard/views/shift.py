@@ -1,14 +1,14 @@
 """Shift: why a run may fail on the test set. File-property shortcuts, train/test shift, results
 per slice, and robustness to re-encoding and resizing, each with what it means."""
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from dashboard import store, ui
-from engine.export import default_threshold, fmt_threshold
+from dashboard.sections import robustness_ui, slices_ui
+from engine.export import default_threshold
 
 
-def shortcuts_ui(dataset_id: int) -> None:
+def shortcuts_ui(dataset_id: int, run_id: int | None = None) -> None:
     report = store.shortcut_report(dataset_id)
     if "error" in report:
         st.warning(report["error"])
@@ -25,41 +25,9 @@ def shortcuts_ui(dataset_id: int) -> None:
         st.metric("training vs test images, file properties (AUC)", f"{shift['auc']:.3f}")
         st.write(shift["sentence"] + " With a run's pooled features: `aivh shift --run RUN`.")
         st.dataframe(pd.DataFrame(shift["features"]), hide_index=True)
-
-
-def slices_ui(run_id: int, threshold: float) -> None:
-    st.subheader(f"Results per slice at threshold {fmt_threshold(threshold)}")
-    st.write("On validation: F1, precision, recall and the share called AI per slice; on the "
-             "unlabelled test split, the share called AI. A slice where the two shares differ is "
-             "where the test set is shifted from what validation measured.")
-    table = store.slices(run_id, threshold)
-    st.dataframe(table, hide_index=True)
-    long = table.melt(id_vars=["dimension", "slice"], value_vars=["val called AI", "test called AI"],
-                      var_name="split", value_name="called AI").dropna()
-    if len(long):
-        fig = px.bar(long, x="slice", y="called AI", color="split", barmode="group", facet_col="dimension",
-                     facet_col_wrap=2)
-        fig.update_xaxes(matches=None)
-        fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 40, "b": 10})
-        st.plotly_chart(fig, key="slices")
-
-
-def robustness_ui(run_id: int) -> None:
-    st.subheader("Robustness")
-    stored = store.robustness(run_id)
-    if stored is None:
-        st.info(f"Not measured yet: `aivh robustness --run {run_id}` re-scores validation after JPEG "
-                "re-encoding, rescaling, cropping and a PNG round trip, and stores the rows here.")
-        return
-    rows = pd.DataFrame(stored["rows"])
-    st.write("The run's validation F1, AUC and share called AI after each perturbation of both classes: "
-             "a metric that falls under a perturbation the test set may carry (other JPEG quality, "
-             "other sizes) is a score that will not hold there.")
-    fig = px.bar(rows.melt(id_vars="perturbation", value_vars=["f1", "auc", "called_ai"]), x="perturbation",
-                 y="value", color="variable", barmode="group")
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10})
-    st.plotly_chart(fig, key="robustness")
-    st.dataframe(rows, hide_index=True)
+        if run_id is not None and shift["most_test_like"] and st.button(
+                f"Open the {len(shift['most_test_like'])} most test-like training images in Review"):
+            ui.open_in_review(run_id, shift["most_test_like"], "most test-like training images (file properties)")
 
 
 st.title("Shift")
@@ -74,6 +42,6 @@ else:
         shortcuts_ui(dataset_id)
         st.info("Train a run (or a probe) to see its results per slice and its robustness.")
     else:
-        shortcuts_ui(run.dataset_id)
+        shortcuts_ui(run.dataset_id, run.id)
         slices_ui(run.id, default_threshold(run)[0])
         robustness_ui(run.id)

@@ -57,8 +57,9 @@ def cmd_robustness(args) -> None:
         return "   -  " if v is None else f"{v:.3f}"
 
     lines = [f"  {r['perturbation']:<13} F1 {num(r['f1'])}  AUC {num(r['auc'])}  called AI {num(r['called_ai'])}  "
-             f"mean change {r['mean_abs_change']:.4f}" for r in result["rows"]]
-    emit(args, result, f"run {args.run}, {result['images']} {args.split} images at threshold "
+             f"mean change {r['mean_abs_change']:.4f}  calls changed {r['flipped']}" for r in result["rows"]]
+    shown = result | {"rows": [{k: v for k, v in r.items() if k != "flipped_ids"} for r in result["rows"]]}
+    emit(args, shown, f"run {args.run}, {result['images']} {args.split} images at threshold "
           f"{result['threshold']:.4g} ({result['threshold_source']}):\n" + "\n".join(lines))
 
 
