@@ -83,7 +83,7 @@ def main() -> int:
             "data": args.data}
     if args.out:
         Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    print(f"| recipe | px | best val F1 | F1@0.5 | AUC | epochs | wall | train img/s |")
+    print("| recipe | px | best val F1 | F1@0.5 | AUC | epochs | wall | train img/s |")
     for r in rows:
         print(f"| {r['recipe']} | {r['img_size']} | {r['val_best_f1']:.4f} | {r['val_f1']:.4f} | {r['val_auc']:.4f} "
               f"| {r['epochs_run']} | {r['wall_s'] / 60:.1f} min | {r['train_img_s']} |")

@@ -99,7 +99,7 @@ def main() -> None:
         os.environ.pop("AIVH_DB_URL", None)
         build_s, run_id = timed(lambda: build_store(Path(tmp), args.n))
         # modules a running server has imported once for all sessions: not a page's own time
-        import plotly.express  # noqa: F401
+        import plotly.express
         import plotly.graph_objects  # noqa: F401
         import streamlit as st
 
@@ -109,7 +109,7 @@ def main() -> None:
         from streamlit.components.v2.component_manager import BidiComponentManager
         from streamlit.testing.v1 import AppTest
 
-        import engine.compare  # noqa: E401, F401
+        import engine.compare  # noqa: F401
 
         components_s, components = timed(BidiComponentManager)
         scan_s, _ = timed(lambda: components.discover_and_register_components(start_file_watching=False))
@@ -136,7 +136,7 @@ def main() -> None:
             at.run()
             took = []
             for change in changes:
-                seconds, _ = timed(lambda: change(at).run())
+                seconds, _ = timed(lambda change=change: change(at).run())
                 assert not at.exception, (name, at.exception)
                 took.append(seconds)
             results[f"{name}_rerun_s_median"] = round(float(np.median(took)), 3)

@@ -8,7 +8,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from db.errors import NotFound  # noqa: F401 - raised here, caught by callers as queries.NotFound
+from db.errors import NotFound  # callers catch it as queries.NotFound
 from db.labelling import current_label_join, newest_label_rows
 from db.models import (
     Dataset,

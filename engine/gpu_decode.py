@@ -125,7 +125,7 @@ def resample_boxes(images: torch.Tensor, plans: list, size: int) -> torch.Tensor
     """Training's random crop, resize and flip for a batch of same-sized images in two batched
     matrix products: (N, 3, H, W) uint8 and per image device_plan()'s (x0, y0, x1, y1, flip)
     -> (N, 3, S, S) uint8, within rounding of Pillow's transform() on each image."""
-    n, _, h, w = images.shape
+    _, _, h, w = images.shape
     box = torch.tensor([p[:4] for p in plans], dtype=torch.float32, device=images.device)
     wx = _resample_weights(box[:, 0], box[:, 2], w, size)  # (N, S, W)
     wy = _resample_weights(box[:, 1], box[:, 3], h, size)  # (N, S, H)

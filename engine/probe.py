@@ -88,9 +88,8 @@ def cached_features(model, cfg: TrainConfig, root: Path, paths: list[str], keys:
         if not known:
             raise ValueError(f"no image could be decoded for the probe ({len(todo)} tried; see the skipped lines)")
         file.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.atomic_path(file, durable=False) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, keys=np.array(list(known)), feats=np.stack(list(known.values())).astype(np.float32))
+        with atomic.atomic_path(file, durable=False) as tmp, open(tmp, "wb") as f:
+            np.savez(f, keys=np.array(list(known)), feats=np.stack(list(known.values())).astype(np.float32))
     width = next(iter(known.values())).shape[0] if known else 0
     out = np.full((len(keys), width), np.nan, dtype=np.float32)
     for i, k in enumerate(keys):

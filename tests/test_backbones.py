@@ -113,7 +113,8 @@ def _sample_features(model) -> tuple[np.ndarray, np.ndarray]:
     from engine.infer import embed
     from engine.loader import make_loader
 
-    rows = list(csv.DictReader(open(SAMPLE / "train.csv")))
+    with open(SAMPLE / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     loader = make_loader(SAMPLE, [r["file_name"] for r in rows], None, size=64, batch_size=50, workers=0,
                          device=torch.device("cpu"), mode="resize", decode="workers")
     out = np.zeros((len(rows), 1280), np.float32)
@@ -148,7 +149,7 @@ def test_probe_cli_records_a_run_that_predict_and_export_use_and_caches_features
     aivh("import", str(SAMPLE), "--name", "s", env_home=workspace)
     first = json.loads(aivh("probe", "--dataset", "s", "--img-size", "64", "--device", "cpu", "--json",
                             env_home=workspace).stdout.strip().splitlines()[-1])
-    assert list(first)[0] == "run" and first["status"] == "succeeded" and first["arch"] == LITE0
+    assert next(iter(first)) == "run" and first["status"] == "succeeded" and first["arch"] == LITE0
     assert first["weights"].startswith("imagenet: ") and first["best_epoch"] == 1
     assert first["features_computed"] == 300 and first["features_cached"] == 0
     assert first["val_auc"] > 0.6  # 30 validation images: a loose floor; the sample test above is the strict one

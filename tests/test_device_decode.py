@@ -210,6 +210,5 @@ def test_the_feed_stops_its_thread_when_left_early_and_passes_errors_on(images):
 
     got = []
     with pytest.raises(OSError, match="disk gone"):
-        for batch in device_batches(Broken(), CPU, ahead=2):
-            got.append(batch)
+        got.extend(device_batches(Broken(), CPU, ahead=2))
     assert len(got) == 1

@@ -118,6 +118,6 @@ def test_a_run_splits_its_images_by_content(sessions, tmp_path):
         run = Run(dataset_id=ds.id, status="queued", config=TrainConfig(val_fraction=0.25).to_dict())
         s.add(run)
         s.flush()
-        _data_, train_ids, val_ids = train_data(s, run)
+        _, train_ids, val_ids = train_data(s, run)
         sha = {im.id: im.sha1 for im in queries.images(s, ds.id)}
     assert len(val_ids) == 40 and not {sha[i] for i in train_ids} & {sha[i] for i in val_ids}

@@ -311,7 +311,7 @@ def test_jpegs_with_a_trailer_are_imported_and_decode(sessions, tmp_path):
     from engine.loader import ImageDataset
 
     root = tmp_path / "trailers"
-    train, test = [], []
+    train = []
     for i in range(6):
         data = _jpeg_bytes(i, (96, 64))
         if i % 2 == 0:
