@@ -307,14 +307,16 @@ def write_likeness(path: Path, shift: Shift, labels: dict[int, int]) -> Path:
 
 
 def freeze_test_like(s: Session, dataset: str, n: int, name: str, *, author: str | None = None,
-                     seed: int = 0):
-    """The n most test-like labelled training images (metadata shift) frozen as an evaluation set."""
+                     seed: int = 0, pooled: np.ndarray | None = None):
+    """The n most test-like labelled training images frozen as an evaluation set: by file
+    properties, and with `pooled` (run_features of a run on this dataset) by both, as
+    `aivh shift --run` ranks them."""
     from db import evaluation
 
     if n < 1:
         raise ValueError("--like-test needs a positive number of images")
     ds = queries.get_dataset(s, dataset)
-    shift = measure_shift(s, ds.id, seed=seed)
+    shift = measure_shift(s, ds.id, pooled=pooled, seed=seed)
     labels = labelling.current_labels(s, ds.id)
     ranked = [shift.train_ids[i] for i in shift.most_test_like(len(shift.train_ids))
               if shift.train_ids[i] in labels][:n]

@@ -31,6 +31,17 @@ def cmd_evalset(args) -> None:
         raise UsageError("give --run RUN (its validation images) or --like-test N --dataset D")
     if args.like_test is not None and not args.dataset:
         raise UsageError("--like-test needs --dataset")
+    if args.shift_run is not None and args.like_test is None:
+        raise UsageError("--shift-run ranks the images of --like-test N; give both")
+    pooled = None
+    if args.shift_run is not None:  # features first: no transaction held open while they compute
+        from engine.shortcuts import run_features
+
+        sessions = session_factory()
+        with sessions() as s:
+            if queries.get_run(s, args.shift_run).dataset_id != queries.get_dataset(s, args.dataset).id:
+                raise ValueError(f"run {args.shift_run} was not trained on dataset {args.dataset!r}")
+        _ds, pooled = run_features(sessions, args.shift_run, device=args.device, progress=not args.json)
     with session_factory().begin() as s:
         if args.run is not None:
             es = evaluation.freeze_validation(s, args.run, args.name, author=args.author)
@@ -38,8 +49,11 @@ def cmd_evalset(args) -> None:
         else:
             from engine.shortcuts import freeze_test_like
 
-            es, shift = freeze_test_like(s, args.dataset, args.like_test, args.name, author=args.author)
+            es, shift = freeze_test_like(s, args.dataset, args.like_test, args.name, author=args.author,
+                                         pooled=pooled)
             what, extra = "most test-like labelled training images", {"shift_auc": shift.auc}
+            if shift.metadata_auc is not None:
+                extra["metadata_auc"] = shift.metadata_auc
         images = len(evaluation.eval_set_image_ids(s, es.id))
     emit(args, {"eval_set": args.name, "images": images, "id": es.id, **extra},
           f"froze {images} {what} as evaluation set {args.name!r}")
@@ -69,6 +83,10 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--like-test", type=int, metavar="N",
                    help="freeze the N labelled training images most like the test set (`aivh shift`)")
     c.add_argument("--dataset", help="with --like-test")
+    c.add_argument("--shift-run", type=int, metavar="RUN",
+                   help="with --like-test: rank by file properties and this run's pooled features "
+                        "(as `aivh shift --run RUN`), not by file properties alone")
+    c.add_argument("--device", default="auto", help="with --shift-run: where the features are computed")
     c.add_argument("--name", required=True)
     c.add_argument("--author")
     c.set_defaults(func=cmd_evalset)
