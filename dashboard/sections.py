@@ -12,13 +12,20 @@ from engine.export import fmt_threshold
 SPLIT_COLUMNS = {"val called AI": "val", "test called AI": "test"}
 
 
-def _clicked(event) -> dict | None:
-    """The first point a click on a chart selected (st.plotly_chart's on_select), if any."""
+def _clicked(event, key: str) -> dict | None:
+    """The first point a click on a chart newly selected (st.plotly_chart's on_select), if any.
+    The chart keeps its selection across reruns: only a click not seen before counts, so a
+    choice made in the select box afterwards stands."""
     try:
         points = event.selection.points
     except AttributeError:
         return None
-    return points[0] if points else None
+    point = points[0] if points else None
+    seen = f"{key}_last_click"
+    if point == st.session_state.get(seen):
+        return None
+    st.session_state[seen] = point
+    return point
 
 
 def slices_ui(run_id: int, threshold: float, key: str = "slices") -> None:
@@ -40,7 +47,7 @@ def slices_ui(run_id: int, threshold: float, key: str = "slices") -> None:
     fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     event = st.plotly_chart(fig, key=f"{key}_chart", on_select="rerun", selection_mode="points")
     bars = {_bar_name(r.dimension, r.slice, r.split): (r.dimension, r.slice, r.split) for r in long.itertuples()}
-    point = _clicked(event)
+    point = _clicked(event, key)
     if point and point.get("customdata"):
         dimension, split = point["customdata"][:2]
         clicked = _bar_name(dimension, point.get("x"), split)
@@ -78,7 +85,7 @@ def robustness_ui(run_id: int, key: str = "robustness") -> None:
         st.caption(f"Run `aivh robustness --run {run_id}` again to open the images behind each bar.")
         return
     names = rows["perturbation"].tolist()
-    point = _clicked(event)
+    point = _clicked(event, key)
     if point and point.get("x") in names:
         st.session_state[f"{key}_bar"] = point["x"]
     flipped = dict(zip(names, rows["flipped_ids"]))

@@ -104,11 +104,15 @@ SELECTION = "review_selection"
 
 
 def open_in_review(run_id: int, image_ids, title: str) -> None:
-    """Open exactly these images of a run in Review (the images behind a chart's bar, a lasso
-    selection): kept in the session until Review's "show all" clears it."""
+    """Open exactly these images of a run in Review (the images behind a chart's bar): kept in
+    the session until Review's "show all" clears it, or a link that names its own filters."""
     st.session_state[SELECTION] = {"run": int(run_id), "ids": [int(i) for i in image_ids], "title": title}
     st.session_state.pop("selected_image", None)
     st.switch_page("views/review.py", query_params={"run": str(run_id), "queue": "run"})
+
+
+def clear_review_selection() -> None:
+    st.session_state.pop(SELECTION, None)
 
 
 def review_selection(run_id: int) -> dict | None:

@@ -44,7 +44,25 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def _sqlite_wal(database: str) -> None:
+def _sqlite_file(engine: Engine) -> tuple[str, bool] | None:
+    """(the file's path, opened read-only) of a SQLite store on disk, as sqlite3 is handed it
+    (a `file:` URI's path without its query); None for an in-memory database."""
+    if engine.dialect.name != "sqlite":
+        return None
+    args, kwargs = engine.dialect.create_connect_args(engine.url)
+    name = str(args[0] if args else kwargs.get("database", ""))
+    readonly = False
+    if kwargs.get("uri") and name.startswith("file:"):
+        name, _, query = name[len("file:"):].partition("?")
+        if "mode=memory" in query:
+            return None
+        readonly = "mode=ro" in query
+    if not name or name == ":memory:":
+        return None
+    return name, readonly
+
+
+def _sqlite_wal(engine: Engine) -> None:
     """Put a SQLite store in WAL mode (readers keep reading while a run writes); the mode is
     kept in the file. Switching needs an exclusive lock, and two processes opening a new store
     at once (torchrun's ranks) could both hold a shared lock and want it: SQLite then answers
@@ -52,18 +70,21 @@ def _sqlite_wal(database: str) -> None:
     switches, under the lock migrations take, and a busy answer is retried."""
     import sqlite3
 
-    with _file_lock(database):
+    found = _sqlite_file(engine)
+    if found is None or found[1]:
+        return
+    with _file_lock(found[0]):
         deadline = time.monotonic() + 30
         while True:
-            conn = sqlite3.connect(database, timeout=30)
+            conn = engine.raw_connection()  # the engine's own URI handling and pragmas
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
+                conn.cursor().execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
                     raise
             finally:
-                conn.close()
+                conn.invalidate()  # not back to the pool: a fresh connection after the switch
             time.sleep(0.05)
 
 
@@ -72,10 +93,8 @@ def get_engine(url: str | None = None) -> Engine:
     url = url or db_url()
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
-        database = engine.url.database
-        if database and database != ":memory:" and not database.startswith("file:"):
-            _sqlite_wal(database)
         event.listen(engine, "connect", _sqlite_pragmas)
+        _sqlite_wal(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True)
     migrate(engine)
@@ -114,11 +133,11 @@ def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
             connection.execute(text("SELECT pg_advisory_unlock(74686)"))
             connection.commit()
         return
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    found = _sqlite_file(engine)
+    if found is None:
         yield
         return
-    with _file_lock(database):
+    with _file_lock(found[0]):
         yield
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from db.store import run_dir
+from db.store import home
 from engine import atomic
 
 FILE = "embeddings.npz"
@@ -38,7 +38,8 @@ class Embeddings:
 
 
 def path(run_id: int) -> Path:
-    return run_dir(run_id) / FILE
+    """Where the run's embeddings are (reading creates no folder)."""
+    return home() / "runs" / str(run_id) / FILE
 
 
 def save(run_id: int, image_id, vectors, checkpoint: str = "") -> Path:
@@ -51,6 +52,7 @@ def save(run_id: int, image_id, vectors, checkpoint: str = "") -> Path:
         raise ValueError("embeddings: an image id appears twice")
     order = np.argsort(ids, kind="stable")
     file = path(run_id)
+    file.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_path(file, durable=False) as tmp, open(tmp, "wb") as f:
         np.savez(f, image_id=ids[order], vectors=vecs[order], checkpoint=np.array(checkpoint))
     return file
@@ -62,7 +64,10 @@ def load(run_id: int) -> Embeddings:
     if not file.is_file():
         raise LookupError(f"run {run_id} has no embeddings yet: run `aivh embed --run {run_id}`")
     with np.load(file, allow_pickle=False) as z:
-        return Embeddings(z["image_id"].astype(np.int64), z["vectors"], str(z["checkpoint"]))
+        found = Embeddings(z["image_id"].astype(np.int64), z["vectors"], str(z["checkpoint"]))
+    if len(found.image_id) != len(found.vectors) or np.any(np.diff(found.image_id) <= 0):
+        raise ValueError(f"{file}: not an embeddings file aivh wrote (ids unsorted or not one per vector)")
+    return found
 
 
 def exists(run_id: int) -> bool:

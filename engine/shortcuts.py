@@ -219,6 +219,9 @@ def measure_shift(s: Session, dataset_id: int, *, pooled: np.ndarray | None = No
     features = feature_aucs(table, y, folds=folds, seed=seed)
     p, meta_auc = p_meta, None
     if pooled is not None:
+        if len(pooled) != len(table.ids):
+            raise ValueError(f"the dataset's images changed while the run's features were computed "
+                             f"({len(pooled)} then {len(table.ids)}): run the command again")
         meta_auc = _auc(y, p_meta)
         x = np.column_stack([table.x, pooled])
         cat = np.concatenate([table.categorical, np.zeros(pooled.shape[1], bool)])

@@ -383,6 +383,12 @@ def test_a_slice_bar_and_a_robustness_bar_open_exactly_their_images_in_review(ru
     next(b for b in at.button if b.label == "Show all predictions").click().run()
     assert not at.exception and "review_selection" not in at.session_state
     assert any("images match" in c.value for c in at.caption)  # Review's own filters again
+    # a confusion cell's link names its own filters: an earlier selection does not hide them
+    at = _app_on("shift.py", run_id)
+    at = _open_in_review(at, "robustness", "jpeg50: 3 calls changed")
+    at.switch_page("views/evaluate.py").run()
+    next(b for b in at.button if b.label.startswith("false positives")).click().run()
+    assert not at.exception and "review_selection" not in at.session_state
 
 
 def queries_rel_path(sessions, image_id: int) -> str:

@@ -188,3 +188,13 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_get_it_in_wal_mode(tmp
         assert outcomes == ["ok"] * 4, outcomes
         with create_engine(url).connect() as c:
             assert c.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+
+
+def test_a_file_uri_sqlite_store_is_locked_beside_its_file_and_in_wal_mode(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url in (f"sqlite:///file:{tmp_path / 'abs.db'}?uri=true", "sqlite:///file:rel.db?uri=true"):
+        with store.get_engine(url).connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+            assert c.execute(text("SELECT count(*) FROM runs")).scalar_one() == 0
+    assert sorted(p.name for p in tmp_path.glob("*.migrate.lock")) == ["abs.db.migrate.lock", "rel.db.migrate.lock"]
+    store.get_engine.cache_clear()

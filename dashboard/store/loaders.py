@@ -68,7 +68,7 @@ def audits() -> list:
     return query(evaluation.list_audits)
 
 
-def _run_key(s: Session, run_id: int) -> tuple:
+def run_key(s: Session, run_id: int) -> tuple:
     return (labelling.label_version(s), queries.predictions_version(s, run_id),
             queries.run_state(s.get(Run, run_id)))
 
@@ -88,7 +88,7 @@ def _test_key(s: Session, run: Run) -> tuple:
 def run_version(run_id: int) -> tuple:
     """The cache key of everything a page shows about a run: labels, predictions, run state."""
     with read() as s:
-        return _run_key(s, run_id)
+        return run_key(s, run_id)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -158,7 +158,7 @@ def submission_scores(run_id: int) -> SubmissionScores:
     """The submission's ids and probabilities, once per state: a typed threshold reads nothing."""
     with read() as s:
         run = queries.get_run(s, run_id)
-        version = (_run_key(s, run_id), _test_key(s, run))
+        version = (run_key(s, run_id), _test_key(s, run))
     return _test_scores(db_url(), run_id, version)
 
 
@@ -178,7 +178,7 @@ def compare_runs(a: int, b: int, *, eval_set: str | None = None) -> dict:
     """engine.compare.compare_runs once per state of both runs; ValueError (the engine's words) if refused."""
     with read() as s:
         sets = tuple(e.id for e in evaluation.list_eval_sets(s, queries.get_run(s, a).dataset_id))
-        version = (_run_key(s, a), queries.predictions_version(s, b), queries.run_state(s.get(Run, b)), sets)
+        version = (run_key(s, a), queries.predictions_version(s, b), queries.run_state(s.get(Run, b)), sets)
     result, error = _compare(db_url(), a, b, eval_set, version)
     if error is not None:
         raise ValueError(error)
@@ -258,7 +258,7 @@ def export_checks(run_id: int, threshold: float) -> tuple[str, str | None, list[
     url = db_url()
     with read(url) as s:
         run = queries.get_run(s, run_id)
-        version = _run_key(s, run_id)
+        version = run_key(s, run_id)
         scores = _test_scores(url, run_id, (version, _test_key(s, run)))
         made_by, stale = _provenance(url, run_id, "test", version)
         labels = None if scores.refused else scores.called_ai(threshold).tolist()

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.store.loaders import prediction_frame
+from dashboard.store.loaders import prediction_frame, run_key
 from dashboard.store.sessions import read
 from db import queries
 from db.models import Dataset
 from db.store import db_url
 
-MOST_TEST_LIKE = 200  # training images the Shift page can open in Review, most test-like first
+MOST_TEST_LIKE = 5000  # training images kept in the report, most test-like first (the page opens the run's 200)
 
 
 def _images_key(s, dataset_id: int) -> tuple:
@@ -61,12 +61,20 @@ def _with_meta(run_id: int, split: str, meta: pd.DataFrame) -> pd.DataFrame:
     return frame.dropna(subset=["label"]) if split == "val" else frame
 
 
-def slices(run_id: int, threshold: float) -> pd.DataFrame:
-    """engine.slices.slice_table of the run's validation and test predictions at `threshold`."""
+@st.cache_data(max_entries=32, show_spinner=False)
+def _slices(url: str, run_id: int, threshold: float, version: tuple) -> pd.DataFrame:
     from engine.slices import slice_table
 
     meta = _run_meta(run_id)
     return slice_table(_with_meta(run_id, "val", meta), _with_meta(run_id, "test", meta), threshold)
+
+
+def slices(run_id: int, threshold: float) -> pd.DataFrame:
+    """engine.slices.slice_table of the run's validation and test predictions at `threshold`,
+    cached on the run's labels, predictions and state and on its dataset's images."""
+    with read() as s:
+        version = (run_key(s, run_id), _images_key(s, queries.get_run(s, run_id).dataset_id))
+    return _slices(db_url(), run_id, float(threshold), version)
 
 
 def slice_ids(run_id: int, split: str, dimension: str, name: str) -> list[int]:

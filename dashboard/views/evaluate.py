@@ -68,6 +68,7 @@ def confusion_ui(y, p, t, run_id: int, split: str) -> None:
     for col, (name, n) in zip(cells, (("false positive", fp), ("false negative", fn),
                                       ("true positive", tp), ("true negative", tn))):
         if col.button(f"{name}s ({n:,})", key=f"open_{name}"):
+            ui.clear_review_selection()  # Review shows this cell, not an earlier selection
             st.switch_page("views/review.py", query_params={
                 "run": str(run_id), "split": split, "outcome": name, "threshold": repr(float(t))})
 

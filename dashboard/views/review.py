@@ -245,7 +245,7 @@ def selection_ui(run, selection: dict, who: str) -> None:
     c1.info(f"{selection['title']}: {len(df):,} images" + (
         f" ({missing:,} more have no prediction from run #{run.id})" if missing else ""))
     if c2.button("Show all predictions", key="clear_selection"):
-        st.session_state.pop(ui.SELECTION, None)
+        ui.clear_review_selection()
         st.rerun()
     if df.empty:
         return

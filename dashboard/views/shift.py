@@ -26,8 +26,10 @@ def shortcuts_ui(dataset_id: int, run_id: int | None = None) -> None:
         st.write(shift["sentence"] + " With a run's pooled features: `aivh shift --run RUN`.")
         st.dataframe(pd.DataFrame(shift["features"]), hide_index=True)
         if run_id is not None and shift["most_test_like"] and st.button(
-                f"Open the {len(shift['most_test_like'])} most test-like training images in Review"):
-            ui.open_in_review(run_id, shift["most_test_like"], "most test-like training images (file properties)")
+                "Open the run's 200 most test-like training images in Review"):
+            # of the images the run predicted (its validation ones, unless it predicted more)
+            ids = store.selection_frame(run_id, shift["most_test_like"])["image_id"].head(200).tolist()
+            ui.open_in_review(run_id, ids, "most test-like training images (file properties)")
 
 
 st.title("Shift")
