@@ -39,6 +39,7 @@ from engine.liveness import (
 )
 from engine.metrics import threshold_note
 from engine.model import weights_source
+from engine.neighbours import split_groups
 from engine.recording import StoreCallbacks, epoch_values, record_best
 from engine.splits import split_images
 from engine.train import EpochResult, TrainData, _dist, train
@@ -90,8 +91,10 @@ def train_data(s: Session, run: Run) -> tuple[TrainData, list[int], list[int]]:
     if not train_ids:
         strata = {i: v for i, v in labelling.import_labels(s, ds.id).items() if i in ims}
         keys = {i: ims[i].rel_path for i in strata}
+        content, grouping = split_groups(s, ds.id, Path(ds.root), strata, group=cfg.group, progress=False)
         train_ids, val_ids = split_images(keys, strata, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                          limit=cfg.limit, content={i: ims[i].sha1 for i in strata})
+                                          limit=cfg.limit, content=content)
+        run.config = {**run.config, "grouping": grouping}  # how the split grouped, for the record
         if not train_ids or not val_ids:
             raise ValueError(f"dataset {ds.name!r} has too few labelled images to train "
                              f"({len(train_ids)} train, {len(val_ids)} validation)")

@@ -27,6 +27,7 @@ import numpy as np
 from engine import embeddings
 
 log = logging.getLogger("aivh.neighbours")
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on which CPU build loaded
 
 # Thresholds, chosen on planted copies in cifake-mini (docs/benchmarks.md, "Neighbours"):
 PHASH_MAX = 6  # bits of 64: planted re-encoded+resized copies of 32x32 images reach 6; on cifake-mini unrelated pairs start at 8
