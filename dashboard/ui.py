@@ -98,3 +98,28 @@ def reviewer() -> str:
 
 def workspace_caption() -> None:
     st.caption(f"store: {store.home()}")
+
+
+SELECTION = "review_selection"  # session state: the images a page opened in Review
+
+
+def open_in_review(image_ids, title: str, *, run_id: int | None = None) -> None:
+    """Open exactly these images in Review (a grid of them, the first one opened), under `title`;
+    `run_id` picks the run whose predictions they show (else Review's current one)."""
+    ids = sorted({int(i) for i in image_ids})
+    st.session_state[SELECTION] = {"ids": ids, "title": title}
+    st.session_state.pop("selected_image", None)
+    params = {k: v for k, v in st.query_params.to_dict().items() if k == "reviewer"}
+    params["queue"] = "run"
+    if run_id is not None:
+        params["run"] = str(run_id)
+    st.switch_page("views/review.py", query_params=params)
+
+
+def review_selection() -> dict | None:
+    """What open_in_review asked Review to show ({"ids", "title"}), if anything."""
+    return st.session_state.get(SELECTION)
+
+
+def clear_review_selection() -> None:
+    st.session_state.pop(SELECTION, None)

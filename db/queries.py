@@ -300,3 +300,28 @@ def image_facts(s: Session, dataset_id: int) -> list[tuple[int, str, str, str | 
     q = select(Image.id, Image.rel_path, Image.split, Image.sha1).where(
         Image.dataset_id == dataset_id, Image.status == "ok").order_by(Image.id)
     return [tuple(r) for r in s.execute(q)]
+
+
+def image_rows(s: Session, dataset_id: int, run_id: int | None = None,
+               image_ids: Sequence[int] | None = None) -> list[tuple]:
+    """(image_id, rel_path, split, prob or None, label or None, reviews) of readable images (all,
+    or `image_ids`), with the run's prediction where it made one: the embedding map and a
+    selection opened in Review, which span splits and images without predictions."""
+    newest, reviews = newest_label_rows(dataset_id)
+    prob = Prediction.prob if run_id is not None else func.cast(None, Prediction.prob.type)
+    q = (select(Image.id, Image.rel_path, Image.split, prob, Label.label, func.coalesce(reviews.c.n, 0))
+         .outerjoin(newest, newest.c.image_id == Image.id)
+         .outerjoin(Label, current_label_join(newest))
+         .outerjoin(reviews, reviews.c.image_id == Image.id)
+         .where(Image.dataset_id == dataset_id, Image.status == "ok"))
+    if run_id is not None:
+        q = q.outerjoin(Prediction, (Prediction.image_id == Image.id) & (Prediction.run_id == run_id))
+    if image_ids is not None:
+        q = q.where(Image.id.in_([int(i) for i in image_ids]))
+    return [tuple(r) for r in s.execute(q.order_by(Image.id))]
+
+
+def count_without_phash(s: Session, dataset_id: int) -> int:
+    """Readable images whose perceptual hash is not stored yet."""
+    return s.scalar(select(func.count(Image.id)).where(Image.dataset_id == dataset_id, Image.status == "ok",
+                                                       Image.phash.is_(None))) or 0

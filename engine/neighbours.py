@@ -440,12 +440,13 @@ def _source(run_id: int) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def embedding_map(run_id: int, *, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+def embedding_map(run_id: int, *, method: str | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """(image ids, (N, 2) float32 coordinates, method) of the run's embeddings: UMAP (umap-learn)
-    when installed and method is auto or umap, else PCA; computed once, cached next to the
+    when installed and method is auto or umap, else PCA (method None: $AIVH_MAP, else auto); computed once, cached next to the
     embeddings (runs/<id>/embedding_map.npz) and recomputed only when they change."""
     from engine import atomic
 
+    method = method or os.environ.get("AIVH_MAP", "auto")  # AIVH_MAP=pca: no UMAP (and no numba JIT)
     emb = embeddings.load(run_id)
     file = embeddings.path(run_id).with_name(MAP_FILE)
     source = _source(run_id)

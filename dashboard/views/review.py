@@ -108,6 +108,7 @@ def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int 
         st.write(f"Current label: **{LABELS.get(current, 'none (test image)')}**")
         relabel_ui(image_id, current, who)
         saliency_ui(run_id, r["rel_path"], float(r["prob"]))
+        more_like_this_ui(run_id, image_id, root, who)
         if history:
             st.dataframe(pd.DataFrame([{
                 "when": h.created_at, "who": h.author, "source": h.source,
@@ -171,6 +172,40 @@ def saliency_ui(run_id: int, rel_path: str, stored_prob: float | None = None) ->
                    + f" · {settings} · centre of mass at {mass.get('center')} (x, y as fractions of what "
                    "the model saw)"
                    + (f" · IG convergence delta {att.delta:.2e}" if att.delta is not None else ""))
+
+
+def more_like_this_ui(run_id: int, image_id: int, root: str, who: str, k: int = 6) -> None:
+    """The image's nearest neighbours in the run's embeddings, with labels and predictions; one
+    click labels them all, or opens them in Review."""
+    with st.expander("More like this", expanded=True):
+        if not store.has_embeddings(run_id):
+            st.caption(f"No embeddings for run #{run_id} yet: run `aivh embed --run {run_id}`.")
+            return
+        dataset_id = store.runs_by_id()[run_id].dataset_id
+        try:
+            near = store.more_like_this(dataset_id, run_id, image_id, k)
+        except LookupError as e:
+            st.caption(str(e))
+            return
+        cols = st.columns(max(1, len(near)))
+        sha1s = store.image_sha1s(near["image_id"])
+        for col, (_, r) in zip(cols, near.iterrows()):
+            with col:
+                label = "?" if pd.isna(r["label"]) else LABELS[int(r["label"])]
+                prob = "-" if pd.isna(r["prob"]) else f"{r['prob']:.3f}"
+                show_image(root, r["rel_path"], sha1s.get(int(r["image_id"])), 160,
+                           f"cos {r['similarity']:.3f} · {label} · p={prob}")
+        c1, c2, c3 = st.columns(3)
+        if c3.button("Open these in Review", key=f"mlt_open_{image_id}"):
+            ui.open_in_review([image_id, *near["image_id"]], f"images like #{image_id}", run_id=run_id)
+        if not who:
+            return
+        for col, value in ((c1, 1), (c2, 0)):
+            if col.button(f"Label these {len(near)} {LABELS[value]}", key=f"mlt_{value}_{image_id}"):
+                n = store.relabel_many(dataset_id, near["image_id"], value, author=who,
+                                       note=f"more like image {image_id}")
+                st.toast(f"{n} relabelled {LABELS[value]}")
+                st.rerun()
 
 
 def relabel_ui(image_id: int, current: int | None, who: str) -> None:
@@ -247,6 +282,24 @@ runs = store.runs_by_id()
 run = ui.pick_run(runs) if queue == QUEUES[0] else None
 if queue == QUEUES[1]:
     queue_ui(who)
+elif run is not None and ui.review_selection():
+    chosen = ui.review_selection()
+    c1, c2 = st.columns([4, 1])
+    c1.subheader(f"{chosen['title']}: {len(chosen['ids'])} images")
+    if c2.button("Back to all predictions"):
+        ui.clear_review_selection()
+        st.rerun()
+    df = store.selection_frame(run.dataset_id, run.id, chosen["ids"])
+    if df.empty:
+        st.info(f"None of these images belong to run #{run.id}'s dataset.")
+    else:
+        page = paged(df)
+        root = store.dataset_root(run.dataset_id)
+        grid_ui(page, root)
+        selected = st.session_state.get("selected_image")
+        if selected not in set(df["image_id"]):
+            selected = int(page.iloc[0]["image_id"])
+        detail_ui(df, root, selected, who, run.id)
 elif run is not None:
     f = filters_ui(run)
     df = store.prediction_frame(run.id, f["split"])
