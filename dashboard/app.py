@@ -14,6 +14,6 @@ pages = [
     st.Page("views/shift.py", title="Shift", icon=":material/compare_arrows:"),
     st.Page("views/export.py", title="Export", icon=":material/download:"),
     st.Page("views/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
-    st.Page("views/embedding_map.py", title="Map", icon=":material/scatter_plot:"),
+    st.Page("views/embedding_map.py", title="Map", icon=":material/scatter_plot:", url_path="map"),
 ]
 st.navigation(pages).run()
