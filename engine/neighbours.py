@@ -447,13 +447,15 @@ def embedding_map(run_id: int, *, method: str | None = None, seed: int = 0) -> t
     from engine import atomic
 
     method = method or os.environ.get("AIVH_MAP", "auto")  # AIVH_MAP=pca: no UMAP (and no numba JIT)
-    emb = embeddings.load(run_id)
+    if not embeddings.exists(run_id):
+        embeddings.load(run_id)  # the LookupError that names `aivh embed`
     file = embeddings.path(run_id).with_name(MAP_FILE)
     source = _source(run_id)
-    if file.is_file():
+    if file.is_file():  # the embeddings are read only when the map must be computed
         with np.load(file, allow_pickle=False) as z:
             if str(z["source"]) == source and (method == "auto" or str(z["method"]) == method):
                 return z["image_id"].astype(np.int64), z["xy"], str(z["method"])
+    emb = embeddings.load(run_id)
     xy, used = project(emb.vectors, method=method, seed=seed)
     with atomic.atomic_path(file, durable=False) as tmp, open(tmp, "wb") as f:
         np.savez(f, image_id=emb.image_id, xy=xy, method=np.array(used), source=np.array(source))

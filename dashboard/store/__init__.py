@@ -58,6 +58,7 @@ from dashboard.store.neighbours import (  # noqa: F401 - what pages call
     image_frame,
     map_frame,
     map_ready,
+    meta_columns,
     more_like_this,
     relabel_many,
     selection_frame,

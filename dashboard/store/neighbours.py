@@ -37,7 +37,6 @@ def _version(s, dataset_id: int, run_id: int | None) -> tuple:
 def _image_frame(url: str, dataset_id: int, run_id: int | None, version: tuple) -> pd.DataFrame:
     with read(url) as s:
         rows = queries.image_rows(s, dataset_id, run_id)
-        meta = queries.image_meta(s, dataset_id)
         roles = {}
         if run_id is not None:
             roles = {i: "train" for i in queries.run_image_ids(s, run_id, "train")}
@@ -47,16 +46,30 @@ def _image_frame(url: str, dataset_id: int, run_id: int | None, version: tuple) 
     df["prob"] = df["prob"].astype(float)
     role = df["image_id"].map(roles).astype(object)
     df["role"] = role.where(role.notna(), df["split"])  # train / val (the run's), else the split
-    m = pd.DataFrame(meta, columns=["image_id", "rel_path", "split", *queries.META_COLUMNS])
-    return df.merge(m.drop(columns=["rel_path", "split"]), on="image_id", how="left")
+    return df
 
 
 def image_frame(dataset_id: int, run_id: int | None = None) -> pd.DataFrame:
-    """Every readable image: ROW_COLUMNS, its role in the run (train / val / test) and its file
-    properties; prob is NaN where the run made no prediction. Cached on labels, images, predictions."""
+    """Every readable image: ROW_COLUMNS and its role in the run (train / val / test); prob is
+    NaN where the run made no prediction. Cached on labels, images, predictions."""
     with read() as s:
         version = _version(s, dataset_id, run_id)
     return _image_frame(db_url(), dataset_id, run_id, version)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _meta_columns(url: str, dataset_id: int, version: tuple) -> pd.DataFrame:
+    with read(url) as s:
+        meta = queries.image_meta(s, dataset_id)
+    m = pd.DataFrame(meta, columns=["image_id", "rel_path", "split", *queries.META_COLUMNS])
+    return m.drop(columns=["rel_path", "split"]).set_index("image_id")
+
+
+def meta_columns(dataset_id: int) -> pd.DataFrame:
+    """Every readable image's file properties (queries.META_COLUMNS), indexed by image id."""
+    with read() as s:
+        version = _version(s, dataset_id, None)
+    return _meta_columns(db_url(), dataset_id, version)
 
 
 def selection_frame(dataset_id: int, run_id: int | None, image_ids) -> pd.DataFrame:
@@ -159,14 +172,18 @@ def _map_points(run_id: int, stamp: tuple) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame({"image_id": ids, "x": xy[:, 0], "y": xy[:, 1]}), method
 
 
-def map_frame(run_id: int) -> tuple[pd.DataFrame, str]:
-    """The cached map's points joined with image_frame's columns, and its method."""
+def map_frame(run_id: int, meta: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The cached map's points joined with image_frame's columns (and the file property `meta`
+    when asked for: read only then), and its method."""
     from engine.neighbours import MAP_FILE
 
     points, method = _map_points(run_id, _stamp(embeddings.path(run_id).with_name(MAP_FILE)))
     with read() as s:
         dataset_id = queries.get_run(s, run_id).dataset_id
-    return points.merge(image_frame(dataset_id, run_id), on="image_id", how="inner"), method
+    df = points.merge(image_frame(dataset_id, run_id), on="image_id", how="inner")
+    if meta is not None:
+        df[meta] = df["image_id"].map(meta_columns(dataset_id)[meta])
+    return df, method
 
 
 def relabel_many(dataset_id: int, image_ids, label: int, *, author: str, note: str | None = None) -> int:

@@ -3,14 +3,15 @@ coloured by label, prediction, error, split or a file property; a lasso or box s
 exactly those images in Review."""
 import numpy as np
 import pandas as pd
-import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import store, ui
 from engine.export import default_threshold
 
-COLOURS = ["label", "prediction", "error", "split", "format", "jpeg_quality", "width", "height", "bytes",
-           "mode", "subsampling", "progressive", "has_exif", "has_icc"]
+META = ["format", "jpeg_quality", "width", "height", "bytes", "mode", "subsampling", "progressive", "has_exif",
+        "has_icc"]
+COLOURS = ["label", "prediction", "error", "split", *META]
 
 
 def colour_column(df: pd.DataFrame, by: str, threshold: float) -> pd.Series:
@@ -43,22 +44,41 @@ if not store.map_ready(run.id):
             store.compute_map(run.id)
         st.rerun()
     st.stop()
-df, method = store.map_frame(run.id)
 by = st.selectbox("Colour by", COLOURS, index=COLOURS.index(st.query_params.get("colour", "label"))
                   if st.query_params.get("colour") in COLOURS else 0)
 st.query_params["colour"] = by
+df, method = store.map_frame(run.id, by if by in META else None)
 threshold = float(default_threshold(run)[0])
-df = df.assign(colour=colour_column(df, by, threshold))
-fig = px.scatter(df, x="x", y="y", color="colour", custom_data=["image_id"], hover_name="rel_path",
-                 hover_data={"x": False, "y": False, "role": True, "prob": ":.3f", "colour": False},
-                 render_mode="webgl", labels={"colour": by}, height=640)
-fig.update_traces(marker={"size": 5 if len(df) < 5000 else 3})
-fig.update_layout(dragmode="lasso", xaxis_title=f"{method} 1", yaxis_title=f"{method} 2")
+colour = colour_column(df, by, threshold)
+size = 5 if len(df) < 5000 else 3
+prob = df["prob"].map(lambda p: "no prediction" if np.isnan(p) else f"p(AI) {p:.3f}")
+df = df.assign(hover=df["rel_path"] + "<br>" + df["role"].astype(str) + " · " + prob)
+hover = "%{text}<extra></extra>"
+fig = go.Figure()
+trace_ids = []  # image ids of each trace's points: a selection names (trace, point index)
+if pd.api.types.is_numeric_dtype(colour) and colour.nunique() > 12:  # a scale, one trace
+    fig.add_trace(go.Scattergl(
+        x=df["x"].to_numpy(), y=df["y"].to_numpy(), mode="markers", text=df["hover"].to_numpy(),
+        hovertemplate=hover,
+        marker={"size": size, "color": colour.to_numpy(dtype=float, na_value=np.nan), "colorscale": "Viridis",
+                "showscale": True, "colorbar": {"title": by}}))
+    trace_ids.append(df["image_id"].to_numpy())
+else:  # categories, one trace each (webgl: 80,000 points stay fluid)
+    for value in sorted(colour.astype(str).unique()):
+        part = df[colour.astype(str).to_numpy() == value]
+        fig.add_trace(go.Scattergl(
+            x=part["x"].to_numpy(), y=part["y"].to_numpy(), mode="markers", name=value,
+            text=part["hover"].to_numpy(), hovertemplate=hover, marker={"size": size}))
+        trace_ids.append(part["image_id"].to_numpy())
+fig.update_layout(dragmode="lasso", height=640, xaxis_title=f"{method} 1", yaxis_title=f"{method} 2",
+                  legend_title_text=by)
 st.caption(f"{len(df):,} images · {method.upper()} of run #{run.id}'s embeddings · threshold {threshold:.4g} "
            "for errors · draw a lasso (or a box) round points to open them in Review")
-event = st.plotly_chart(fig, on_select="rerun", selection_mode=("lasso", "box"), key=f"map_{run.id}")
-points = (event or {}).get("selection", {}).get("points", []) if event else []
-chosen = sorted({int(p["customdata"][0]) for p in points if p.get("customdata")})
+# the key names the colouring: another colouring is another set of traces, and a fresh selection
+event = st.plotly_chart(fig, on_select="rerun", selection_mode=("lasso", "box"), key=f"map_{run.id}_{by}")
+points = event.selection.points if event else []
+chosen = sorted({int(trace_ids[p["curve_number"]][p["point_index"]]) for p in points
+                 if p.get("curve_number", len(trace_ids)) < len(trace_ids)})
 if chosen:
     st.write(f"{len(chosen):,} images selected")
     if st.button(f"Open the {len(chosen):,} selected in Review", type="primary"):
