@@ -34,6 +34,7 @@ PHASH_MAX = 6  # bits of 64: planted re-encoded+resized copies of 32x32 images r
 COSINE_MIN = 0.90  # Lite0 probe features at 64 px on cifake-mini: no unrelated pair above 0.87
 NEIGHBOURS = 10  # nearest neighbours searched per image by embedding
 EXACT_MAX = 20_000  # up to this many images the embedding search is exact; above, faiss IVF
+NPROBE = 8  # IVF lists searched per query (of 4 sqrt(N)): docs/benchmarks.md, "Neighbours"
 MATCHES = ("exact", "phash", "embedding")
 KINDS = ("label-conflict", "train-val", "train-train", "train-test", "test-test")
 GROUPINGS = ("copies", "near-duplicates")  # what a split keeps together (plus train.csv's group column)
@@ -197,7 +198,7 @@ def knn(vectors: np.ndarray, k: int = NEIGHBOURS, *, exact_max: int = EXACT_MAX,
         ) -> tuple[np.ndarray, np.ndarray]:
     """(similarities, indices), (N, k) each, of every row's k nearest other rows by cosine (-1
     where fewer exist). Exact (faiss IndexFlatIP) up to exact_max rows; above, an inverted-file
-    index (4 sqrt(N) lists, 16 probed): near copies, at cosine near 1, share a list almost always."""
+    index (4 sqrt(N) lists, NPROBE probed): near copies, at cosine near 1, share a list almost always."""
     import faiss
 
     x = _unit(vectors)
@@ -210,7 +211,7 @@ def knn(vectors: np.ndarray, k: int = NEIGHBOURS, *, exact_max: int = EXACT_MAX,
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = np.random.default_rng(seed).choice(n, min(n, 40 * nlist), replace=False)
         index.train(x[np.sort(sample)])
-        index.nprobe = 16
+        index.nprobe = NPROBE
     index.add(x)
     sims, idx = index.search(x, k)
     # drop each row itself (the first hit, or wherever an exact copy put it)
