@@ -66,9 +66,9 @@ def bench_hashes(n: int, data: Path, home: Path) -> dict:
     t0 = time.perf_counter()
     make_images(data, n)
     made = time.perf_counter() - t0
-    imported, t_import = aivh(home, "import", str(data), "--name", "bench")
+    _imported, t_import = aivh(home, "import", str(data), "--name", "bench")
     first, t_first = aivh(home, "duplicates", "--dataset", "bench")
-    second, t_second = aivh(home, "duplicates", "--dataset", "bench")
+    _second, t_second = aivh(home, "duplicates", "--dataset", "bench")
     return {"images": first["images"], "make_s": round(made, 1), "import_s": round(t_import, 1),
             "duplicates_first_s": round(t_first, 1), "duplicates_first_hash_s": first["hash_seconds"],
             "duplicates_again_s": round(t_second, 1), "pairs": len(first["pairs"]), "counts": first["counts"]}
