@@ -100,17 +100,30 @@ def test_every_planted_copy_is_found_with_few_other_pairs(planted):
 
 def test_hashes_are_stored_at_first_use_and_reused(planted, monkeypatch):
     home, _ = planted
+    from sqlalchemy import update
+
     from db import queries
+    from db.models import Image
     from db.store import session_factory
 
     aivh("duplicates", "--dataset", "planted", "--json", env_home=home)
     monkeypatch.setenv("AIVH_HOME", str(home))
     monkeypatch.delenv("AIVH_DB_URL", raising=False)
-    with session_factory()() as s:
+    sessions = session_factory()
+    with sessions() as s:
         stored = queries.phashes(s, queries.get_dataset(s, "planted").id)
     assert len(stored) == 445 and all(len(h) == 16 for h in stored.values())
-    text = aivh("duplicates", "--dataset", "planted", env_home=home).stdout
-    assert "label-conflict  15" in text and "perceptual hashes" not in text
+    forget = sorted(stored)[:5]
+    with sessions.begin() as s:  # five hashes forgotten: only those five are hashed again
+        s.execute(update(Image).where(Image.id.in_(forget)).values(phash=None))
+    proc = aivh("duplicates", "--dataset", "planted", env_home=home)
+    assert "perceptual hashes" in proc.stderr and "5/5" in proc.stderr
+    assert "label-conflict  15" in proc.stdout
+    with sessions() as s:
+        again = queries.phashes(s, queries.get_dataset(s, "planted").id)
+    assert again == stored
+    proc = aivh("duplicates", "--dataset", "planted", env_home=home)
+    assert "perceptual hashes" not in proc.stderr and "label-conflict  15" in proc.stdout
 
 
 def test_grouped_probe_keeps_planted_pairs_together_and_embeddings_find_them(planted, monkeypatch):
