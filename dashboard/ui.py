@@ -100,6 +100,17 @@ def workspace_caption() -> None:
     st.caption(f"store: {store.home()}")
 
 
+def show_image(root: str, rel_path: str, known: tuple | None, size: int, caption: str | None = None) -> None:
+    """An image's cached thumbnail (known: its sha1 and stamp from store.image_sha1s), or why not."""
+    from engine.thumbs import thumbnail
+
+    sha1, stamp = known or (None, None)
+    try:
+        st.image(str(thumbnail(store.home() / "cache", root, rel_path, sha1, size, stamp)), caption=caption)
+    except (FileNotFoundError, PermissionError, OSError) as e:
+        st.warning(f"{rel_path}: cannot show the image ({e})")
+
+
 SELECTION = "review_selection"  # session state: the images a page opened in Review
 
 

@@ -325,54 +325,68 @@ def find_duplicates(sessions, dataset: str, run_id: int | None = None, *, max_bi
         hashes = ensure_phashes(s, ds.id, Path(ds.root), progress=progress)
     t_hash = time.perf_counter() - t0
 
-    found: dict[tuple[int, int], tuple[str, float]] = {}  # (pos a, pos b) -> (match, distance)
-    for x, y in _exact_pairs(sha1):
-        found[(x, y)] = ("exact", 0.0)
-    hashed = [p for p, i in enumerate(ids) if i in hashes]
-    ha, hb, hd = phash_pairs([hashes[ids[p]] for p in hashed], max_bits)
-    for x, y, d in zip(ha.tolist(), hb.tolist(), hd.tolist()):
-        found.setdefault((hashed[x], hashed[y]), ("phash", float(d)))
+    found = _copies(ids, sha1, hashes, max_bits)
     t_nn = 0.0
     if run_id is not None:
         t1 = time.perf_counter()
-        pos_of = {i: p for p, i in enumerate(ids)}
-        rows = [r for r, i in enumerate(emb.image_id.tolist()) if i in pos_of]
-        ea, eb, ec = embedding_pairs(emb.vectors[rows], min_cosine)
-        for x, y, c in zip(ea.tolist(), eb.tolist(), ec.tolist()):
-            pa, pb = sorted((pos_of[int(emb.image_id[rows[x]])], pos_of[int(emb.image_id[rows[y]])]))
-            found.setdefault((pa, pb), ("embedding", round(1.0 - float(c), 6)))
+        _add_embedding_pairs(found, ids, emb, min_cosine)
         t_nn = time.perf_counter() - t1
-
-    keys = sorted(found)
-    a = np.array([k[0] for k in keys], dtype=np.int64)
-    b = np.array([k[1] for k in keys], dtype=np.int64)
-    cluster_of = clusters(len(ids), a, b) if keys else np.zeros(0, dtype=np.int64)
-    pairs, counts = [], {k: 0 for k in KINDS}
-    by_match = {m: 0 for m in MATCHES}
-    in_pairs: dict[int, int] = {}
-    for (x, y), (match, dist) in zip(keys, (found[k] for k in keys)):
-        la, lb = labels.get(ids[x]), labels.get(ids[y])
-        conflict = match != "embedding" and la is not None and lb is not None and la != lb
-        kind = pair_kind(splits[x], splits[y], roles.get(ids[x]), roles.get(ids[y]), conflict)
-        counts[kind] = counts.get(kind, 0) + 1
-        by_match[match] += 1
-        c = int(cluster_of[x])
-        in_pairs[c] = in_pairs.get(c, 0) + 1
-        pairs.append({"a": paths[x], "b": paths[y], "kind": kind, "distance": dist, "match": match,
-                      "cluster": c, "a_id": ids[x], "b_id": ids[y]})
-    # clusters renumbered 1.. by size, biggest first
-    sizes = {c: int(np.sum(cluster_of == c)) for c in in_pairs}
-    order = {c: n + 1 for n, c in enumerate(sorted(sizes, key=lambda c: (-sizes[c], c)))}
-    for p in pairs:
-        p["cluster"] = order[p["cluster"]]
-    pairs.sort(key=lambda p: (KINDS.index(p["kind"]) if p["kind"] in KINDS else len(KINDS),
-                              MATCHES.index(p["match"]), p["distance"], p["a"], p["b"]))
+    pairs, sizes = _pairs(found, ids, paths, splits, labels, roles)
     return {"dataset": dataset, "run": run_id, "images": len(ids), "hashed": len(hashes),
-            "pairs": pairs, "counts": counts, "matches": by_match, "clusters": len(order),
-            "largest_cluster": max(sizes.values(), default=0),
+            "pairs": pairs, "counts": {k: sum(p["kind"] == k for p in pairs) for k in KINDS},
+            "matches": {m: sum(p["match"] == m for p in pairs) for m in MATCHES}, "clusters": len(sizes),
+            "largest_cluster": max(sizes, default=0),
             "thresholds": {"phash_max_bits": max_bits, "min_cosine": min_cosine if run_id is not None else None},
             "seconds": round(time.perf_counter() - t0, 2), "hash_seconds": round(t_hash, 2),
             "neighbour_seconds": round(t_nn, 2)}
+
+
+Found = dict[tuple[int, int], tuple[str, float]]  # (position a, position b), a < b -> (match, distance)
+
+
+def _copies(ids: list[int], sha1: list[str | None], hashes: dict[int, str], max_bits: int) -> Found:
+    """Exact copies (distance 0), then perceptual-hash near copies (distance in bits)."""
+    found: Found = {pair: ("exact", 0.0) for pair in _exact_pairs(sha1)}
+    hashed = [p for p, i in enumerate(ids) if i in hashes]
+    a, b, d = phash_pairs([hashes[ids[p]] for p in hashed], max_bits)
+    for x, y, bits in zip(a.tolist(), b.tolist(), d.tolist()):
+        found.setdefault((hashed[x], hashed[y]), ("phash", float(bits)))
+    return found
+
+
+def _add_embedding_pairs(found: Found, ids: list[int], emb: embeddings.Embeddings, min_cosine: float) -> None:
+    """Pairs by embedding (distance 1 - cosine) that no stronger match found already."""
+    pos_of = {i: p for p, i in enumerate(ids)}
+    rows = [r for r, i in enumerate(emb.image_id.tolist()) if i in pos_of]
+    a, b, c = embedding_pairs(emb.vectors[rows], min_cosine)
+    for x, y, cos in zip(a.tolist(), b.tolist(), c.tolist()):
+        pair = tuple(sorted((pos_of[int(emb.image_id[rows[x]])], pos_of[int(emb.image_id[rows[y]])])))
+        found.setdefault(pair, ("embedding", round(1.0 - float(cos), 6)))
+
+
+def _pairs(found: Found, ids, paths, splits, labels: dict[int, int], roles: dict[int, str],
+           ) -> tuple[list[dict], list[int]]:
+    """The report's pairs (kind, cluster numbered 1.. biggest first), most actionable first, and
+    the clusters' sizes."""
+    keys = sorted(found)
+    a = np.array([k[0] for k in keys], dtype=np.int64)
+    b = np.array([k[1] for k in keys], dtype=np.int64)
+    cluster_of = clusters(len(ids), a, b) if keys else np.zeros(len(ids), dtype=np.int64)
+    size = np.bincount(cluster_of) if len(cluster_of) else np.zeros(0, dtype=np.int64)
+    used = sorted({int(cluster_of[x]) for x in a.tolist()}, key=lambda c: (-size[c], c))
+    number = {c: n + 1 for n, c in enumerate(used)}
+    pairs = []
+    for (x, y) in keys:
+        match, dist = found[(x, y)]
+        la, lb = labels.get(ids[x]), labels.get(ids[y])
+        conflict = match != "embedding" and la is not None and lb is not None and la != lb
+        pairs.append({"a": paths[x], "b": paths[y],
+                      "kind": pair_kind(splits[x], splits[y], roles.get(ids[x]), roles.get(ids[y]), conflict),
+                      "distance": dist, "match": match, "cluster": number[int(cluster_of[x])],
+                      "a_id": ids[x], "b_id": ids[y]})
+    pairs.sort(key=lambda p: (KINDS.index(p["kind"]) if p["kind"] in KINDS else len(KINDS),
+                              MATCHES.index(p["match"]), p["distance"], p["a"], p["b"]))
+    return pairs, [int(size[c]) for c in used]
 
 
 # ---------------------------------------------------------------- groups for honest splits

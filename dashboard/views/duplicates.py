@@ -4,18 +4,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import store, ui
-from engine.thumbs import thumbnail
+from dashboard.ui import show_image
 
 PAIRS_PER_PAGE = 10
 LABELS = {1: "AI-generated", 0: "human-made"}
-
-
-def show_image(root: str, rel_path: str, known: tuple | None, size: int) -> None:
-    sha1, stamp = known or (None, None)
-    try:
-        st.image(str(thumbnail(store.home() / "cache", root, rel_path, sha1, size, stamp)))
-    except (FileNotFoundError, PermissionError, OSError) as e:
-        st.warning(f"{rel_path}: cannot show the image ({e})")
 
 
 def side_ui(root: str, r, who: str, key: str) -> None:

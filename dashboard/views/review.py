@@ -7,9 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import store, ui
+from dashboard.ui import show_image
 from engine import metrics
 from engine.export import default_threshold
-from engine.thumbs import thumbnail
 
 PAGE_SIZE = 24
 COLS = 6
@@ -51,14 +51,6 @@ def filtered(df: pd.DataFrame, f: dict) -> pd.DataFrame:
     # most confidently wrong first: distance from the current label; test: most AI-like first
     wrongness = metrics.wrongness(out["label"].to_numpy(dtype=float, na_value=np.nan), out["prob"].to_numpy())
     return out.assign(wrongness=wrongness).sort_values(["wrongness", "image_id"], ascending=[False, True])
-
-
-def show_image(root: str, rel_path: str, known: tuple | None, size: int, caption: str | None = None) -> None:
-    sha1, stamp = known or (None, None)
-    try:
-        st.image(str(thumbnail(store.home() / "cache", root, rel_path, sha1, size, stamp)), caption=caption)
-    except (FileNotFoundError, PermissionError, OSError) as e:
-        st.warning(f"{rel_path}: cannot show the image ({e})")
 
 
 def prediction_caption(r) -> str:
