@@ -21,8 +21,8 @@ from db.models import Audit, AuditScore, Dataset, Run, RunKind, RunStatus
 from engine import jobs
 from engine.atomic import write_csv
 from engine.config import TrainConfig
+from engine.duplicates import split_groups
 from engine.liveness import now
-from engine.neighbours import split_groups
 from engine.probe import execute_probe
 from engine.splits import assign_folds
 

@@ -27,6 +27,7 @@ from engine.atomic import file_sha1
 from engine.backbones import DEFAULT_ARCH
 from engine.checkpoints import recover_checkpoints, torch_load
 from engine.config import TrainConfig
+from engine.duplicates import split_groups
 from engine.errors import Cancelled, LostRun
 from engine.liveness import (
     Heartbeat,
@@ -39,7 +40,6 @@ from engine.liveness import (
 )
 from engine.metrics import threshold_note
 from engine.model import weights_source
-from engine.neighbours import split_groups
 from engine.recording import StoreCallbacks, epoch_values, record_best
 from engine.splits import split_images
 from engine.train import EpochResult, TrainData, _dist, train

@@ -176,7 +176,7 @@ def test_grouped_probe_keeps_planted_pairs_together_and_embeddings_find_them(pla
 def test_ungrouped_splits_do_separate_planted_pairs_and_grouped_never(tmp_path, workspace, sessions):
     """The check above can fail: without near-duplicate grouping some seed splits a plant."""
     from db import labelling, queries
-    from engine import neighbours, splits
+    from engine import duplicates, splits
     from engine.ingest import import_dataset
 
     plants = plant_copies(tmp_path / "data")
@@ -189,7 +189,7 @@ def test_ungrouped_splits_do_separate_planted_pairs_and_grouped_never(tmp_path, 
         pairs = [(by_path[a], by_path[b]) for a, b, k in plants if k != "near-test"]
         separated = {}
         for group in (None, "near-duplicates"):
-            content, _ = neighbours.split_groups(s, ds.id, tmp_path / "data", strata, group=group, progress=False)
+            content, _ = duplicates.split_groups(s, ds.id, tmp_path / "data", strata, group=group, progress=False)
             separated[group] = 0
             for seed in range(4):
                 for fn in ("split", "folds"):
@@ -206,7 +206,7 @@ def test_ungrouped_splits_do_separate_planted_pairs_and_grouped_never(tmp_path, 
 
 def test_a_group_column_in_train_csv_is_honoured(tmp_path, sessions):
     from db import labelling, queries
-    from engine import neighbours, splits
+    from engine import duplicates, splits
     from engine.ingest import import_dataset
     from tests.conftest import draw_jpeg
 
@@ -225,7 +225,7 @@ def test_a_group_column_in_train_csv_is_honoured(tmp_path, sessions):
         ds = queries.get_dataset(s, "g")
         ims = dict(queries.image_paths(s, ds.id, "train"))
         strata = {i: v for i, v in labelling.import_labels(s, ds.id).items() if i in ims}
-        content, how = neighbours.split_groups(s, ds.id, root, strata, group=None, progress=False)
+        content, how = duplicates.split_groups(s, ds.id, root, strata, group=None, progress=False)
     assert how["by"] == ["sha1", "csv group"] and how["groups"] == 20
     by_path = {p: i for i, p in ims.items()}
     for seed in range(3):
@@ -254,18 +254,18 @@ def test_embedding_pairs_and_the_approximate_index_find_planted_vectors():
 
 
 def test_phash_pairs_and_clusters_by_hand():
-    from engine import neighbours
+    from engine import duplicates
 
     hexes = ["0000000000000000", "0000000000000007", "00000000000000ff", "ffffffffffffffff"]
-    a, b, d = neighbours.phash_pairs(hexes, 3)
+    a, b, d = duplicates.phash_pairs(hexes, 3)
     assert list(zip(a.tolist(), b.tolist(), d.tolist())) == [(0, 1, 3)]
-    a, b, d = neighbours.phash_pairs(hexes, 8)
+    a, b, d = duplicates.phash_pairs(hexes, 8)
     assert sorted(zip(a.tolist(), b.tolist(), d.tolist())) == [(0, 1, 3), (0, 2, 8), (1, 2, 5)]
-    labels = neighbours.clusters(5, np.array([0, 3]), np.array([1, 4]))
+    labels = duplicates.clusters(5, np.array([0, 3]), np.array([1, 4]))
     assert labels[0] == labels[1] and labels[3] == labels[4] and len(set(labels.tolist())) == 3
-    assert neighbours.pair_kind("train", "train", "train", "val", False) == "train-val"
-    assert neighbours.pair_kind("train", "train", "train", "val", True) == "label-conflict"
-    assert neighbours.pair_kind("test", "train", None, "train", False) == "train-test"
+    assert duplicates.pair_kind("train", "train", "train", "val", False) == "train-val"
+    assert duplicates.pair_kind("train", "train", "train", "val", True) == "label-conflict"
+    assert duplicates.pair_kind("test", "train", None, "train", False) == "train-test"
 
 
 def test_errors_are_one_line(planted, tmp_path):

@@ -89,7 +89,7 @@ def hash_images(dataset_id: int) -> int:
     """Action: perceptual hashes of the images that have none, stored; how many were missing."""
     from pathlib import Path
 
-    from engine.neighbours import ensure_phashes
+    from engine.duplicates import ensure_phashes
 
     with write() as s:
         before = queries.count_without_phash(s, dataset_id)
@@ -100,7 +100,7 @@ def hash_images(dataset_id: int) -> int:
 @st.cache_data(max_entries=8, show_spinner=False)
 def _duplicates(url: str, dataset_id: int, run_id: int | None, max_bits: int, min_cosine: float,
                 version: tuple) -> dict:
-    from engine.neighbours import find_duplicates
+    from engine.duplicates import find_duplicates
 
     with read(url) as s:
         name = s.get(Dataset, dataset_id).name
@@ -112,7 +112,8 @@ def duplicates(dataset_id: int, run_id: int | None = None, *, max_bits: int | No
                min_cosine: float | None = None) -> dict:
     """`aivh duplicates` for the page (call hash_images first: with every hash stored this only
     reads); cached on labels, images, stored hashes and the run's embeddings file."""
-    from engine.neighbours import COSINE_MIN, PHASH_MAX
+    from engine.duplicates import PHASH_MAX
+    from engine.neighbours import COSINE_MIN
 
     with read() as s:
         version = (_version(s, dataset_id, run_id), queries.count_without_phash(s, dataset_id),

@@ -19,9 +19,9 @@ def cmd_embed(args) -> None:
 
 
 def cmd_duplicates(args) -> None:
-    from engine import neighbours
+    from engine.duplicates import find_duplicates
 
-    result = neighbours.find_duplicates(session_factory(), args.dataset, args.run, max_bits=args.max_bits,
+    result = find_duplicates(session_factory(), args.dataset, args.run, max_bits=args.max_bits,
                                         min_cosine=args.min_cosine, progress=not args.json)
     lines = [f"{result['images']} images, {len(result['pairs'])} pairs of copies in {result['clusters']} "
              f"clusters (largest {result['largest_cluster']}); by match: "
@@ -35,7 +35,8 @@ def cmd_duplicates(args) -> None:
 
 
 def add_parsers(sub, common) -> None:
-    from engine.neighbours import COSINE_MIN, PHASH_MAX
+    from engine.duplicates import PHASH_MAX
+    from engine.neighbours import COSINE_MIN
 
     c = sub.add_parser("embed", parents=[common],
                        help="store each image's pooled feature vector from a run's checkpoint (float16)")
