@@ -275,3 +275,34 @@ def test_errors_are_one_line(planted, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = aivh("embed", "--run", "999", env_home=home, check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("aivh: error:") and "999" in proc.stderr
+
+
+def test_duplicates_and_image_rows_on_both_backends(store_url, tmp_path):
+    """The store side (hashes written in one bulk UPDATE, read back; rows of any split with an
+    optional run's predictions) on SQLite and PostgreSQL alike."""
+    from db import queries
+    from db.store import session_factory
+    from engine.duplicates import find_duplicates
+    from engine.ingest import import_dataset
+
+    plants = plant_copies(tmp_path / "data", n=3)
+    sessions = session_factory(store_url)
+    import_dataset(sessions, tmp_path / "data", "p", progress=False)
+    out = find_duplicates(sessions, "p", progress=False)
+    assert {tuple(sorted(p[:2])) for p in plants} <= {tuple(sorted((p["a"], p["b"]))) for p in out["pairs"]}
+    assert out["counts"]["label-conflict"] == 3 and out["hashed"] == 409
+    with sessions() as s:
+        ds = queries.get_dataset(s, "p").id
+        assert queries.count_without_phash(s, ds) == 0 and len(queries.phashes(s, ds)) == 409
+        rows = queries.image_rows(s, ds)
+        some = queries.image_rows(s, ds, None, [rows[0][0], rows[-1][0]])
+    assert len(rows) == 409 and {r[2] for r in rows} == {"train", "test"} and all(r[3] is None for r in rows)
+    assert [r[0] for r in some] == [rows[0][0], rows[-1][0]]
+    from tests.conftest import finished_run
+
+    run_id = finished_run(sessions, name="q", source=tmp_path / "data")  # val and test predictions
+    with sessions() as s:
+        ds = queries.get_dataset(s, "q").id
+        scored = queries.predictions(s, run_id)
+        rows = queries.image_rows(s, ds, run_id)
+    assert {r[0]: r[3] for r in rows if r[3] is not None} == pytest.approx(scored) and len(rows) == 409
