@@ -13,5 +13,7 @@ pages = [
     st.Page("views/review.py", title="Review", icon=":material/rate_review:"),
     st.Page("views/shift.py", title="Shift", icon=":material/compare_arrows:"),
     st.Page("views/export.py", title="Export", icon=":material/download:"),
+    st.Page("views/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
+    st.Page("views/embedding_map.py", title="Map", icon=":material/scatter_plot:", url_path="map"),
 ]
 st.navigation(pages).run()

@@ -57,7 +57,7 @@ def slices_ui(run_id: int, threshold: float, key: str = "slices") -> None:
     name = c1.selectbox("Slice", list(bars), key=f"{key}_bar")
     if c2.button("Open in Review", key=f"{key}_open"):
         dimension, value, split = bars[name]
-        ui.open_in_review(run_id, store.slice_ids(run_id, split, dimension, value), name)
+        ui.open_in_review(store.slice_ids(run_id, split, dimension, value), name, run_id=run_id)
 
 
 def _bar_name(dimension: str, value, split: str) -> str:
@@ -93,4 +93,4 @@ def robustness_ui(run_id: int, key: str = "robustness") -> None:
     name = c1.selectbox("Perturbation", names, key=f"{key}_bar",
                         format_func=lambda n: f"{n}: {len(flipped[n]):,} calls changed")
     if c2.button("Open in Review", key=f"{key}_open", disabled=not flipped[name]):
-        ui.open_in_review(run_id, flipped[name], f"calls changed by {name}")
+        ui.open_in_review(flipped[name], f"calls changed by {name}", run_id=run_id)

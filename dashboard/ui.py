@@ -100,22 +100,41 @@ def workspace_caption() -> None:
     st.caption(f"store: {store.home()}")
 
 
-SELECTION = "review_selection"
+def show_image(root: str, rel_path: str, known: tuple | None, size: int, caption: str | None = None) -> None:
+    """An image's cached thumbnail (known: its sha1 and stamp from store.image_sha1s), or why not."""
+    from engine.thumbs import thumbnail
+
+    sha1, stamp = known or (None, None)
+    try:
+        st.image(str(thumbnail(store.home() / "cache", root, rel_path, sha1, size, stamp)), caption=caption)
+    except (FileNotFoundError, PermissionError, OSError) as e:
+        st.warning(f"{rel_path}: cannot show the image ({e})")
 
 
-def open_in_review(run_id: int, image_ids, title: str) -> None:
-    """Open exactly these images of a run in Review (the images behind a chart's bar): kept in
-    the session until Review's "show all" clears it, or a link that names its own filters."""
-    st.session_state[SELECTION] = {"run": int(run_id), "ids": [int(i) for i in image_ids], "title": title}
+SELECTION = "review_selection"  # session state: the images a page opened in Review
+
+
+def open_in_review(image_ids, title: str, *, run_id: int | None = None) -> None:
+    """Open exactly these images in Review, in the order given (a chart's bar, a lasso, a
+    cluster, "more like this"), under `title`; `run_id` picks the run whose predictions they
+    show (else Review's current one). Kept in the session until Review's "Back to all
+    predictions", or a link that names its own filters, clears it."""
+    ids = [int(i) for i in dict.fromkeys(int(i) for i in image_ids)]
+    st.session_state[SELECTION] = {"ids": ids, "title": title, "run": run_id}
     st.session_state.pop("selected_image", None)
-    st.switch_page("views/review.py", query_params={"run": str(run_id), "queue": "run"})
+    params = {k: v for k, v in st.query_params.to_dict().items() if k == "reviewer"}
+    params["queue"] = "run"
+    if run_id is not None:
+        params["run"] = str(run_id)
+    st.switch_page("views/review.py", query_params=params)
+
+
+def review_selection(run_id: int) -> dict | None:
+    """What open_in_review asked Review to show ({"ids", "title", "run"}) for this run (or for
+    whichever run Review shows, when it named none), if anything."""
+    sel = st.session_state.get(SELECTION)
+    return sel if sel and sel.get("run") in (None, run_id) else None
 
 
 def clear_review_selection() -> None:
     st.session_state.pop(SELECTION, None)
-
-
-def review_selection(run_id: int) -> dict | None:
-    """The selection open_in_review left for this run, if any."""
-    sel = st.session_state.get(SELECTION)
-    return sel if sel and sel["run"] == run_id else None

@@ -87,6 +87,9 @@ class Image(Base):
     progressive: Mapped[bool | None] = mapped_column(Boolean)  # progressive JPEG, interlaced PNG
     has_exif: Mapped[bool | None] = mapped_column(Boolean)
     has_icc: Mapped[bool | None] = mapped_column(Boolean)
+    # added in migration 0005: the 64-bit perceptual hash (imagehash.phash, 16 hex digits) of the
+    # decoded pixels, computed at first use by `aivh duplicates` or a grouped split; NULL: not yet
+    phash: Mapped[str | None] = mapped_column(String(16))
 
 
 class Label(Base):

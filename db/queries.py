@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -280,3 +280,48 @@ def images_version(s: Session, dataset_id: int, split: str) -> tuple:
     q = select(func.count(), func.max(Image.id), func.sum(Image.mtime_ns % 1_000_003), func.max(Image.sha1),
                func.sum(func.length(Image.status)))
     return tuple(s.execute(q.where(Image.dataset_id == dataset_id, Image.split == split)).one())
+
+
+def phashes(s: Session, dataset_id: int) -> dict[int, str]:
+    """image id -> stored perceptual hash, for readable images that have one (migration 0005)."""
+    q = select(Image.id, Image.phash).where(Image.dataset_id == dataset_id, Image.status == "ok",
+                                            Image.phash.is_not(None))
+    return {i: h for i, h in s.execute(q)}
+
+
+def set_phashes(s: Session, values: dict[int, str]) -> None:
+    """Store perceptual hashes (image id -> 16 hex digits): one bulk UPDATE by primary key."""
+    if values:
+        s.execute(update(Image), [{"id": i, "phash": h} for i, h in values.items()])
+
+
+def image_facts(s: Session, dataset_id: int) -> list[tuple[int, str, str, str | None]]:
+    """(id, rel_path, split, sha1) of the readable images in id order: plain tuples for 80k rows."""
+    q = select(Image.id, Image.rel_path, Image.split, Image.sha1).where(
+        Image.dataset_id == dataset_id, Image.status == "ok").order_by(Image.id)
+    return [tuple(r) for r in s.execute(q)]
+
+
+def image_rows(s: Session, dataset_id: int, run_id: int | None = None,
+               image_ids: Sequence[int] | None = None) -> list[tuple]:
+    """(image_id, rel_path, split, prob or None, label or None, reviews) of readable images (all,
+    or `image_ids`), with the run's prediction where it made one: the embedding map and a
+    selection opened in Review, which span splits and images without predictions."""
+    newest, reviews = newest_label_rows(dataset_id)
+    prob = Prediction.prob if run_id is not None else func.cast(None, Prediction.prob.type)
+    q = (select(Image.id, Image.rel_path, Image.split, prob, Label.label, func.coalesce(reviews.c.n, 0))
+         .outerjoin(newest, newest.c.image_id == Image.id)
+         .outerjoin(Label, current_label_join(newest))
+         .outerjoin(reviews, reviews.c.image_id == Image.id)
+         .where(Image.dataset_id == dataset_id, Image.status == "ok"))
+    if run_id is not None:
+        q = q.outerjoin(Prediction, (Prediction.image_id == Image.id) & (Prediction.run_id == run_id))
+    if image_ids is not None:
+        q = q.where(Image.id.in_([int(i) for i in image_ids]))
+    return [tuple(r) for r in s.execute(q.order_by(Image.id))]
+
+
+def count_without_phash(s: Session, dataset_id: int) -> int:
+    """Readable images whose perceptual hash is not stored yet."""
+    return s.scalar(select(func.count(Image.id)).where(Image.dataset_id == dataset_id, Image.status == "ok",
+                                                       Image.phash.is_(None))) or 0

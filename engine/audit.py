@@ -21,6 +21,7 @@ from db.models import Audit, AuditScore, Dataset, Run, RunKind, RunStatus
 from engine import jobs
 from engine.atomic import write_csv
 from engine.config import TrainConfig
+from engine.duplicates import split_groups
 from engine.liveness import now
 from engine.probe import execute_probe
 from engine.splits import assign_folds
@@ -39,10 +40,10 @@ def create_audit(s: Session, dataset: Dataset, cfg: TrainConfig, folds: int) -> 
     if min(np.bincount(list(strata.values()), minlength=2)) < folds:
         raise ValueError(f"dataset {dataset.name!r} needs at least {folds} labelled images of each "
                          f"class for {folds} folds")
-    fold_of = assign_folds({i: ims[i] for i in strata}, strata, folds, cfg.seed,
-                           groups=queries.content_keys(s, dataset.id, "train"))
-    audit = Audit(dataset_id=dataset.id, folds=folds, config=cfg.to_dict(), status="queued",
-                  labels_as_of=labelling.newest_label_id(s, dataset.id))
+    groups, grouping = split_groups(s, dataset.id, Path(dataset.root), strata, group=cfg.group, progress=False)
+    fold_of = assign_folds({i: ims[i] for i in strata}, strata, folds, cfg.seed, groups=groups)
+    audit = Audit(dataset_id=dataset.id, folds=folds, config={**cfg.to_dict(), "grouping": grouping},
+                  status="queued", labels_as_of=labelling.newest_label_id(s, dataset.id))
     s.add(audit)
     s.flush()
     for k in range(folds):

@@ -47,6 +47,9 @@ class TrainConfig:
     # a linear probe (engine.probe): the frozen backbone's features and a logistic regression,
     # fitted in seconds, instead of training (epochs, lr, batches and patience do not apply)
     probe: bool = False
+    # what a split or fold keeps on one side besides byte-identical copies and train.csv's group
+    # column: None (copies only) or "near-duplicates" (perceptual-hash near copies too; engine.neighbours)
+    group: str | None = None
 
     def __post_init__(self):
         if self.mean is None or self.std is None:
@@ -123,6 +126,8 @@ class TrainConfig:
                          f"of {self.epochs}): a run needs at least one epoch that trains the backbone")
         if self.freeze_epochs and self.pretrained is None:
             found.append("freeze epochs hold a pretrained backbone still: give --pretrained too")
+        if self.group not in (None, "copies", "near-duplicates"):
+            found.append(f"group must be copies or near-duplicates (got {self.group!r})")
         if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
             found.append(f"pretrained weights file not found: {self.pretrained}")
         return found

@@ -27,6 +27,7 @@ from engine.atomic import file_sha1
 from engine.backbones import DEFAULT_ARCH
 from engine.checkpoints import recover_checkpoints, torch_load
 from engine.config import TrainConfig
+from engine.duplicates import split_groups
 from engine.errors import Cancelled, LostRun
 from engine.liveness import (
     Heartbeat,
@@ -90,8 +91,10 @@ def train_data(s: Session, run: Run) -> tuple[TrainData, list[int], list[int]]:
     if not train_ids:
         strata = {i: v for i, v in labelling.import_labels(s, ds.id).items() if i in ims}
         keys = {i: ims[i].rel_path for i in strata}
+        content, grouping = split_groups(s, ds.id, Path(ds.root), strata, group=cfg.group, progress=False)
         train_ids, val_ids = split_images(keys, strata, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                          limit=cfg.limit, content={i: ims[i].sha1 for i in strata})
+                                          limit=cfg.limit, content=content)
+        run.config = {**run.config, "grouping": grouping}  # how the split grouped, for the record
         if not train_ids or not val_ids:
             raise ValueError(f"dataset {ds.name!r} has too few labelled images to train "
                              f"({len(train_ids)} train, {len(val_ids)} validation)")

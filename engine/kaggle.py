@@ -110,3 +110,19 @@ def path_problem(root: Path, file_name: str) -> str | None:
     if ".." in Path(file_name.replace("\\", "/")).parts:
         return "path escapes DATA_DIR"
     return None
+
+
+def read_groups(root: Path) -> dict[str, str]:
+    """file_name -> group from train.csv's optional `group` column (images that must stay on one
+    side of every split, e.g. a photo and its generated twin); empty when there is no such column."""
+    path = Path(root) / "train.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, None) or []]
+        if "group" not in header or "file_name" not in header:
+            return {}
+        name, group = header.index("file_name"), header.index("group")
+        return {row[name]: row[group].strip() for row in reader
+                if len(row) > max(name, group) and row[group].strip()}

@@ -47,9 +47,22 @@ from dashboard.store.loaders import (  # noqa: F401 - what pages call
     run_version,
     run_with_epochs,
     runs_by_id,
-    selection_frame,
     submission_scores,
     threshold_warnings,
+)
+from dashboard.store.neighbours import (  # noqa: F401 - what pages call
+    compute_map,
+    duplicates,
+    has_embeddings,
+    hash_images,
+    image_frame,
+    map_frame,
+    map_ready,
+    meta_columns,
+    more_like_this,
+    relabel_many,
+    selection_frame,
+    unhashed,
 )
 from dashboard.store.reports import (  # noqa: F401 - what pages call
     robustness,

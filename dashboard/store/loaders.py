@@ -105,17 +105,6 @@ def prediction_frame(run_id: int, split: str) -> pd.DataFrame:
     return _prediction_frame(db_url(), run_id, split, run_version(run_id))
 
 
-def selection_frame(run_id: int, image_ids) -> pd.DataFrame:
-    """The run's predictions on exactly `image_ids`, whatever their split, in the order given
-    (a split column added): what Review shows for a selection opened from another page. Images
-    the run has no prediction for are left out (the caller counts them)."""
-    wanted = [int(i) for i in image_ids]
-    frames = [prediction_frame(run_id, sp).assign(split=sp) for sp in ("val", "train", "test")]
-    df = pd.concat([f for f in frames if not f.empty] or frames[:1], ignore_index=True)
-    df = df.drop_duplicates("image_id").set_index("image_id")
-    return df.reindex([i for i in dict.fromkeys(wanted) if i in df.index]).reset_index()
-
-
 def image_sha1s(image_ids) -> dict[int, tuple[str | None, tuple[int | None, int | None]]]:
     """image id -> (sha1: the thumbnail's name, (bytes, mtime_ns) at import) for a page, one query."""
     ids = [int(i) for i in image_ids]

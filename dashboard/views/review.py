@@ -7,9 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import store, ui
+from dashboard.ui import show_image
 from engine import metrics
 from engine.export import default_threshold
-from engine.thumbs import thumbnail
 
 PAGE_SIZE = 24
 COLS = 6
@@ -53,17 +53,10 @@ def filtered(df: pd.DataFrame, f: dict) -> pd.DataFrame:
     return out.assign(wrongness=wrongness).sort_values(["wrongness", "image_id"], ascending=[False, True])
 
 
-def show_image(root: str, rel_path: str, known: tuple | None, size: int, caption: str | None = None) -> None:
-    sha1, stamp = known or (None, None)
-    try:
-        st.image(str(thumbnail(store.home() / "cache", root, rel_path, sha1, size, stamp)), caption=caption)
-    except (FileNotFoundError, PermissionError, OSError) as e:
-        st.warning(f"{rel_path}: cannot show the image ({e})")
-
-
 def prediction_caption(r) -> str:
     label = "?" if pd.isna(r["label"]) else LABELS[int(r["label"])]
-    return f"p={r['prob']:.3f} · {label}" + (" · relabelled" if r["reviews"] else "")
+    prob = "no prediction" if pd.isna(r["prob"]) else f"p={r['prob']:.3f}"
+    return f"{prob} · {label}" + (" · relabelled" if r["reviews"] else "")
 
 
 def queue_caption(r) -> str:
@@ -100,14 +93,15 @@ def detail_ui(df: pd.DataFrame, root: str, image_id: int, who: str, run_id: int 
         # an "unlabel" row (the undo of a test image's first review) leaves no label
         current = history[-1].label if history and history[-1].source != "unlabel" else None
         st.metric("Probability of AI-generated" + (" (out of fold)" if "quality" in r else ""),
-                  f"{r['prob']:.4f}")
+                  "none (not predicted by this run)" if pd.isna(r["prob"]) else f"{r['prob']:.4f}")
         if "quality" in r:
             st.write(f"Audit rank **{r['rank']}** · label quality {r['quality']:.4f} · "
                      f"{'flagged' if r['flagged'] else 'not flagged'} · audited label: "
                      f"{LABELS[int(r['given_label'])]}")
         st.write(f"Current label: **{LABELS.get(current, 'none (test image)')}**")
         relabel_ui(image_id, current, who)
-        saliency_ui(run_id, r["rel_path"], float(r["prob"]))
+        saliency_ui(run_id, r["rel_path"], None if pd.isna(r["prob"]) else float(r["prob"]))
+        more_like_this_ui(run_id, image_id, root, who)
         if history:
             st.dataframe(pd.DataFrame([{
                 "when": h.created_at, "who": h.author, "source": h.source,
@@ -171,6 +165,40 @@ def saliency_ui(run_id: int, rel_path: str, stored_prob: float | None = None) ->
                    + f" · {settings} · centre of mass at {mass.get('center')} (x, y as fractions of what "
                    "the model saw)"
                    + (f" · IG convergence delta {att.delta:.2e}" if att.delta is not None else ""))
+
+
+def more_like_this_ui(run_id: int, image_id: int, root: str, who: str, k: int = 6) -> None:
+    """The image's nearest neighbours in the run's embeddings, with labels and predictions; one
+    click labels them all, or opens them in Review."""
+    with st.expander("More like this", expanded=True):
+        if not store.has_embeddings(run_id):
+            st.caption(f"No embeddings for run #{run_id} yet: run `aivh embed --run {run_id}`.")
+            return
+        dataset_id = store.runs_by_id()[run_id].dataset_id
+        try:
+            near = store.more_like_this(dataset_id, run_id, image_id, k)
+        except LookupError as e:
+            st.caption(str(e))
+            return
+        cols = st.columns(max(1, len(near)))
+        sha1s = store.image_sha1s(near["image_id"])
+        for col, (_, r) in zip(cols, near.iterrows()):
+            with col:
+                label = "?" if pd.isna(r["label"]) else LABELS[int(r["label"])]
+                prob = "-" if pd.isna(r["prob"]) else f"{r['prob']:.3f}"
+                show_image(root, r["rel_path"], sha1s.get(int(r["image_id"])), 160,
+                           f"cos {r['similarity']:.3f} · {label} · p={prob}")
+        c1, c2, c3 = st.columns(3)
+        if c3.button("Open these in Review", key=f"mlt_open_{image_id}"):
+            ui.open_in_review([image_id, *near["image_id"]], f"images like #{image_id}", run_id=run_id)
+        if not who:
+            return
+        for col, value in ((c1, 1), (c2, 0)):
+            if col.button(f"Label these {len(near)} {LABELS[value]}", key=f"mlt_{value}_{image_id}"):
+                n = store.relabel_many(dataset_id, near["image_id"], value, author=who,
+                                       note=f"more like image {image_id}")
+                st.toast(f"{n} relabelled {LABELS[value]}")
+                st.rerun()
 
 
 def relabel_ui(image_id: int, current: int | None, who: str) -> None:
@@ -238,22 +266,25 @@ def queue_ui(who: str) -> None:
 
 
 def selection_ui(run, selection: dict, who: str) -> None:
-    """Exactly the images another page opened here (a chart's bar, a lasso), in its order."""
-    df = store.selection_frame(run.id, selection["ids"])
-    missing = len(set(selection["ids"])) - len(df)
+    """Exactly the images another page opened here (a chart's bar, a lasso, a cluster), in its
+    order, whatever their split; those the run never predicted show without a probability."""
+    df = store.selection_frame(run.dataset_id, run.id, selection["ids"])
+    missing = len(selection["ids"]) - len(df)
     c1, c2 = st.columns([4, 1])
-    c1.info(f"{selection['title']}: {len(df):,} images" + (
-        f" ({missing:,} more have no prediction from run #{run.id})" if missing else ""))
-    if c2.button("Show all predictions", key="clear_selection"):
+    c1.subheader(f"{selection['title']}: {len(df):,} images")
+    if c2.button("Back to all predictions", key="clear_selection"):
         ui.clear_review_selection()
         st.rerun()
+    if missing:
+        st.caption(f"{missing:,} more are not images of run #{run.id}'s dataset")
     if df.empty:
+        st.info(f"None of these images belong to run #{run.id}'s dataset.")
         return
     page = paged(df)
     root = store.dataset_root(run.dataset_id)
     grid_ui(page, root)
     selected = st.session_state.get("selected_image")
-    if selected is None or selected not in set(df["image_id"]):
+    if selected not in set(df["image_id"]):
         selected = int(page.iloc[0]["image_id"])
     detail_ui(df, root, selected, who, run.id)
 

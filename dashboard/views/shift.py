@@ -28,8 +28,9 @@ def shortcuts_ui(dataset_id: int, run_id: int | None = None) -> None:
         if run_id is not None and shift["most_test_like"] and st.button(
                 "Open the run's 200 most test-like training images in Review"):
             # of the images the run predicted (its validation ones, unless it predicted more)
-            ids = store.selection_frame(run_id, shift["most_test_like"])["image_id"].head(200).tolist()
-            ui.open_in_review(run_id, ids, "most test-like training images (file properties)")
+            frame = store.selection_frame(dataset_id, run_id, shift["most_test_like"])
+            ids = frame.loc[frame["prob"].notna(), "image_id"].head(200).tolist()
+            ui.open_in_review(ids, "most test-like training images (file properties)", run_id=run_id)
 
 
 st.title("Shift")

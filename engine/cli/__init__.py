@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.cli import data, outputs, review, runs, serve
+from engine.cli import data, neighbours, outputs, review, runs, serve
 from engine.cli.shared import json_parent, training_parent
 from engine.errors import Reported, UsageError, say
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_parsers(sub, common)
     review.add_parsers(sub, common)
     serve.add_parsers(sub, common)
+    neighbours.add_parsers(sub, common)
     return p
 
 

@@ -63,7 +63,7 @@ def _report_run(args, sessions, run, **extra) -> None:
 
 
 PROBE_FLAGS = ("arch", "pretrained", "img_size", "device", "seed", "val_fraction", "limit", "batch_size",
-               "workers", "resize_mode")
+               "workers", "resize_mode", "group")
 
 
 def cmd_probe(args) -> None:
@@ -230,6 +230,7 @@ def add_parsers(sub, common, training) -> None:
     c.add_argument("--batch-size", type=int, help="feature extraction batch (64)")
     c.add_argument("--workers", type=int)
     c.add_argument("--resize-mode", choices=RESIZE_MODES)
+    c.add_argument("--group", choices=("copies", "near-duplicates"), help="what the split keeps together (copies)")
     c.set_defaults(func=cmd_probe)
 
     c = sub.add_parser("runs", parents=[common], help="list runs")

@@ -1,0 +1,59 @@
+"""`aivh embed`, `aivh duplicates`: a run's embeddings, exact and near copies, leaky splits."""
+from __future__ import annotations
+
+import sys
+
+from db.store import session_factory
+from engine.cli.shared import emit
+
+
+def cmd_embed(args) -> None:
+    from engine.neighbours import embed_run
+
+    result = embed_run(session_factory(), args.run, args.split, batch_size=args.batch_size,
+                       device=args.device, workers=args.workers, progress=not args.json)
+    for msg in result["skipped_files"]:
+        print(f"skipped {msg}", file=sys.stderr)
+    emit(args, result, f"run {args.run}: {result['images']} {args.split} images embedded ({result['dim']} "
+          f"float16 each) in {result['seconds']} s -> {result['path']}")
+
+
+def cmd_duplicates(args) -> None:
+    from engine.duplicates import find_duplicates
+
+    result = find_duplicates(session_factory(), args.dataset, args.run, max_bits=args.max_bits,
+                                        min_cosine=args.min_cosine, progress=not args.json)
+    lines = [f"{result['images']} images, {len(result['pairs'])} pairs of copies in {result['clusters']} "
+             f"clusters (largest {result['largest_cluster']}); by match: "
+             + ", ".join(f"{k} {v}" for k, v in result["matches"].items())]
+    lines += [f"  {k:<15} {v}" for k, v in result["counts"].items()]
+    shown = result["pairs"][:args.show]
+    lines += [f"  {p['kind']:<15} {p['match']:<9} {p['distance']:<8g} {p['a']}  {p['b']}" for p in shown]
+    if len(result["pairs"]) > len(shown):
+        lines.append(f"  ... {len(result['pairs']) - len(shown)} more (--json for all)")
+    emit(args, result, "\n".join(lines))
+
+
+def add_parsers(sub, common) -> None:
+    from engine.duplicates import PHASH_MAX
+    from engine.neighbours import COSINE_MIN
+
+    c = sub.add_parser("embed", parents=[common],
+                       help="store each image's pooled feature vector from a run's checkpoint (float16)")
+    c.add_argument("--run", type=int, required=True, help="a trained or probe run (a probe: pretrained features)")
+    c.add_argument("--split", default="all", choices=("all", "train", "val", "test"), help="(all)")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    c.add_argument("--workers", type=int, help="decoding processes (the run's)")
+    c.set_defaults(func=cmd_embed)
+
+    c = sub.add_parser("duplicates", parents=[common],
+                       help="exact and near copies: train-train, train-val leaks, train-test, label conflicts")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--run", type=int, help="also compare this run's embeddings (aivh embed) and find train-val leaks")
+    c.add_argument("--max-bits", type=int, default=PHASH_MAX,
+                   help=f"perceptual-hash distance of a near copy, bits of 64 ({PHASH_MAX})")
+    c.add_argument("--min-cosine", type=float, default=COSINE_MIN,
+                   help=f"embedding similarity of a near copy ({COSINE_MIN})")
+    c.add_argument("--show", type=int, default=20, help="pairs printed without --json (20)")
+    c.set_defaults(func=cmd_duplicates)

@@ -1,0 +1,314 @@
+"""Exact and near copies: `aivh duplicates`, and the groups a split or the audit's folds keep
+on one side.
+
+Three ways two images are copies, strongest first:
+  exact      the same bytes (sha1, recorded at import)
+  phash      perceptual hashes (imagehash.phash, 64 bits of the 32x32 DCT) within PHASH_MAX bits:
+             survives re-encoding and resizing; hashed in worker processes, stored at first use
+  embedding  cosine similarity of the run's pooled features of at least COSINE_MIN (with --run;
+             engine/neighbours.py)
+Pairs are joined into clusters (scipy's connected components) and each pair gets one kind:
+label-conflict (an exact or phash copy whose current labels differ), train-val (a leak: one
+side trained, the other validated, with --run), train-train, train-test, test-test. Hash pairs
+come from faiss's binary index: every pair within the threshold, not only the nearest few.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine import embeddings
+from engine.neighbours import COSINE_MIN, embedding_pairs
+
+log = logging.getLogger("aivh.duplicates")
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on which CPU build loaded
+
+# chosen on planted copies in cifake-mini (docs/benchmarks.md, "Neighbours"): planted re-encoded
+# and resized copies of 32x32 images reach 6 bits of 64; unrelated pairs start at 8
+PHASH_MAX = 6
+MATCHES = ("exact", "phash", "embedding")
+KINDS = ("label-conflict", "train-val", "train-train", "train-test", "test-test")
+GROUPINGS = ("copies", "near-duplicates")  # what a split keeps together (plus train.csv's group column)
+
+
+# ---------------------------------------------------------------- perceptual hashes
+
+def _phash_one(job: tuple[str, str]) -> str | None:
+    """One image's perceptual hash (16 hex digits), None when it cannot be decoded. Runs in a
+    worker process: top-level and light."""
+    import imagehash
+
+    from engine.images import load_rgb, resolve_inside
+
+    root, rel_path = job
+    try:
+        im = load_rgb(resolve_inside(Path(root), rel_path), 64)  # JPEG draft: no full decode of big files
+        return str(imagehash.phash(im))
+    except (OSError, ValueError, PermissionError) as e:
+        log.warning("no perceptual hash for %s: %s", rel_path, e)
+        return None
+
+
+def _pool(workers: int):
+    """Worker processes (fork) from a single-threaded process such as the CLI. From one with
+    threads (the dashboard's server, a training run with its heartbeat) a fork could copy a lock
+    another thread holds, and forkserver/spawn re-import the parent's main module (pytest's, the
+    server's), so threads there: decoding and the DCT release the GIL, and on 1,000 64x48 JPEGs
+    2 threads took 0.34 s, 2 processes 0.31 s, one 0.62 s (2-core EPYC, contended)."""
+    import multiprocessing as mp
+    import threading
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    if "fork" in mp.get_all_start_methods() and threading.active_count() == 1:
+        return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+    return ThreadPoolExecutor(workers)
+
+
+def hash_images(root: Path, todo: list[tuple[int, str]], *, processes: int | None = None,
+                progress: bool = True) -> dict[int, str]:
+    """image id -> perceptual hash for `todo` (id, rel_path), hashed by worker processes (threads
+    in a threaded process: _pool) in chunks, with a progress bar; images that fail to decode are
+    left out."""
+    from tqdm import tqdm
+
+    if not todo:
+        return {}
+    processes = processes or max(1, min(len(os.sched_getaffinity(0)), 16))
+    jobs = [(str(root), p) for _, p in todo]
+    out: dict[int, str] = {}
+    if processes == 1 or len(todo) < 200:
+        results, pool = map(_phash_one, jobs), None
+    else:
+        pool = _pool(processes)  # before the bar: tqdm's monitor is a thread
+        results = pool.map(_phash_one, jobs, chunksize=max(16, min(512, len(jobs) // (processes * 8))))
+    bar = tqdm(total=len(todo), desc="perceptual hashes", unit="img", disable=not progress, mininterval=0.5)
+    try:
+        for (i, _), h in zip(todo, results):
+            if h is not None:
+                out[i] = h
+            bar.update(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
+    return out
+
+
+def ensure_phashes(s, dataset_id: int, root: Path, *, progress: bool = True) -> dict[int, str]:
+    """Every readable image's perceptual hash (id -> hex): the stored ones, and the missing ones
+    hashed now and written in the caller's transaction (stored at first use, reused after)."""
+    from db import queries
+
+    known = queries.phashes(s, dataset_id)
+    todo = [(i, p) for i, p in queries.image_paths(s, dataset_id) if i not in known]
+    if todo:
+        fresh = hash_images(root, todo, progress=progress)
+        queries.set_phashes(s, fresh)
+        known.update(fresh)
+    return known
+
+
+def _bits(hexes: list[str]) -> np.ndarray:
+    """(N, 8) uint8: the 64-bit hashes as faiss binary vectors."""
+    return np.frombuffer(bytes.fromhex("".join(hexes)), dtype=np.uint8).reshape(len(hexes), 8).copy()
+
+
+def phash_pairs(hexes: list[str], max_bits: int = PHASH_MAX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, Hamming distance) of every pair of hashes within max_bits, i < j (faiss binary range
+    search: exact, every pair, not only the nearest few)."""
+    import faiss
+
+    if len(hexes) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    x = _bits(hexes)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(x)
+    lims, dist, nbr = index.range_search(x, max_bits + 1)  # strict: distances < radius
+    rows = np.repeat(np.arange(len(hexes)), np.diff(lims).astype(np.int64))
+    keep = rows < nbr
+    return rows[keep], nbr[keep].astype(np.int64), dist[keep].astype(np.int64)
+
+
+# ---------------------------------------------------------------- clusters and kinds
+
+def clusters(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cluster label of each of n items joined by the edges (a, b) (scipy connected components)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _exact_pairs(sha1: list[str | None], cap: int = 20) -> list[tuple[int, int]]:
+    """Positions of byte-identical images: every pair of a small group, a star in a big one."""
+    by: dict[str, list[int]] = {}
+    for pos, h in enumerate(sha1):
+        if h:
+            by.setdefault(h, []).append(pos)
+    out = []
+    for members in by.values():
+        if len(members) <= cap:
+            out += [(x, y) for i, x in enumerate(members) for y in members[i + 1:]]
+        else:
+            out += [(members[0], y) for y in members[1:]]
+    return out
+
+
+def pair_kind(split_a: str, split_b: str, role_a: str | None, role_b: str | None, conflict: bool) -> str:
+    """One kind per pair (module docstring), the most actionable first."""
+    if conflict:
+        return "label-conflict"
+    if {role_a, role_b} == {"train", "val"}:
+        return "train-val"
+    if split_a == split_b:
+        return f"{split_a}-{split_b}"
+    return "train-test"
+
+
+def find_duplicates(sessions, dataset: str, run_id: int | None = None, *, max_bits: int = PHASH_MAX,
+                    min_cosine: float = COSINE_MIN, progress: bool = True) -> dict:
+    """`aivh duplicates`: pairs of exact and near copies, their clusters and kinds (module docstring)."""
+    from db import labelling, queries
+
+    t0 = time.perf_counter()
+    with sessions() as s:
+        ds = queries.get_dataset(s, dataset)
+        roles: dict[int, str] = {}
+        if run_id is not None:
+            run = queries.get_run(s, run_id)
+            if run.dataset_id != ds.id:
+                raise ValueError(f"run {run_id} was not trained on dataset {dataset!r}")
+            emb = embeddings.load(run_id)  # LookupError naming `aivh embed` when missing
+            roles = {i: "train" for i in queries.run_image_ids(s, run_id, "train")}
+            roles.update({i: "val" for i in queries.run_image_ids(s, run_id, "val")})
+        facts = queries.image_facts(s, ds.id)
+        labels = labelling.current_labels(s, ds.id)
+    ids = [f[0] for f in facts]
+    paths, splits, sha1 = [f[1] for f in facts], [f[2] for f in facts], [f[3] for f in facts]
+    with sessions.begin() as s:  # hashes missing so far: computed now, stored for next time
+        hashes = ensure_phashes(s, ds.id, Path(ds.root), progress=progress)
+    t_hash = time.perf_counter() - t0
+
+    found = _copies(ids, sha1, hashes, max_bits)
+    t_nn = 0.0
+    if run_id is not None:
+        t1 = time.perf_counter()
+        _add_embedding_pairs(found, ids, emb, min_cosine)
+        t_nn = time.perf_counter() - t1
+    pairs, sizes = _pairs(found, ids, paths, splits, labels, roles)
+    return {"dataset": dataset, "run": run_id, "images": len(ids), "hashed": len(hashes),
+            "pairs": pairs, "counts": {k: sum(p["kind"] == k for p in pairs) for k in KINDS},
+            "matches": {m: sum(p["match"] == m for p in pairs) for m in MATCHES}, "clusters": len(sizes),
+            "largest_cluster": max(sizes, default=0),
+            "thresholds": {"phash_max_bits": max_bits, "min_cosine": min_cosine if run_id is not None else None},
+            "seconds": round(time.perf_counter() - t0, 2), "hash_seconds": round(t_hash, 2),
+            "neighbour_seconds": round(t_nn, 2)}
+
+
+Found = dict[tuple[int, int], tuple[str, float]]  # (position a, position b), a < b -> (match, distance)
+
+
+def _copies(ids: list[int], sha1: list[str | None], hashes: dict[int, str], max_bits: int) -> Found:
+    """Exact copies (distance 0), then perceptual-hash near copies (distance in bits)."""
+    found: Found = {pair: ("exact", 0.0) for pair in _exact_pairs(sha1)}
+    hashed = [p for p, i in enumerate(ids) if i in hashes]
+    a, b, d = phash_pairs([hashes[ids[p]] for p in hashed], max_bits)
+    for x, y, bits in zip(a.tolist(), b.tolist(), d.tolist()):
+        found.setdefault((hashed[x], hashed[y]), ("phash", float(bits)))
+    return found
+
+
+def _add_embedding_pairs(found: Found, ids: list[int], emb: embeddings.Embeddings, min_cosine: float) -> None:
+    """Pairs by embedding (distance 1 - cosine) that no stronger match found already."""
+    pos_of = {i: p for p, i in enumerate(ids)}
+    rows = [r for r, i in enumerate(emb.image_id.tolist()) if i in pos_of]
+    a, b, c = embedding_pairs(emb.vectors[rows], min_cosine)
+    for x, y, cos in zip(a.tolist(), b.tolist(), c.tolist()):
+        pair = tuple(sorted((pos_of[int(emb.image_id[rows[x]])], pos_of[int(emb.image_id[rows[y]])])))
+        found.setdefault(pair, ("embedding", round(1.0 - float(cos), 6)))
+
+
+def _pairs(found: Found, ids, paths, splits, labels: dict[int, int], roles: dict[int, str],
+           ) -> tuple[list[dict], list[int]]:
+    """The report's pairs (kind, cluster numbered 1.. biggest first), most actionable first, and
+    the clusters' sizes."""
+    keys = sorted(found)
+    a = np.array([k[0] for k in keys], dtype=np.int64)
+    b = np.array([k[1] for k in keys], dtype=np.int64)
+    cluster_of = clusters(len(ids), a, b) if keys else np.zeros(len(ids), dtype=np.int64)
+    size = np.bincount(cluster_of) if len(cluster_of) else np.zeros(0, dtype=np.int64)
+    used = sorted({int(cluster_of[x]) for x in a.tolist()}, key=lambda c: (-size[c], c))
+    number = {c: n + 1 for n, c in enumerate(used)}
+    pairs = []
+    for (x, y) in keys:
+        match, dist = found[(x, y)]
+        la, lb = labels.get(ids[x]), labels.get(ids[y])
+        conflict = match != "embedding" and la is not None and lb is not None and la != lb
+        pairs.append({"a": paths[x], "b": paths[y],
+                      "kind": pair_kind(splits[x], splits[y], roles.get(ids[x]), roles.get(ids[y]), conflict),
+                      "distance": dist, "match": match, "cluster": number[int(cluster_of[x])],
+                      "a_id": ids[x], "b_id": ids[y]})
+    pairs.sort(key=lambda p: (KINDS.index(p["kind"]) if p["kind"] in KINDS else len(KINDS),
+                              MATCHES.index(p["match"]), p["distance"], p["a"], p["b"]))
+    return pairs, [int(size[c]) for c in used]
+
+
+# ---------------------------------------------------------------- groups for honest splits
+
+def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
+                 progress: bool = True) -> tuple[dict[int, str], dict]:
+    """image id -> group key for `ids` (training images), and what was done, for the run's config.
+
+    Always: byte-identical copies (sha1) and train.csv's `group` column when it has one. With
+    group "near-duplicates": also perceptual-hash near copies (PHASH_MAX bits). Groups are
+    joined transitively (connected components); each gets the smallest member's content key, so
+    the split's stable-hash rule is unchanged for images without copies."""
+    from db import queries
+    from engine.kaggle import read_groups
+
+    if group not in (None, *GROUPINGS):
+        raise ValueError(f"unknown grouping {group!r}: {' or '.join(GROUPINGS)}")
+    ids = sorted(ids)
+    keys = queries.content_keys(s, dataset_id, "train")
+    paths = dict(queries.image_paths(s, dataset_id, "train"))
+    pos = {i: p for p, i in enumerate(ids)}
+    edges: list[tuple[int, int]] = []
+    by_key: dict[str, int] = {}
+    for i in ids:
+        k = keys.get(i, f"id:{i}")
+        if k in by_key:
+            edges.append((by_key[k], pos[i]))
+        else:
+            by_key[k] = pos[i]
+    csv_groups = read_groups(root)
+    by_group: dict[str, int] = {}
+    for i in ids:
+        g = csv_groups.get(paths.get(i, ""))
+        if g:
+            if g in by_group:
+                edges.append((by_group[g], pos[i]))
+            else:
+                by_group[g] = pos[i]
+    how = {"by": ["sha1"] + (["csv group"] if csv_groups else [])}
+    if group == "near-duplicates":
+        hashes = ensure_phashes(s, dataset_id, root, progress=progress)
+        hashed = [i for i in ids if i in hashes]
+        a, b, _ = phash_pairs([hashes[i] for i in hashed])
+        edges += [(pos[hashed[x]], pos[hashed[y]]) for x, y in zip(a.tolist(), b.tolist())]
+        how["by"].append(f"phash<={PHASH_MAX}")
+    a = np.array([e[0] for e in edges], dtype=np.int64)
+    b = np.array([e[1] for e in edges], dtype=np.int64)
+    label = clusters(len(ids), a, b) if ids else np.zeros(0, dtype=np.int64)
+    first: dict[int, str] = {}
+    for i, c in zip(ids, label.tolist()):
+        first.setdefault(c, keys.get(i, f"id:{i}"))
+    out = {i: first[c] for i, c in zip(ids, label.tolist())}
+    sizes = np.bincount(label) if len(label) else np.zeros(0, dtype=np.int64)
+    how.update({"group": group or "copies", "groups": int(np.sum(sizes > 1)),
+                "images_grouped": int(np.sum(sizes[sizes > 1]))})
+    return out, how
