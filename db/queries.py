@@ -282,11 +282,12 @@ def images_version(s: Session, dataset_id: int, split: str) -> tuple:
     return tuple(s.execute(q.where(Image.dataset_id == dataset_id, Image.split == split)).one())
 
 
-def phashes(s: Session, dataset_id: int) -> dict[int, str]:
-    """image id -> stored perceptual hash, for readable images that have one (migration 0005)."""
+def phashes(s: Session, dataset_id: int, *, failed: bool = False) -> dict[int, str]:
+    """image id -> stored perceptual hash, for readable images that have one (migration 0005);
+    failed: also those stored as "" (could not be hashed)."""
     q = select(Image.id, Image.phash).where(Image.dataset_id == dataset_id, Image.status == "ok",
                                             Image.phash.is_not(None))
-    return {i: h for i, h in s.execute(q)}
+    return {i: h for i, h in s.execute(q) if h or failed}
 
 
 def set_phashes(s: Session, values: dict[int, str]) -> None:

@@ -48,7 +48,7 @@ class TrainConfig:
     # fitted in seconds, instead of training (epochs, lr, batches and patience do not apply)
     probe: bool = False
     # what a split or fold keeps on one side besides byte-identical copies and train.csv's group
-    # column: None (copies only) or "near-duplicates" (perceptual-hash near copies too; engine.neighbours)
+    # column: None (copies only) or "near-duplicates" (perceptual-hash near copies too; engine.duplicates)
     group: str | None = None
 
     def __post_init__(self):

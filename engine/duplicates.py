@@ -30,6 +30,12 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on
 # chosen on planted copies in cifake-mini (docs/benchmarks.md, "Neighbours"): planted re-encoded
 # and resized copies of 32x32 images reach 6 bits of 64; unrelated pairs start at 8
 PHASH_MAX = 6
+# imagehash.phash sets a bit per DCT coefficient above their median: an image with detail has
+# exactly 32 of 64 set (every one of 3,000 cifake-mini images); a flat or smooth one ties at the
+# median and sets fewer (a flat colour or a plain gradient: 1). Such hashes are nearly all alike,
+# so they would join every smooth image into one cluster: they link no near copies (sha1 still does)
+MIN_DETAIL_BITS = 24
+FAILED = ""  # stored for an image that could not be hashed: not retried until re-import changes it
 MATCHES = ("exact", "phash", "embedding")
 KINDS = ("label-conflict", "train-val", "train-train", "train-test", "test-test")
 GROUPINGS = ("copies", "near-duplicates")  # what a split keeps together (plus train.csv's group column)
@@ -37,16 +43,19 @@ GROUPINGS = ("copies", "near-duplicates")  # what a split keeps together (plus t
 
 # ---------------------------------------------------------------- perceptual hashes
 
-def _phash_one(job: tuple[str, str]) -> str | None:
-    """One image's perceptual hash (16 hex digits), None when it cannot be decoded. Runs in a
-    worker process: top-level and light."""
+def _phash_one(job: tuple[str, str, tuple | None]) -> str | None:
+    """One image's perceptual hash (16 hex digits), None when it cannot be decoded or is not the
+    file import recorded (size, modification time). Runs in a worker process: top-level and light."""
     import imagehash
 
-    from engine.images import load_rgb, resolve_inside
+    from engine.images import check_unchanged, load_rgb, resolve_inside
 
-    root, rel_path = job
+    root, rel_path, stamp = job
     try:
-        im = load_rgb(resolve_inside(Path(root), rel_path), 64)  # JPEG draft: no full decode of big files
+        path = resolve_inside(Path(root), rel_path)
+        if stamp is not None:
+            check_unchanged(path, *stamp)
+        im = load_rgb(path, 64)  # JPEG draft: no full decode of big files
         return str(imagehash.phash(im))
     except (OSError, ValueError, PermissionError) as e:
         log.warning("no perceptual hash for %s: %s", rel_path, e)
@@ -69,16 +78,18 @@ def _pool(workers: int):
 
 
 def hash_images(root: Path, todo: list[tuple[int, str]], *, processes: int | None = None,
-                progress: bool = True) -> dict[int, str]:
+                progress: bool = True, stamps: dict | None = None) -> dict[int, str]:
     """image id -> perceptual hash for `todo` (id, rel_path), hashed by worker processes (threads
-    in a threaded process: _pool) in chunks, with a progress bar; images that fail to decode are
-    left out."""
+    in a threaded process: _pool) in chunks, with a progress bar; an image that fails to decode,
+    or whose file is not the one import recorded (stamps: rel_path -> (bytes, mtime_ns)), gets
+    FAILED."""
     from tqdm import tqdm
 
     if not todo:
         return {}
-    processes = processes or max(1, min(len(os.sched_getaffinity(0)), 16))
-    jobs = [(str(root), p) for _, p in todo]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = processes or max(1, min(cpus, 16))
+    jobs = [(str(root), p, (stamps or {}).get(p)) for _, p in todo]
     out: dict[int, str] = {}
     if processes == 1 or len(todo) < 200:
         results, pool = map(_phash_one, jobs), None
@@ -88,8 +99,7 @@ def hash_images(root: Path, todo: list[tuple[int, str]], *, processes: int | Non
     bar = tqdm(total=len(todo), desc="perceptual hashes", unit="img", disable=not progress, mininterval=0.5)
     try:
         for (i, _), h in zip(todo, results):
-            if h is not None:
-                out[i] = h
+            out[i] = FAILED if h is None else h
             bar.update(1)
     finally:
         if pool is not None:
@@ -103,13 +113,17 @@ def ensure_phashes(s, dataset_id: int, root: Path, *, progress: bool = True) -> 
     hashed now and written in the caller's transaction (stored at first use, reused after)."""
     from db import queries
 
-    known = queries.phashes(s, dataset_id)
+    known = queries.phashes(s, dataset_id, failed=True)
     todo = [(i, p) for i, p in queries.image_paths(s, dataset_id) if i not in known]
     if todo:
-        fresh = hash_images(root, todo, progress=progress)
+        fresh = hash_images(root, todo, progress=progress, stamps=queries.image_stamps(s, dataset_id))
         queries.set_phashes(s, fresh)
         known.update(fresh)
-    return known
+        failed = sum(h == FAILED for h in fresh.values())
+        if failed:
+            log.warning("%d images could not be hashed (see the lines above); they are not retried "
+                        "until a re-import finds them changed", failed)
+    return {i: h for i, h in known.items() if h != FAILED}
 
 
 def _bits(hexes: list[str]) -> np.ndarray:
@@ -119,18 +133,24 @@ def _bits(hexes: list[str]) -> np.ndarray:
 
 def phash_pairs(hexes: list[str], max_bits: int = PHASH_MAX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, Hamming distance) of every pair of hashes within max_bits, i < j (faiss binary range
-    search: exact, every pair, not only the nearest few)."""
+    search: exact, every pair, not only the nearest few). A hash with fewer than MIN_DETAIL_BITS
+    set (a flat or smooth image) is in no pair."""
     import faiss
 
+    empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
     if len(hexes) < 2:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+        return empty
     x = _bits(hexes)
+    detailed = np.flatnonzero(np.unpackbits(x, axis=1).sum(axis=1) >= MIN_DETAIL_BITS)
+    if len(detailed) < 2:
+        return empty
+    x = np.ascontiguousarray(x[detailed])
     index = faiss.IndexBinaryFlat(64)
     index.add(x)
     lims, dist, nbr = index.range_search(x, max_bits + 1)  # strict: distances < radius
-    rows = np.repeat(np.arange(len(hexes)), np.diff(lims).astype(np.int64))
+    rows = np.repeat(np.arange(len(x)), np.diff(lims).astype(np.int64))
     keep = rows < nbr
-    return rows[keep], nbr[keep].astype(np.int64), dist[keep].astype(np.int64)
+    return detailed[rows[keep]], detailed[nbr[keep].astype(np.int64)], dist[keep].astype(np.int64)
 
 
 # ---------------------------------------------------------------- clusters and kinds
@@ -214,9 +234,13 @@ Found = dict[tuple[int, int], tuple[str, float]]  # (position a, position b), a 
 
 
 def _copies(ids: list[int], sha1: list[str | None], hashes: dict[int, str], max_bits: int) -> Found:
-    """Exact copies (distance 0), then perceptual-hash near copies (distance in bits)."""
+    """Exact copies (distance 0), then perceptual-hash near copies (distance in bits) among one
+    image of each set of byte-identical ones (the copies join its cluster through the exact
+    pairs: a big set of copies stays a star, not every pair again by hash)."""
     found: Found = {pair: ("exact", 0.0) for pair in _exact_pairs(sha1)}
-    hashed = [p for p, i in enumerate(ids) if i in hashes]
+    first_of: dict[str, int] = {}
+    hashed = [p for p, i in enumerate(ids) if i in hashes
+              and (not sha1[p] or first_of.setdefault(sha1[p], p) == p)]
     a, b, d = phash_pairs([hashes[ids[p]] for p in hashed], max_bits)
     for x, y, bits in zip(a.tolist(), b.tolist(), d.tolist()):
         found.setdefault((hashed[x], hashed[y]), ("phash", float(bits)))
@@ -310,5 +334,5 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
     out = {i: first[c] for i, c in zip(ids, label.tolist())}
     sizes = np.bincount(label) if len(label) else np.zeros(0, dtype=np.int64)
     how.update({"group": group or "copies", "groups": int(np.sum(sizes > 1)),
-                "images_grouped": int(np.sum(sizes[sizes > 1]))})
+                "images_grouped": int(np.sum(sizes[sizes > 1])), "largest_group": int(sizes.max(initial=0))})
     return out, how

@@ -220,6 +220,7 @@ def _image_values(dataset_id: int, row: Row, info: ImageInfo | str) -> dict:
         "width": info.width if ok else None, "height": info.height if ok else None,
         "bytes": info.bytes if ok else None, "sha1": info.sha1 if ok else None,
         "mtime_ns": info.mtime_ns if ok else None, "status": "ok" if ok else "unreadable",
+        "phash": None,  # a changed file is hashed again at its next use (engine.duplicates)
         **(info.meta if ok and info.meta else _NO_META).columns(),
     }
 

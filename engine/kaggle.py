@@ -124,5 +124,5 @@ def read_groups(root: Path) -> dict[str, str]:
         if "group" not in header or "file_name" not in header:
             return {}
         name, group = header.index("file_name"), header.index("group")
-        return {row[name]: row[group].strip() for row in reader
+        return {row[name].strip(): row[group].strip() for row in reader
                 if len(row) > max(name, group) and row[group].strip()}

@@ -256,10 +256,13 @@ def test_embedding_pairs_and_the_approximate_index_find_planted_vectors():
 def test_phash_pairs_and_clusters_by_hand():
     from engine import duplicates
 
-    hexes = ["0000000000000000", "0000000000000007", "00000000000000ff", "ffffffffffffffff"]
+    # 32, 35 and 40 bits set (detail), then 32 bits far from them, then two flat images' hashes
+    hexes = ["ffffffff00000000", "ffffffff00000007", "ffffffff000000ff", "00000000ffffffff",
+             "8000000000000000", "0000000000000000"]
     a, b, d = duplicates.phash_pairs(hexes, 3)
     assert list(zip(a.tolist(), b.tolist(), d.tolist())) == [(0, 1, 3)]
     a, b, d = duplicates.phash_pairs(hexes, 8)
+    # the flat ones, 1 bit apart, are in no pair: too little detail to tell copies apart
     assert sorted(zip(a.tolist(), b.tolist(), d.tolist())) == [(0, 1, 3), (0, 2, 8), (1, 2, 5)]
     labels = duplicates.clusters(5, np.array([0, 3]), np.array([1, 4]))
     assert labels[0] == labels[1] and labels[3] == labels[4] and len(set(labels.tolist())) == 3
@@ -306,3 +309,76 @@ def test_duplicates_and_image_rows_on_both_backends(store_url, tmp_path):
         scored = queries.predictions(s, run_id)
         rows = queries.image_rows(s, ds, run_id)
     assert {r[0]: r[3] for r in rows if r[3] is not None} == pytest.approx(scored) and len(rows) == 409
+
+
+def _flat_and_copies(root: Path) -> Path:
+    """20 flat colours and 10 plain gradients (unrelated pictures whose perceptual hashes are all
+    alike), 25 byte-identical copies of one noise image, labels alternating."""
+    from tests.conftest import write_kaggle
+
+    rng = np.random.default_rng(0)
+    (root / "train_data").mkdir(parents=True)
+    train = []
+    for i in range(30):
+        if i < 20:
+            arr = np.full((48, 48, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+        else:
+            ramp = np.linspace(0, 255, 48)[None, :, None] * rng.uniform(0.3, 1, 3)
+            arr = np.broadcast_to(ramp, (48, 48, 3)).astype(np.uint8)
+        Image.fromarray(arr).save(root / f"train_data/s{i:02d}.png")
+        train.append((f"train_data/s{i:02d}.png", i % 2))
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / "train_data/c00.png")
+    for i in range(1, 25):
+        shutil.copy(root / "train_data/c00.png", root / f"train_data/c{i:02d}.png")
+    train += [(f"train_data/c{i:02d}.png", 0) for i in range(25)]
+    return write_kaggle(root, train, [])
+
+
+def test_smooth_images_join_no_cluster_and_a_big_set_of_copies_stays_a_star(tmp_path, sessions):
+    from engine.duplicates import find_duplicates, split_groups
+    from engine.ingest import import_dataset
+
+    import_dataset(sessions, _flat_and_copies(tmp_path / "d"), "d", progress=False)
+    out = find_duplicates(sessions, "d", progress=False)
+    assert not [p for p in out["pairs"] if p["a"].startswith("train_data/s") or p["b"].startswith("train_data/s")]
+    assert len(out["pairs"]) == 24 and {p["match"] for p in out["pairs"]} == {"exact"}
+    assert out["largest_cluster"] == 25 and out["clusters"] == 1
+    from db import queries
+
+    with sessions() as s:
+        ds = queries.get_dataset(s, "d")
+        ids = [i for i, _ in queries.image_paths(s, ds.id)]
+        groups, how = split_groups(s, ds.id, tmp_path / "d", ids, group="near-duplicates", progress=False)
+    assert how["largest_group"] == 25 and how["groups"] == 1 and len(set(groups.values())) == 31
+
+
+def test_a_changed_file_is_hashed_again_and_an_unreadable_one_once(tmp_path, sessions, monkeypatch):
+    import os
+
+    from db import queries
+    from engine import duplicates
+    from engine.ingest import import_dataset
+
+    root = _flat_and_copies(tmp_path / "d")
+    import_dataset(sessions, root, "d", progress=False)
+    (root / "train_data/s21.png").unlink()  # gone after import: cannot be hashed
+    with sessions.begin() as s:
+        ds = queries.get_dataset(s, "d")
+        first = duplicates.ensure_phashes(s, ds.id, root, progress=False)
+        by_path = dict(queries.image_paths(s, ds.id))
+        assert queries.count_without_phash(s, ds.id) == 0  # the missing one is stored as failed
+    path_id = {p: i for i, p in by_path.items()}
+    assert path_id["train_data/s21.png"] not in first and len(first) == 54
+    asked = []
+    real = duplicates.hash_images
+    monkeypatch.setattr(duplicates, "hash_images", lambda root, todo, **kw: asked.append(todo) or real(root, todo, **kw))
+    with sessions.begin() as s:
+        assert duplicates.ensure_phashes(s, ds.id, root, progress=False) == first and asked == []  # not retried
+    # a file replaced by another picture: re-import notices, and its stored hash is dropped
+    shutil.copy(root / "train_data/c00.png", root / "train_data/s22.png")
+    os.utime(root / "train_data/s22.png", ns=(1, 10**18))
+    import_dataset(sessions, root, "d", progress=False)
+    with sessions.begin() as s:
+        again = duplicates.ensure_phashes(s, ds.id, root, progress=False)
+    assert [p for _, p in asked[0]] == ["train_data/s22.png"]
+    assert again[path_id["train_data/s22.png"]] == first[path_id["train_data/c00.png"]] != first[path_id["train_data/s22.png"]]

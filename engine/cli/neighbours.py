@@ -5,6 +5,7 @@ import sys
 
 from db.store import session_factory
 from engine.cli.shared import emit
+from engine.errors import UsageError
 
 
 def cmd_embed(args) -> None:
@@ -21,6 +22,12 @@ def cmd_embed(args) -> None:
 def cmd_duplicates(args) -> None:
     from engine.duplicates import find_duplicates
 
+    if not 0 <= args.max_bits <= 16:
+        raise UsageError(f"--max-bits {args.max_bits}: give 0 to 16 (of 64 bits; copies are within 6)")
+    if not 0 < args.min_cosine <= 1:
+        raise UsageError(f"--min-cosine {args.min_cosine}: give a similarity in (0, 1]")
+    if args.show < 0:
+        raise UsageError("--show takes 0 or more pairs")
     result = find_duplicates(session_factory(), args.dataset, args.run, max_bits=args.max_bits,
                                         min_cosine=args.min_cosine, progress=not args.json)
     lines = [f"{result['images']} images, {len(result['pairs'])} pairs of copies in {result['clusters']} "
