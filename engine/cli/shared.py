@@ -25,7 +25,7 @@ def json_parent() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = ("epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
-               "pretrained", "workers", "compile", "resize_mode", "patience", "decode", "arch", "freeze_epochs")
+               "pretrained", "workers", "compile", "resize_mode", "patience", "decode", "arch", "freeze_epochs", "aug_min_scale")
 
 
 def training_parent() -> argparse.ArgumentParser:
@@ -55,6 +55,8 @@ def training_parent() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--resize-mode", choices=RESIZE_MODES, help="(resize)")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (3)")
+    t.add_argument("--aug-min-scale", type=float, help="augmentation strength: training's random crop keeps at "
+                                                       "least this share of each side (0.7; 1.0 = flips only)")
     return training
 
 
