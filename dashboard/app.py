@@ -13,5 +13,6 @@ pages = [
     st.Page("views/review.py", title="Review", icon=":material/rate_review:"),
     st.Page("views/shift.py", title="Shift", icon=":material/compare_arrows:"),
     st.Page("views/export.py", title="Export", icon=":material/download:"),
+    st.Page("views/sweep.py", title="Sweep", icon=":material/tune:"),
 ]
 st.navigation(pages).run()

@@ -20,6 +20,7 @@ its run (failed) and enqueues its parameters again, so `aivh sweep --resume` com
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import socket
@@ -197,7 +198,13 @@ def storage_url(url: str | None = None) -> tuple[str, dict]:
 
 def storage(url: str | None = None):
     """Optuna's RDBStorage for the store, with heartbeats: a trial whose worker stops beating
-    for liveness.STALE_S is failed, its run reaped and its parameters enqueued again."""
+    for liveness.STALE_S is failed, its run reaped and its parameters enqueued again. One per
+    store URL in a process (the dashboard asks every few seconds)."""
+    return _storage_for(url or db_url())
+
+
+@functools.lru_cache(maxsize=8)
+def _storage_for(url: str):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -230,7 +237,8 @@ def _study_name() -> str:
     return f"aivh-sweep-{uuid.uuid4().hex[:12]}"
 
 
-def _load(st, sweep_id: int, pruner=None, sampler=None):
+def load_study(st, sweep_id: int, pruner=None, sampler=None):
+    """The sweep's Optuna study in storage `st`; LookupError when there is no such sweep."""
     import optuna
 
     try:
@@ -336,20 +344,24 @@ def _counts(study) -> dict[str, int]:
 
 
 def work(sweep_id: int, *, sessions: sessionmaker[Session] | None = None, progress: bool = False,
-         on_trial=None) -> None:
+         on_trial=None, index: int = 0) -> None:
     """This process pulls trials from the sweep until the requested count of completed and
     pruned trials is reached (counting those running elsewhere) or its timeout passes.
-    on_trial(study, frozen_trial): after each trial (the CLI's progress bar)."""
+    on_trial(study, frozen_trial): after each trial (the CLI's progress bar). The sampler's
+    seed: the sweep's, the worker's index and the trials already made (one worker repeats;
+    K workers, or a resumed sweep, do not propose alike)."""
     import optuna
 
     sessions = sessions or session_factory()
     st = storage()
-    attrs = _load(st, sweep_id).user_attrs
+    attrs = load_study(st, sweep_id).user_attrs
     pruner = make_pruner(attrs["pruner"], attrs["prune_startup"], attrs["prune_warmup"])
     trials = attrs["trials"]
     startup = max(2, min(10, trials // 3))
-    study = _load(st, sweep_id, pruner=pruner,
-                  sampler=optuna.samplers.TPESampler(n_startup_trials=startup, seed=None))
+    made = len(st.get_all_trials(sweep_id, deepcopy=False))
+    seed = attrs.get("seed", 0) * 1_000_003 + index * 10_007 + made
+    study = load_study(st, sweep_id, pruner=pruner,
+                  sampler=optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed))
     fail_dead_trials(study, sessions)
     c = _counts(study)
     if c["complete"] + c["pruned"] + c["running"] >= trials:
@@ -413,7 +425,7 @@ def spawn_workers(sweep_id: int, k: int, *, detached: bool) -> list[subprocess.P
     for n in range(k):
         with open(out / f"worker-{n}.txt", "ab") as f:
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "engine.sweep_worker", "--sweep", str(sweep_id)],
+                [sys.executable, "-m", "engine.sweep_worker", "--sweep", str(sweep_id), "--index", str(n)],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=detached,
                 cwd=Path(__file__).resolve().parents[1]))
     return procs
@@ -450,7 +462,7 @@ def trial_rows(study, sessions: sessionmaker[Session] | None = None) -> list[dic
 def summary(sweep_id: int, sessions: sessionmaker[Session] | None = None, st=None) -> dict:
     """The sweep as `aivh sweep --json` prints it: sweep, trials (requested), completed,
     pruned, failed, running, best_run, best_value, best_params, and what it searched."""
-    study = _load(st or storage(), sweep_id)
+    study = load_study(st or storage(), sweep_id)
     a = study.user_attrs
     rows = trial_rows(study, sessions)
     done = [r for r in rows if r["state"] == "succeeded" and r["value"] is not None]
@@ -466,14 +478,18 @@ def summary(sweep_id: int, sessions: sessionmaker[Session] | None = None, st=Non
             "created": a.get("created")}
 
 
-def list_sweeps(st=None) -> list[dict]:
-    """Every aivh sweep in the store's Optuna storage, oldest first: id, dataset, counts."""
+def list_sweeps(st=None, *, reap: bool = False) -> list[dict]:
+    """Every aivh sweep in the store's Optuna storage, oldest first: id, dataset, counts.
+    reap: first fail the trials whose worker died on this host (fail_dead_trials); the
+    dashboard's loaders only read and leave that to its actions."""
     st = st or storage()
     out = []
     for fs in st.get_all_studies():
         if not fs.user_attrs.get("aivh"):
             continue
         sweep_id = st.get_study_id_from_name(fs.study_name)
+        if reap:
+            fail_dead_trials(load_study(st, sweep_id))
         out.append(summary(sweep_id, st=st))
     return sorted(out, key=lambda r: r["sweep"])
 
@@ -485,7 +501,7 @@ def figures(sweep_id: int, st=None) -> dict:
     from optuna import visualization as vis
     from optuna.trial import TrialState
 
-    study = _load(st or storage(), sweep_id)
+    study = load_study(st or storage(), sweep_id)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     out = {}
     makers = {"history": vis.plot_optimization_history, "parallel": vis.plot_parallel_coordinate,

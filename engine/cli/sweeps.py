@@ -61,7 +61,7 @@ def cmd_sweep(args) -> None:
     if args.parallel < 1:
         raise UsageError(f"--parallel must be at least 1 (got {args.parallel})")
     if args.list:
-        rows = sweep.list_sweeps()
+        rows = sweep.list_sweeps(reap=True)
         emit(args, rows, "\n".join(_text(r) for r in rows) or "no sweeps yet")
         return
     sessions = session_factory()
