@@ -146,3 +146,16 @@ def test_launch_a_tiny_run_and_watch_it_finish(server, page):
         run = queries.get_run(s, run_id)
         assert run.status == "succeeded" and run.config["img_size"] == 32 and run.config["limit"] == 40
         assert len(queries.epochs(s, run_id)) == 1
+
+
+def test_the_sweep_page_opens_the_best_run_on_evaluate(server, page):
+    from tests.test_sweep import recorded_sweep
+
+    sweep_id, run_id = recorded_sweep(server["sessions"], run_id=server["run"])
+    open_page(page, f"{server['url']}/sweep?sweep={sweep_id}")
+    expect(page.get_by_role("heading", name="Sweep", level=1)).to_be_visible()
+    expect(page.get_by_role("tab", name="Intermediate values (pruned trials stop)")).to_be_visible()
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.get_by_role("button", name=f"Open best run (#{run_id})").click()
+    expect(page.get_by_role("heading", name="Evaluate", level=1)).to_be_visible(timeout=30_000)
+    assert f"run={run_id}" in page.url

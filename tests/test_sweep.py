@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import create_engine, inspect, select
 
 from db import queries, store
-from db.models import Epoch, Run
+from db.models import Run
 from engine import sweep
 from engine.cli import main
 from engine.errors import UsageError
 from engine.ingest import import_dataset
 from tests.conftest import ROOT, SAMPLE, aivh
 
-TINY = {"arch": "test_efficientnet", "img_size": 32, "workers": 0, "device": "cpu", "limit": 80,
+TINY = {"arch": "test_efficientnet", "img_size": 32, "workers": 0, "device": "cpu", "limit": 200,
         "batch_size": 16}
 TINY_FLAGS = ["--arch", "test_efficientnet", "--img-size", "32", "--workers", "0", "--device", "cpu",
               "--limit", "60", "--batch-size", "16"]
@@ -92,13 +92,13 @@ def test_a_sweep_prunes_into_runs_and_keeps_its_study_beside_the_store(store_url
 
     sessions = store.session_factory()
     import_dataset(sessions, SAMPLE, "sample", progress=False)
-    sweep_id = sweep.create_sweep(sessions, "sample", 4, space="lr=1e-5:1:log", metric="val_auc",
+    sweep_id = sweep.create_sweep(sessions, "sample", 6, space="lr=1e-5:1:log", metric="val_auc",
                                   fixed={**TINY, "epochs": 2}, pruner="median", prune_startup=1, prune_warmup=0)
     sweep.work(sweep_id, sessions=sessions)
     r = sweep.summary(sweep_id, sessions)
-    assert r["completed"] + r["pruned"] == 4 and r["failed"] == 0
-    assert r["pruned"] >= 1, r
-    assert r["epochs_requested"] == 8 and r["epochs_run"] < 8  # what pruning saved
+    assert r["completed"] + r["pruned"] == 6 and r["failed"] == 0
+    assert r["pruned"] >= 1, r  # 3 and 4 of 6 with sampler seeds 0 to 3 (measured 2026-11-27)
+    assert r["epochs_requested"] == 12 and r["epochs_run"] < 12  # what pruning saved
     with sessions() as s:
         runs = {x.id: x for x in s.scalars(select(Run).where(Run.kind == "trial"))}
         study = sweep.load_study(sweep.storage(), sweep_id)
@@ -139,14 +139,14 @@ def test_a_killed_worker_s_trial_fails_and_resume_completes_the_count(workspace)
                              "--json"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # wait for the first trial's first epoch
+        while time.monotonic() < deadline:  # the first trial's run is training
             with sessions() as s:
-                if s.scalar(select(Epoch.epoch).limit(1)) is not None:
+                if s.scalar(select(Run.id).where(Run.kind == "trial", Run.status == "running")) is not None:
                     break
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.5)
         else:
-            pytest.fail("no epoch recorded in 300 s")
+            pytest.fail("no trial started in 300 s")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -164,15 +164,16 @@ def test_a_killed_worker_s_trial_fails_and_resume_completes_the_count(workspace)
     assert retried[0].user_attrs["run"] != killed.id
 
 
-def _recorded_sweep(sessions) -> tuple[int, int]:
+def recorded_sweep(sessions, run_id: int | None = None) -> tuple[int, int]:
     """A sweep as workers would leave it, without training: two completed trials (one of them
-    the finished sample run) and a pruned one, with their per-epoch values."""
+    a finished run of the sample, made here unless given) and a pruned one, with their
+    per-epoch values. Also the browser test's."""
     import optuna
     from optuna.distributions import FloatDistribution
 
     from tests.conftest import finished_run
 
-    run_id = finished_run(sessions)
+    run_id = run_id or finished_run(sessions)
     sweep_id = sweep.create_sweep(sessions, "sample", 3, space="lr=1e-4:1e-2:log", fixed={"epochs": 2})
     study = sweep.load_study(sweep.storage(), sweep_id)
     dist = {"lr": FloatDistribution(1e-4, 1e-2, log=True)}
@@ -188,13 +189,13 @@ def _recorded_sweep(sessions) -> tuple[int, int]:
 def test_the_sweep_page_shows_trials_figures_and_the_best_run(sessions):
     from streamlit.testing.v1 import AppTest
 
-    sweep_id, run_id = _recorded_sweep(sessions)
+    sweep_id, run_id = recorded_sweep(sessions)
     at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "sweep.py"), default_timeout=60).run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Completed"], metrics["Pruned"], metrics["Requested"]) == ("2", "1", "3")
     table = at.dataframe[0].value
-    assert list(table["state"]) == ["succeeded", "succeeded", "pruned"] and list(table["run"])[0] == run_id
+    assert list(table["state"]) == ["succeeded", "succeeded", "pruned"] and table["run"].iloc[0] == run_id
     assert f"run #{run_id}" in at.success[0].value
     charts = {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     assert set(charts) == {f"sweep_{sweep_id}_{k}" for k in ("history", "intermediate", "parallel", "importances")}
