@@ -38,9 +38,6 @@ class RunStatus(StrEnum):
     PRUNED = "pruned"
 
 
-FINISHED = (RunStatus.SUCCEEDED.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value,
-            RunStatus.PRUNED.value)  # a run in one of these has ended: nothing will write it again
-
 
 class RunKind(StrEnum):
     """train: `aivh train` or the Train page; fold: one held-out fold of a label audit; probe: a
