@@ -218,3 +218,18 @@ def test_the_sweep_page_refuses_a_bad_space_in_one_message(sessions):
     assert not at.exception
     assert "LOW must be below HIGH" in at.error[0].value
     assert sweep.list_sweeps() == []  # nothing made
+
+
+def test_two_worker_processes_share_one_study(workspace):
+    """--parallel 2: two processes pull trials of the same study and stop at the count between them."""
+    sessions = store.session_factory()
+    import_dataset(sessions, SAMPLE, "sample", progress=False)
+    out = json.loads(aivh("sweep", "--dataset", "sample", "--trials", "4", "--parallel", "2", "--epochs", "2",
+                          "--space", "lr=1e-4:1e-2:log", "--pruner", "none", *TINY_FLAGS, "--json",
+                          env_home=workspace).stdout.splitlines()[-1])
+    assert out["completed"] >= 4 and out["failed"] == 0 and out["running"] == 0
+    study = sweep.load_study(sweep.storage(), out["sweep"])
+    workers = {tuple(t.user_attrs["worker"]) for t in study.get_trials()}
+    assert len(workers) == 2  # both processes ran trials
+    logs = sorted(p.name for p in (workspace / "sweeps" / str(out["sweep"])).iterdir())
+    assert logs == ["worker-0.txt", "worker-1.txt"]
