@@ -89,9 +89,9 @@ def test_a_deep_link_keeps_the_navigations_sidebar(server, page):
     page.get_by_role("button", name="Open").first.click()
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
     nav = page.locator("[data-testid='stSidebarNav'] a")
-    expect(nav).to_have_count(6)
+    expect(nav).to_have_count(7)
     assert [t.split("\n")[-1].strip() for t in nav.all_inner_texts()] == ["Runs", "Train", "Evaluate", "Review", "Shift",
-                                                                      "Export"]
+                                                                      "Export", "Sweep"]
 
 
 def test_relabel_through_the_ui_lands_in_the_store(server, page):

@@ -25,9 +25,7 @@ def _run_workers(sweep_id: int, parallel: int, progress: bool) -> None:
 
     from engine import sweep
 
-    with session_factory()() as s:
-        del s  # the store opens (and migrates) once before the workers start
-    first = sweep.summary(sweep_id)
+    first = sweep.summary(sweep_id)  # the store opened (and migrated) before the workers start
     bar = tqdm(total=first["trials"], desc=f"sweep {sweep_id}", unit="trial", disable=not progress)
 
     def show(r: dict) -> None:
