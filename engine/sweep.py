@@ -367,12 +367,30 @@ def work(sweep_id: int, *, sessions: sessionmaker[Session] | None = None, progre
     if c["complete"] + c["pruned"] + c["running"] >= trials:
         return
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-    callbacks = [optuna.study.MaxTrialsCallback(trials, states=states)]
+    callbacks = [optuna.study.MaxTrialsCallback(trials, states=states), StopAfterFailures(sweep_id)]
     if on_trial is not None:
         callbacks.append(on_trial)
     study.optimize(lambda trial: objective(trial, sweep_id, attrs, sessions, progress),
                    timeout=attrs.get("timeout"), catch=(Exception,), callbacks=callbacks,
                    gc_after_trial=True)
+
+
+class StopAfterFailures:
+    """Failed trials do not count towards the sweep: a failure every trial meets (the dataset
+    gone, a weights file missing, memory) would loop for ever. This worker stops after
+    `limit` failures in a row; --resume starts it again."""
+
+    def __init__(self, sweep_id: int, limit: int = 3):
+        self.sweep_id, self.limit, self.row = sweep_id, limit, 0
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        self.row = self.row + 1 if trial.state == TrialState.FAIL else 0
+        if self.row >= self.limit:
+            log.error("sweep %d: %d trials failed in a row in this worker; it stops (aivh sweep --resume %d "
+                      "starts it again)", self.sweep_id, self.row, self.sweep_id)
+            study.stop()
 
 
 def objective(trial, sweep_id: int, attrs: dict, sessions: sessionmaker[Session], progress: bool) -> float:

@@ -233,3 +233,13 @@ def test_two_worker_processes_share_one_study(workspace):
     assert len(workers) == 2  # both processes ran trials
     logs = sorted(p.name for p in (workspace / "sweeps" / str(out["sweep"])).iterdir())
     assert logs == ["worker-0.txt", "worker-1.txt"]
+
+
+def test_a_worker_whose_every_trial_fails_stops_instead_of_looping(workspace):
+    """Failed trials do not count towards --trials; three failures in a row stop the worker."""
+    sessions = store.session_factory()
+    import_dataset(sessions, SAMPLE, "sample", progress=False)
+    sweep_id = sweep.create_sweep(sessions, "sample", 2, space="pretrained=/no/such/weights.pth", fixed=TINY)
+    sweep.work(sweep_id, sessions=sessions)
+    r = sweep.summary(sweep_id, sessions)
+    assert (r["completed"], r["pruned"], r["failed"], r["best_run"]) == (0, 0, 3, None)
