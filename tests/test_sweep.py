@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, inspect, select
 
 from db import queries, store
 from db.models import Run
-from engine import sweep
+from engine import search_space, sweep
 from engine.cli import main
 from engine.errors import UsageError
 from engine.ingest import import_dataset
@@ -28,12 +28,12 @@ TINY_FLAGS = ["--arch", "test_efficientnet", "--img-size", "32", "--workers", "0
 
 
 def test_a_space_spec_reads_ranges_logs_and_choices():
-    space = sweep.parse_space("lr=1e-4:3e-3:log, img-size=64|96|128,aug_min_scale=0.5:1,pretrained=none|imagenet")
-    assert space["lr"] == sweep.Param("lr", 1e-4, 3e-3, True)
+    space = search_space.parse_space("lr=1e-4:3e-3:log, img-size=64|96|128,aug_min_scale=0.5:1,pretrained=none|imagenet")
+    assert space["lr"] == search_space.Param("lr", 1e-4, 3e-3, True)
     assert space["img_size"].choices == (64, 96, 128)
     assert (space["aug_min_scale"].low, space["aug_min_scale"].log) == (0.5, False)
     assert space["pretrained"].choices == (None, "imagenet")
-    assert sweep.parse_space(sweep.space_text(space)) == space  # stored as text, read back the same
+    assert search_space.parse_space(search_space.space_text(space)) == space  # stored as text, read back the same
 
 
 @pytest.mark.parametrize("spec, says", [
@@ -43,14 +43,14 @@ def test_a_space_spec_reads_ranges_logs_and_choices():
     ("lr=1e-4:1e-3,lr=1e-3:1e-2", "given twice"), (" , ", "empty")])
 def test_a_bad_space_spec_is_one_clear_error(spec, says):
     with pytest.raises(UsageError, match=says):
-        sweep.parse_space(spec)
+        search_space.parse_space(spec)
 
 
 def test_a_training_flag_given_leaves_the_default_space():
-    space = sweep.default_space({"img_size": 64, "lr": 1e-3})
+    space = search_space.default_space({"img_size": 64, "lr": 1e-3})
     assert "img_size" not in space and "lr" not in space
     assert {"weight_decay", "batch_size", "resize_mode", "aug_min_scale"} <= set(space)
-    lite0 = sweep.default_space({"arch": "tf_efficientnet_lite0"})  # packaged ImageNet weights (test extra)
+    lite0 = search_space.default_space({"arch": "tf_efficientnet_lite0"})  # packaged ImageNet weights (test extra)
     assert lite0["pretrained"].choices == (None, "imagenet") and "freeze_epochs" in lite0
 
 

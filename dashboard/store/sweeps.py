@@ -39,9 +39,10 @@ def sweep_figures(sweep_id: int) -> dict:
 
 
 def default_space(fixed: dict) -> str:
-    from engine import sweep
+    from engine.search_space import default_space as space
+    from engine.search_space import space_text
 
-    return sweep.space_text(sweep.default_space(fixed))
+    return space_text(space(fixed))
 
 
 def start_sweep(dataset: str, trials: int, *, parallel: int, space: str | None, metric: str,
