@@ -190,8 +190,7 @@ def fail_dead_trials(study, sessions: sessionmaker[Session] | None = None) -> li
     here = socket.gethostname()
     st = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
-        if not worker or worker[0] != here or process_alive(worker[1], worker[2]):
+        if not _worker_gone(t, here):
             continue
         trial_id = st.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
         try:
@@ -204,6 +203,12 @@ def fail_dead_trials(study, sessions: sessionmaker[Session] | None = None) -> li
         with (sessions or session_factory()).begin() as s:
             reap_stale(s)
     return failed
+
+
+def _worker_gone(trial, here: str | None = None) -> bool:
+    """The trial's worker ran on this host and its process is gone (another host's: Optuna's heartbeat)."""
+    worker = trial.user_attrs.get("worker")
+    return bool(worker) and worker[0] == (here or socket.gethostname()) and not process_alive(worker[1], worker[2])
 
 
 def _counts(study) -> dict[str, int]:
@@ -329,7 +334,9 @@ def _state_name(state) -> str:
 
 
 def trial_rows(study, sessions: sessionmaker[Session] | None = None) -> list[dict]:
-    """Every trial: number, state, value, run, its run's status and epochs, the parameters."""
+    """Every trial: number, state, value, run, its run's status and epochs, the parameters;
+    a running trial whose worker died on this host says "running (worker gone)" until
+    fail_dead_trials fails it (reading writes nothing)."""
     trials = study.get_trials(deepcopy=False)
     run_ids = [t.user_attrs.get("run") for t in trials if t.user_attrs.get("run")]
     runs, epochs = {}, {}
@@ -343,7 +350,10 @@ def trial_rows(study, sessions: sessionmaker[Session] | None = None) -> list[dic
     for t in trials:
         rid = t.user_attrs.get("run")
         status, requested = runs.get(rid, (None, None))
-        rows.append({"trial": t.number, "state": _state_name(t.state), "value": t.value, "run": rid,
+        state = _state_name(t.state)
+        if state == "running" and _worker_gone(t):
+            state = "running (worker gone)"
+        rows.append({"trial": t.number, "state": state, "value": t.value, "run": rid,
                      "run_status": status, "epochs_run": epochs.get(rid, 0), "epochs_requested": requested,
                      "params": dict(t.params),
                      "started": t.datetime_start, "finished": t.datetime_complete})
@@ -352,7 +362,8 @@ def trial_rows(study, sessions: sessionmaker[Session] | None = None) -> list[dic
 
 def summary(sweep_id: int, sessions: sessionmaker[Session] | None = None, st=None) -> dict:
     """The sweep as `aivh sweep --json` prints it: sweep, trials (requested), completed,
-    pruned, failed, running, best_run, best_value, best_params, and what it searched."""
+    pruned, failed, running (a live worker's), worker_gone (running, its worker dead on this
+    host), best_run, best_value, best_params, and what it searched."""
     study = load_study(st or storage(), sweep_id)
     a = study.user_attrs
     rows = trial_rows(study, sessions)
@@ -361,6 +372,7 @@ def summary(sweep_id: int, sessions: sessionmaker[Session] | None = None, st=Non
     count = {s: sum(r["state"] == s for r in rows) for s in ("succeeded", "pruned", "failed", "running")}
     return {"sweep": sweep_id, "dataset": a["dataset"], "trials": a["trials"], "completed": count["succeeded"],
             "pruned": count["pruned"], "failed": count["failed"], "running": count["running"],
+            "worker_gone": sum(r["state"] == "running (worker gone)" for r in rows),
             "best_run": best["run"] if best else None, "best_value": best["value"] if best else None,
             "best_params": best["params"] if best else None, "metric": a["metric"], "space": a["space"],
             "fixed": a["fixed"], "pruner": a["pruner"],

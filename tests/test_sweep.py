@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -243,3 +244,24 @@ def test_a_worker_whose_every_trial_fails_stops_instead_of_looping(workspace):
     sweep.work(sweep_id, sessions=sessions)
     r = sweep.summary(sweep_id, sessions)
     assert (r["completed"], r["pruned"], r["failed"], r["best_run"]) == (0, 0, 3, None)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_the_page_offers_resume_for_a_trial_whose_worker_died(sessions):
+    """Rendering reads: the dead worker's trial shows as such, and Resume fails it (and retries it)."""
+    from streamlit.testing.v1 import AppTest
+
+    sweep_id, _run_id = recorded_sweep(sessions)
+    study = sweep.load_study(sweep.storage(), sweep_id)
+    study.set_user_attr("trials", 5)  # short of its count
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask()
+    trial.set_user_attr("worker", [socket.gethostname(), dead.pid, None])
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "sweep.py"), default_timeout=60).run()
+    assert not at.exception
+    assert "lost their worker" in at.warning[0].value
+    assert "running (worker gone)" in list(at.dataframe[0].value["state"])
+    assert sweep.summary(sweep_id)["worker_gone"] == 1  # the page wrote nothing
+    assert sweep.fail_dead_trials(study) == [trial.number]
+    assert [t.number for t in study.get_trials() if t.state.name == "WAITING"] == [trial.number + 1]

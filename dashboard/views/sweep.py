@@ -75,9 +75,13 @@ def best_ui(r: dict) -> None:
 
 
 def resume_ui(sweep_id: int, r: dict) -> None:
-    """A sweep short of its count (its workers died, or its timeout passed): start workers again."""
-    if r["completed"] + r["pruned"] >= r["trials"]:
+    """A sweep short of its count with no live worker (they died, or their timeout passed):
+    start workers again."""
+    if r["completed"] + r["pruned"] >= r["trials"] or r["running"]:
         return
+    if r["worker_gone"]:
+        st.warning(f"{r['worker_gone']} trial(s) lost their worker: resuming marks them failed and retries "
+                   "their parameters.")
     c1, c2 = st.columns([1, 3])
     parallel = c1.number_input("Workers", 1, 16, value=1, key="resume_workers")
     if c2.button("Resume sweep", help="fail the trials whose worker died, then start workers until the "
