@@ -33,6 +33,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
@@ -63,8 +64,11 @@ def storage_url(url: str | None = None) -> tuple[str, dict]:
         sibling = path.with_name(f"{path.stem}.optuna{path.suffix or '.db'}")
         return f"sqlite:///{sibling}", {"connect_args": {"timeout": 60}}
     if u.drivername.startswith("postgresql"):
-        with get_engine(url).begin() as c:
-            c.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        try:
+            with get_engine(url).begin() as c:
+                c.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        except IntegrityError:  # two processes created it at once: IF NOT EXISTS is not atomic
+            pass
         return url, {"connect_args": {"options": f"-csearch_path={SCHEMA}"}, "pool_pre_ping": True}
     raise ValueError(f"sweeps need a SQLite or PostgreSQL store (this one is {u.drivername})")
 
