@@ -97,7 +97,9 @@ def _storage_for(url: str):
 def _retry():
     import optuna
 
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+    with warnings.catch_warnings():  # experimental since Optuna 2.8, and the documented way
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
 
 
 def _trial_died(study, trial) -> None:

@@ -3,6 +3,7 @@ resume one (its workers start as their own processes and outlive the page)."""
 from __future__ import annotations
 
 import pandas as pd
+import streamlit as st
 
 from dashboard.store.sessions import sessions_for
 from db.store import db_url
@@ -31,11 +32,19 @@ def sweep_trials(sweep_id: int) -> pd.DataFrame:
     return pd.DataFrame([{k: v for k, v in r.items() if k != "params"} | r["params"] for r in rows])
 
 
-def sweep_figures(sweep_id: int) -> dict:
-    """Optuna's plotly figures (engine.sweep.figures): history, parallel, importances, intermediate."""
+def sweep_figures(sweep_id: int, summary: dict) -> dict:
+    """Optuna's plotly figures (engine.sweep.figures): history, parallel, importances,
+    intermediate; cached on what changes them (the trial counts and epochs of `summary`), so
+    the page's poll every few seconds does not refit the importances."""
+    version = tuple(summary[k] for k in ("completed", "pruned", "failed", "running", "epochs_run"))
+    return _figures(db_url(), sweep_id, version)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _figures(url: str, sweep_id: int, version: tuple) -> dict:
     from engine import sweep
 
-    return sweep.figures(sweep_id)
+    return sweep.figures(sweep_id, sweep.storage(url))
 
 
 def default_space(fixed: dict) -> str:

@@ -48,7 +48,7 @@ def watch_ui(sweep_id: int) -> None:
     st.caption(f"Maximising {r['metric']} · pruner {r['pruner']} · fixed {r['fixed']} · space `{r['space']}`")
     if r["best_run"] is not None:
         st.success(f"Best: run #{r['best_run']}, {r['metric']} {r['best_value']:.4f}, {r['best_params']}")
-    figs = store.sweep_figures(sweep_id)
+    figs = store.sweep_figures(sweep_id, r)
     titles = {"history": "Optimisation history", "intermediate": "Intermediate values (pruned trials stop)",
               "parallel": "Parallel coordinates", "importances": "Parameter importances"}
     shown = [k for k in titles if k in figs]
