@@ -38,7 +38,6 @@ class RunStatus(StrEnum):
     PRUNED = "pruned"
 
 
-
 class RunKind(StrEnum):
     """train: `aivh train` or the Train page; fold: one held-out fold of a label audit; probe: a
     linear probe on a frozen backbone's features (`aivh probe`); trial: one trial of a
