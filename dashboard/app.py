@@ -15,5 +15,6 @@ pages = [
     st.Page("views/export.py", title="Export", icon=":material/download:"),
     st.Page("views/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
     st.Page("views/embedding_map.py", title="Map", icon=":material/scatter_plot:", url_path="map"),
+    st.Page("views/sweep.py", title="Sweep", icon=":material/tune:"),
 ]
 st.navigation(pages).run()

@@ -26,23 +26,27 @@ def utcnow() -> datetime:
 
 
 class RunStatus(StrEnum):
-    """A run's (and an audit's) life: queued -> running -> succeeded | failed | cancelled.
-    A StrEnum: stored as its text, equal to it in comparisons."""
+    """A run's (and an audit's) life: queued -> running -> succeeded | failed | cancelled | pruned.
+    A StrEnum: stored as its text, equal to it in comparisons. pruned: a sweep's trial its
+    pruner stopped early (engine.sweep); its epochs and checkpoints are kept, like a finished run's."""
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"
 
 
 class RunKind(StrEnum):
     """train: `aivh train` or the Train page; fold: one held-out fold of a label audit; probe: a
-    linear probe on a frozen backbone's features (`aivh probe`)."""
+    linear probe on a frozen backbone's features (`aivh probe`); trial: one trial of a
+    hyperparameter sweep (`aivh sweep`), its sweep and trial number in its config."""
 
     TRAIN = "train"
     FOLD = "fold"
     PROBE = "probe"
+    TRIAL = "trial"
 
 
 class Base(DeclarativeBase):

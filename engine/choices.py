@@ -7,8 +7,19 @@ from __future__ import annotations
 
 from db.models import RunKind, RunStatus
 
-__all__ = ["BASELINES", "DECODES", "DEVICES", "KEEP_EPOCH", "METHODS", "PREDICT_SPLITS", "RESIZE_MODES",
-           "RunKind", "RunStatus"]
+__all__ = [
+           "BASELINES",
+           "DECODES",
+           "DEVICES",
+           "KEEP_EPOCH",
+           "METHODS",
+           "PREDICT_SPLITS",
+           "PRUNERS",
+           "RESIZE_MODES",
+           "SWEEP_METRICS",
+           "RunKind",
+           "RunStatus",
+]
 
 # JPEG decode: Pillow in the loader's workers, or the model's device (nvJPEG on CUDA); auto:
 # device for validation and prediction on CUDA, workers for training (engine.loader.resolve_decode)
@@ -21,3 +32,5 @@ KEEP_EPOCH = ("best", "last")
 PREDICT_SPLITS = ("test", "val", "train", "all")
 METHODS = ("saliency", "integrated_gradients", "smoothgrad", "gradcam", "occlusion")  # saliency maps
 BASELINES = ("mean", "black", "blur")  # integrated gradients' baseline image
+SWEEP_METRICS = ("val_best_f1", "val_auc")  # what `aivh sweep` maximises (engine.sweep)
+PRUNERS = ("median", "halving", "none")  # Optuna's median pruner, successive halving, or none

@@ -39,6 +39,9 @@ class TrainConfig:
     # the network: torchvision's efficientnet_b3 or any timm model name (engine.backbones)
     arch: str = DEFAULT_ARCH
     freeze_epochs: int = 0  # the first N epochs train the head only (for pretrained backbones)
+    # augmentation strength: training's random-resized crop keeps at least this share of each
+    # side (1.0: flips only; lower: stronger). A hyperparameter of `aivh sweep`'s default space.
+    aug_min_scale: float = 0.7
     # input normalisation of the architecture: filled in from it when not given, and recorded
     # with the run and its checkpoints so prediction uses the same
     mean: tuple[float, ...] | None = None
@@ -109,6 +112,8 @@ class TrainConfig:
                          "training would stop after its first epoch")
         if self.bn_batches < 0:
             found.append(f"precise-BN batches must be 0 or more (got {self.bn_batches})")
+        if not 0.1 <= self.aug_min_scale <= 1.0:
+            found.append(f"augmentation min scale must be between 0.1 and 1 (got {self.aug_min_scale})")
         if self.resize_mode not in RESIZE_MODES:
             found.append(f"resize mode must be one of {', '.join(RESIZE_MODES)} (got {self.resize_mode!r})")
         if self.keep_epoch not in KEEP_EPOCH:

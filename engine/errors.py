@@ -30,6 +30,10 @@ class Cancelled(Exception):
     """Raised by a callback between batches to stop the run."""
 
 
+class Pruned(Exception):
+    """Raised by a callback after an epoch is recorded: a sweep's pruner stopped the run."""
+
+
 class LostRun(Exception):
     """This process no longer owns the run (another took it over): it stops without writing."""
 

@@ -28,7 +28,7 @@ from engine.backbones import DEFAULT_ARCH
 from engine.checkpoints import recover_checkpoints, torch_load
 from engine.config import TrainConfig
 from engine.duplicates import split_groups
-from engine.errors import Cancelled, LostRun
+from engine.errors import Cancelled, LostRun, Pruned
 from engine.liveness import (
     Heartbeat,
     now,
@@ -122,6 +122,8 @@ def check_claim(run: Run, me: owners.Owner, *, resume: bool, world: int) -> None
     if resume:
         if run.status == "succeeded":
             raise ValueError(f"run {run_id} already succeeded; nothing to resume")
+        if run.status == "pruned":
+            raise ValueError(f"run {run_id} was pruned by its sweep; nothing to resume")
         if run.status == "queued":
             raise ValueError(f"run {run_id} has not started yet")
         if not (run_dir(run_id) / "last.pt").is_file() and not (run_dir(run_id) / "last.next.pt").is_file():
@@ -191,12 +193,14 @@ def resume_from(run_id: int, resume: bool) -> Path | None:
 
 
 def execute(run_id: int, *, resume: bool = False, progress: bool = True,
-            sessions: sessionmaker[Session] | None = None) -> Run:
+            sessions: sessionmaker[Session] | None = None, after_epoch=None) -> Run:
     """Run (or resume) a run to its end, recording every step; returns the finished row.
 
     Refuses (ValueError, FileNotFoundError), changing nothing, when the run is not this
     process's to take: its owner lives, it is not queued (or, to resume, not dead), or it
     trained with another process count. Once taken, a failure is recorded on the run.
+    after_epoch(EpochResult): called once each epoch is recorded and its checkpoints promoted;
+    errors.Pruned from it ends the run as pruned (engine.sweep's pruner).
     """
     sessions = sessions or session_factory()
     me = this_process()
@@ -223,12 +227,16 @@ def execute(run_id: int, *, resume: bool = False, progress: bool = True,
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         log.info("run %d %s on %d train / %d val images", run_id, "resumed" if resume else "started",
                  len(data.train_paths), len(val_ids))
-        train(cfg, data, out, StoreCallbacks(sessions, run_id, val_ids, data.val_labels, me, beat),
+        callbacks = StoreCallbacks(sessions, run_id, val_ids, data.val_labels, me, beat, after_epoch)
+        train(cfg, data, out, callbacks,
               resume=resume_from(run_id, resume), progress=progress)
         return finish(sessions, run_id, me, "succeeded")
     except Cancelled:
         log.info("run %d cancelled", run_id)
         return finish(sessions, run_id, me, "cancelled")
+    except Pruned as e:
+        log.info("run %d pruned: %s", run_id, e)
+        return finish(sessions, run_id, me, "pruned", str(e) or None)
     except LostRun as e:
         log.warning("%s", e)
         raise
@@ -285,6 +293,8 @@ def check_resumable(s: Session, run_id: int, *, world: int | None = None) -> Non
     run = queries.get_run(s, run_id)
     if run.status == "succeeded":
         raise ValueError(f"run {run_id} already succeeded; nothing to resume")
+    if run.status == "pruned":
+        raise ValueError(f"run {run_id} was pruned by its sweep; nothing to resume")
     if owner_alive(run) and owners.owner_of(run) != this_process():
         raise ValueError(f"run {run_id} is already running ({owner_text(run)})")
     if run.status == "queued":

@@ -78,6 +78,12 @@ def _alive(pid: int | None, started: float | None = None) -> bool:
     return True
 
 
+def process_alive(pid: int | None, started: float | None = None) -> bool:
+    """Whether process `pid` (of this host) runs and, when `started` is known, is the one that
+    started then: how a sweep's dead worker is told (engine.sweep), as a run's dead owner is."""
+    return _alive(pid, started)
+
+
 def _host(run: Run) -> str | None:
     return run.host or (run.progress or {}).get("host")  # runs from before migration 0003
 

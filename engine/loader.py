@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from engine.choices import DECODES
 from engine.errors import UnreadableImage
 from engine.images import check_unchanged, jpeg_for_device, load_rgb, resolve_inside, to_chw
-from engine.transforms import device_plan, transform
+from engine.transforms import MIN_SCALE, device_plan, transform
 
 
 class DeviceBatch:
@@ -56,13 +56,15 @@ class ImageDataset:
 
     def __init__(self, root: Path, rel_paths: list[str], labels: list[int] | None, *,
                  size: int, train: bool, mode: str = "resize", seed: int = 0, raw_jpeg: bool = False,
-                 stamps: dict[str, tuple[int | None, int | None]] | None = None):
+                 stamps: dict[str, tuple[int | None, int | None]] | None = None,
+                 min_scale: float = MIN_SCALE):
         self.root, self.rel_paths, self.labels = Path(root), rel_paths, labels
         # rel_path -> (bytes, mtime_ns) as import recorded them (queries.image_stamps): a file
         # that no longer matches was replaced after import and is skipped like an unreadable one
         self.stamps = stamps
         self.size, self.train, self.mode, self.seed = size, train, mode, seed
         self.raw_jpeg = raw_jpeg
+        self.min_scale = min_scale  # training's random-resized crop (TrainConfig.aug_min_scale)
         self.epoch = 0  # set by the trainer so augmentation differs per epoch but is repeatable
 
     def __len__(self) -> int:
@@ -82,11 +84,13 @@ class ImageDataset:
                 check_unchanged(path, *stamp)
             if self.raw_jpeg and (found := jpeg_for_device(path)) is not None:
                 data, w, h = found
-                plan = device_plan(w, h, self.size, train=self.train, mode=self.mode, rng=self._rng(i))
+                plan = device_plan(w, h, self.size, train=self.train, mode=self.mode, rng=self._rng(i),
+                                   min_scale=self.min_scale)
                 if plan is not None:
                     return (torch.frombuffer(bytearray(data), dtype=torch.uint8), i, y, plan)
             rng = self._rng(i)  # Pillow draws the same numbers afresh
-            im = transform(load_rgb(path, self.size, draft=self.mode != "crop"), self.size, train=self.train, mode=self.mode, rng=rng)
+            im = transform(load_rgb(path, self.size, draft=self.mode != "crop"), self.size, train=self.train, mode=self.mode, rng=rng,
+                           min_scale=self.min_scale)
         except UnreadableImage as e:  # its message is words already
             return (None, i, f"{self.rel_paths[i]}: {e}")
         except Exception as e:  # noqa: BLE001 - a file deleted, replaced or corrupt after import
@@ -128,12 +132,12 @@ def resolve_decode(decode: str, device: torch.device, *, train: bool = False) ->
 def make_loader(root: Path, rel_paths: list[str], labels: list[int] | None, *, size: int,
                 batch_size: int, workers: int, device: torch.device, train: bool = False,
                 mode: str = "resize", seed: int = 0, sampler=None, decode: str = "auto",
-                stamps: dict | None = None) -> DataLoader:
+                stamps: dict | None = None, min_scale: float = MIN_SCALE) -> DataLoader:
     """With `decode` resolving to "device", workers only read JPEGs (and, for training, draw
     the augmentation); decoding, resizing and flipping happen on the device (to_device)."""
     raw = resolve_decode(decode, device, train=train) == "device"
     ds = ImageDataset(root, rel_paths, labels, size=size, train=train, mode=mode, seed=seed, raw_jpeg=raw,
-                      stamps=stamps)
+                      stamps=stamps, min_scale=min_scale)
     return DataLoader(
         ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=device.type == "cuda", drop_last=train and len(ds) > batch_size,

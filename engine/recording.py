@@ -23,8 +23,9 @@ class StoreCallbacks(Callbacks):
 
     def __init__(self, sessions: sessionmaker[Session], run_id: int, val_ids: list[int],
                  val_labels: list[int] | None = None, owner: owners.Owner | None = None,
-                 heartbeat: Heartbeat | None = None):
+                 heartbeat: Heartbeat | None = None, after_epoch=None):
         self.sessions, self.run_id, self.val_ids = sessions, run_id, val_ids
+        self._after_epoch = after_epoch  # engine.sweep: report to the pruner, maybe raise Pruned
         self.val_labels = np.asarray(val_labels if val_labels is not None else [], dtype=np.int64)
         self.owner, self.heartbeat = owner, heartbeat
         self.last_beat = 0.0
@@ -61,6 +62,10 @@ class StoreCallbacks(Callbacks):
             if is_best:
                 note = threshold_note(self.val_labels, val_probs) if self.val_labels.size else None
                 record_best(s, run, result, checkpoint, checkpoint_sha1, self.val_ids, val_probs, note)
+
+    def after_epoch(self, result: EpochResult) -> None:
+        if self._after_epoch is not None:
+            self._after_epoch(result)
 
 
 def epoch_values(result: EpochResult) -> dict:

@@ -81,6 +81,10 @@ class Callbacks:
         """Record the epoch. Called after its checkpoints are staged and before they replace
         last.pt and best.pt (see _end_epoch); checkpoint_sha1 is best.pt's hash when is_best."""
 
+    def after_epoch(self, result: EpochResult) -> None:
+        """Called once the epoch is recorded and its checkpoints are in place: may raise (a
+        sweep's pruner raises errors.Pruned) to end the run with every epoch kept. One process only."""
+
 
 def _dist() -> tuple[int, int]:
     """(rank, world size): (0, 1) unless a torch.distributed process group is running."""
@@ -112,7 +116,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     norm = (cfg.mean, cfg.std)
     loader_args = {"size": cfg.img_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
                    "device": device, "mode": cfg.resize_mode, "seed": cfg.seed, "decode": cfg.decode,
-                   "stamps": data.stamps}
+                   "stamps": data.stamps, "min_scale": cfg.aug_min_scale}
     sampler_gen = torch.Generator()
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
@@ -179,6 +183,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
                      f" skipped {er.skipped}" if er.skipped else "")
             _end_epoch(out_dir, model, opt, sched, cfg, result, epoch, bad_epochs, world, cb, er,
                        is_best=is_best, probs=probs)
+            cb.after_epoch(er)
             # never stop while the backbone is still frozen: the run would end before it trained
             stop = cfg.keep_epoch != "last" and bad_epochs >= cfg.patience and epoch > cfg.freeze_epochs
             if stop:

@@ -17,9 +17,13 @@ def _short_side_to(im: Image.Image, size: int) -> Image.Image:
     return im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
 
 
-def random_box(w: int, h: int, rng: random.Random) -> tuple[int, int, int, int]:
-    """The mild random-resized crop of training: most of the image, its aspect kept."""
-    scale = rng.uniform(0.7, 1.0)
+MIN_SCALE = 0.7  # the random-resized crop keeps at least this share of each side (TrainConfig.aug_min_scale)
+
+
+def random_box(w: int, h: int, rng: random.Random, min_scale: float = MIN_SCALE) -> tuple[int, int, int, int]:
+    """The mild random-resized crop of training: most of the image (each side at least
+    `min_scale` of it; 1.0: the whole image), its aspect kept."""
+    scale = rng.uniform(min_scale, 1.0)
     cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
     x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
     return x, y, x + cw, y + ch
@@ -30,7 +34,8 @@ def random_origin(w: int, h: int, size: int, rng: random.Random) -> tuple[int, i
     return rng.randint(0, w - size), rng.randint(0, h - size)
 
 
-def device_plan(w: int, h: int, size: int, *, train: bool, mode: str, rng: random.Random) -> tuple | None:
+def device_plan(w: int, h: int, size: int, *, train: bool, mode: str, rng: random.Random,
+                min_scale: float = MIN_SCALE) -> tuple | None:
     """What transform() would do to a w x h image, for the device to do after decoding:
     (x0, y0, x1, y1, flip, planned), planned=0 for prediction's whole-image fit. None when
     Pillow must do it (crop mode on an image smaller than the crop)."""
@@ -42,11 +47,12 @@ def device_plan(w: int, h: int, size: int, *, train: bool, mode: str, rng: rando
         x, y = random_origin(w, h, size, rng)
         box = (x, y, x + size, y + size)
     else:
-        box = random_box(w, h, rng)
+        box = random_box(w, h, rng, min_scale)
     return (*box, int(rng.random() < 0.5), 1)
 
 
-def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random.Random) -> Image.Image:
+def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random.Random,
+              min_scale: float = MIN_SCALE) -> Image.Image:
     """Resize (whole image) or crop (native resolution, keeps generator traces)."""
     if mode == "crop":
         im = _short_side_to(im, size)
@@ -57,7 +63,7 @@ def transform(im: Image.Image, size: int, *, train: bool, mode: str, rng: random
             x, y = (w - size) // 2, (h - size) // 2
         im = im.crop((x, y, x + size, y + size))
     elif train:
-        im = im.resize((size, size), Image.BICUBIC, box=random_box(*im.size, rng))
+        im = im.resize((size, size), Image.BICUBIC, box=random_box(*im.size, rng, min_scale))
     else:
         im = im.resize((size, size), Image.BICUBIC)
     if train and rng.random() < 0.5:

@@ -89,9 +89,9 @@ def test_a_deep_link_keeps_the_navigations_sidebar(server, page):
     page.get_by_role("button", name="Open").first.click()
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=60_000)
     nav = page.locator("[data-testid='stSidebarNav'] a")
-    expect(nav).to_have_count(8)
+    expect(nav).to_have_count(9)
     assert [t.split("\n")[-1].strip() for t in nav.all_inner_texts()] == ["Runs", "Train", "Evaluate", "Review", "Shift",
-                                                                      "Export", "Duplicates", "Map"]
+                                                                      "Export", "Duplicates", "Map", "Sweep"]
 
 
 def test_relabel_through_the_ui_lands_in_the_store(server, page):
@@ -146,3 +146,16 @@ def test_launch_a_tiny_run_and_watch_it_finish(server, page):
         run = queries.get_run(s, run_id)
         assert run.status == "succeeded" and run.config["img_size"] == 32 and run.config["limit"] == 40
         assert len(queries.epochs(s, run_id)) == 1
+
+
+def test_the_sweep_page_opens_the_best_run_on_evaluate(server, page):
+    from tests.test_sweep import recorded_sweep
+
+    sweep_id, run_id = recorded_sweep(server["sessions"], run_id=server["run"])
+    open_page(page, f"{server['url']}/sweep?sweep={sweep_id}")
+    expect(page.get_by_role("heading", name="Sweep", level=1)).to_be_visible()
+    expect(page.get_by_role("tab", name="Intermediate values (pruned trials stop)")).to_be_visible()
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.get_by_role("button", name=f"Open best run (#{run_id})").click()
+    expect(page.get_by_role("heading", name="Evaluate", level=1)).to_be_visible(timeout=30_000)
+    assert f"run={run_id}" in page.url

@@ -25,7 +25,7 @@ def run_id(sessions):
     return finished_run(sessions)
 
 
-@pytest.mark.parametrize("name", ["runs", "train", "evaluate", "review", "shift", "export"])
+@pytest.mark.parametrize("name", ["runs", "train", "evaluate", "review", "shift", "export", "sweep"])
 def test_empty_store_gives_a_message_not_a_traceback(sessions, name):
     at = page(name)
     assert not at.exception

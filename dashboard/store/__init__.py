@@ -70,6 +70,15 @@ from dashboard.store.reports import (  # noqa: F401 - what pages call
     slice_ids,
     slices,
 )
+from dashboard.store.sweeps import (  # noqa: F401 - what pages call
+    default_space,
+    resume_sweep,
+    start_sweep,
+    sweep_figures,
+    sweep_summary,
+    sweep_trials,
+    sweeps,
+)
 from db import labelling
 from db.models import Run  # noqa: F401 - the row pages are handed (for annotations)
 from db.store import db_url, home, run_dir  # noqa: F401 - the folders pages show

@@ -30,7 +30,7 @@ def runs_table(runs: dict) -> pd.DataFrame:
     for r in runs.values():
         b = best.get(r.id)
         cfg = r.config
-        rows.append({"run": r.id, "dataset": names.get(r.dataset_id), "kind": r.kind,
+        rows.append({"run": r.id, "dataset": names.get(r.dataset_id), "kind": r.kind, "sweep": cfg.get("sweep"),
                      "status": ui.status_text(r), "like run": r.like_run_id,
                      "epochs": f"{sum(e.run_id == r.id for e in epochs)}/{cfg.get('epochs')}",
                      "arch": cfg.get("arch", "efficientnet_b3"),
@@ -61,7 +61,7 @@ def curves_ui(run_ids: list[int]) -> None:
 
 def retrain_ui(runs: dict) -> None:
     """Retrain with current labels: the chosen run's config, the labels as they are now."""
-    done = [r.id for r in reversed(runs.values()) if r.status == "succeeded"]
+    done = [r.id for r in reversed(runs.values()) if r.status in ("succeeded", "pruned")]
     if not done:
         return
     st.subheader("Retrain with current labels")

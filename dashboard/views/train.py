@@ -91,6 +91,9 @@ def watch_ui(run_id: int) -> None:
         st.error(f"Failed: {run.error or 'no error recorded'}")
     elif run.status == "cancelled":
         st.warning("Cancelled.")
+    elif run.status == "pruned":
+        st.info(f"Pruned by sweep {cfg.get('sweep')} after epoch {len(epochs)} of {cfg.get('epochs')}: "
+                f"its epochs and checkpoints are kept (best epoch {run.best_epoch}).")
     elif run.status == "succeeded":
         threshold = f"threshold {run.best_threshold:.4g}" if run.best_threshold is not None else "no threshold"
         st.success(f"Finished: best epoch {run.best_epoch}, {threshold}" if run.best_epoch else "Finished.")

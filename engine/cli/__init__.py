@@ -3,14 +3,14 @@
 One module per family of subcommands, each with its handlers and the parsers for them:
 data (import, evalset, labels), runs (train, audit, runs, compare), outputs (predict,
 export, saliency, bench), review (shortcuts, shift,
-robustness), serve (serve, demo); shared holds the flags and output rule they share.
+robustness), serve (serve, demo), sweeps (sweep); shared holds the flags and output rule they share.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from engine.cli import data, neighbours, outputs, review, runs, serve
+from engine.cli import data, neighbours, outputs, review, runs, serve, sweeps
 from engine.cli.shared import json_parent, training_parent
 from engine.errors import Reported, UsageError, say
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_parsers(sub, common)
     serve.add_parsers(sub, common)
     neighbours.add_parsers(sub, common)
+    sweeps.add_parsers(sub, common, training_parent())
     return p
 
 

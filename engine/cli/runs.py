@@ -158,7 +158,8 @@ def cmd_runs(args) -> None:
         for run in queries.list_runs(s):
             best = queries.best_epoch(s, run)
             rows.append({"run": run.id, "dataset": names.get(run.dataset_id), "kind": run.kind,
-                         "audit": run.audit_id, "like_run": run.like_run_id, "status": run.status,
+                         "audit": run.audit_id, "sweep": run.config.get("sweep"),
+                         "like_run": run.like_run_id, "status": run.status,
                          "epochs": run.config.get("epochs"), "img_size": run.config.get("img_size"),
                          "best_epoch": run.best_epoch, "val_f1": best.val_f1 if best else None,
                          "val_best_f1": best.val_best_f1 if best else None,

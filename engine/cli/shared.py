@@ -25,7 +25,8 @@ def json_parent() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = ("epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
-               "pretrained", "workers", "compile", "resize_mode", "patience", "decode", "arch", "freeze_epochs", "group")
+               "pretrained", "workers", "compile", "resize_mode", "patience", "decode", "arch", "freeze_epochs", "group",
+               "aug_min_scale")
 
 
 def training_parent() -> argparse.ArgumentParser:
@@ -58,6 +59,8 @@ def training_parent() -> argparse.ArgumentParser:
     t.add_argument("--group", choices=("copies", "near-duplicates"),
                    help="keep together on one side of the split (and the audit's folds): byte-identical copies "
                         "(the default) or also near copies by perceptual hash; train.csv's group column always")
+    t.add_argument("--aug-min-scale", type=float, help="augmentation strength: training's random crop keeps at "
+                                                       "least this share of each side (0.7; 1.0 = flips only)")
     return training
 
 

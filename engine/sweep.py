@@ -1,0 +1,427 @@
+"""Hyperparameter sweeps: an Optuna study whose trials are ordinary aivh runs (kind `trial`).
+
+The study lives in Optuna's RDB storage beside the store (`storage_url`): on PostgreSQL the
+store's own database, in a schema `optuna`; on SQLite a sibling file `<store>.optuna.db`.
+Both because Optuna stamps its own Alembic revision in a table named `alembic_version`,
+which the store already uses for its migrations (db/store.py): in one namespace Optuna would
+read the store's revision as its own and refuse to open ("no longer compatible with the
+table schema"), or the store would read Optuna's.
+
+A sweep is a study; its id is the study's id. Each trial samples a TrainConfig from the
+space (a training flag given on the command line is fixed and leaves it), creates a run of
+kind `trial` whose config records `sweep` and `trial`, and trains it through
+engine.jobs.execute; after each recorded epoch the validation metric is reported to the
+pruner (`after_epoch`), which may end the run as `pruned`, epochs and checkpoints kept.
+Workers are processes (engine.sweep_worker), each pulling trials from the shared study until
+the requested count of completed and pruned trials is reached. A worker that dies leaves its
+trial running: `fail_dead_trials` marks it failed (at once on this host, by its process; on
+another host when Optuna's heartbeat goes stale, after liveness.STALE_S as for runs), reaps
+its run (failed) and enqueues its parameters again, so `aivh sweep --resume` completes the count.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import socket
+import subprocess
+import sys
+import uuid
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import Epoch, Run, RunKind
+from db.store import db_url, get_engine, home, session_factory
+from engine.choices import PRUNERS, SWEEP_METRICS
+from engine.config import TrainConfig
+from engine.errors import Pruned, UsageError
+from engine.liveness import HEARTBEAT_S, STALE_S, process_alive, reap_stale, this_process
+from engine.search_space import default_space, parse_space, sample, space_text
+
+log = logging.getLogger("aivh.sweep")
+
+METRICS = SWEEP_METRICS
+SCHEMA = "optuna"  # PostgreSQL: Optuna's tables (and its alembic_version) live here
+
+
+# --- storage -------------------------------------------------------------------------------
+
+def storage_url(url: str | None = None) -> tuple[str, dict]:
+    """Optuna's storage URL and engine arguments for the store at `url` (see the module's doc)."""
+    url = url or db_url()
+    u = make_url(url)
+    if u.drivername.startswith("sqlite"):
+        if not u.database or u.database == ":memory:":
+            raise ValueError("sweeps need a store in a file or on a server, not an in-memory SQLite")
+        path = Path(u.database)
+        sibling = path.with_name(f"{path.stem}.optuna{path.suffix or '.db'}")
+        return f"sqlite:///{sibling}", {"connect_args": {"timeout": 60}}
+    if u.drivername.startswith("postgresql"):
+        try:
+            with get_engine(url).begin() as c:
+                c.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        except IntegrityError:  # two processes created it at once: IF NOT EXISTS is not atomic
+            pass
+        return url, {"connect_args": {"options": f"-csearch_path={SCHEMA}"}, "pool_pre_ping": True}
+    raise ValueError(f"sweeps need a SQLite or PostgreSQL store (this one is {u.drivername})")
+
+
+def storage(url: str | None = None):
+    """Optuna's RDBStorage for the store, with heartbeats: a trial whose worker stops beating
+    for liveness.STALE_S is failed, its run reaped and its parameters enqueued again. One per
+    store URL in a process (the dashboard asks every few seconds)."""
+    return _storage_for(url or db_url())
+
+
+@functools.lru_cache(maxsize=8)
+def _storage_for(url: str):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    target, kwargs = storage_url(url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(target, engine_kwargs=kwargs,
+                                          heartbeat_interval=int(2 * HEARTBEAT_S),
+                                          grace_period=int(STALE_S),
+                                          heartbeat_stale_trial_callback=_trial_died)
+
+
+def _retry():
+    import optuna
+
+    with warnings.catch_warnings():  # experimental since Optuna 2.8, and the documented way
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+
+
+def _trial_died(study, trial) -> None:
+    """Optuna failed a trial whose heartbeat went stale: reap its run too (liveness agrees:
+    its owner's heartbeat is as old) and enqueue its parameters again."""
+    with session_factory()() as s, s.begin():
+        reap_stale(s)
+    _retry()(study, trial)
+
+
+# --- sweeps --------------------------------------------------------------------------------
+
+def _study_name() -> str:
+    return f"aivh-sweep-{uuid.uuid4().hex[:12]}"
+
+
+def load_study(st, sweep_id: int, pruner=None, sampler=None):
+    """The sweep's Optuna study in storage `st`; LookupError when there is no such sweep."""
+    import optuna
+
+    try:
+        name = st.get_study_name_from_id(sweep_id)
+    except KeyError:
+        raise LookupError(f"no sweep {sweep_id} (aivh sweep --list shows them)") from None
+    study = optuna.load_study(study_name=name, storage=st, pruner=pruner, sampler=sampler)
+    if not study.user_attrs.get("aivh"):
+        raise LookupError(f"no sweep {sweep_id} (study {name!r} is not an aivh sweep)")
+    return study
+
+
+def make_pruner(kind: str, startup: int, warmup: int):
+    """Optuna's pruners: the median of earlier trials at the same epoch, successive halving
+    (ASHA, rungs from epoch `warmup`+1, a quarter kept at each), or none."""
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup), reduction_factor=4,
+                                                      min_early_stopping_rate=0)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)} (got {kind!r})")
+
+
+def create_sweep(sessions: sessionmaker[Session], dataset: str, trials: int, *, space: str | None = None,
+                 metric: str = "val_best_f1", fixed: dict | None = None, pruner: str = "median",
+                 prune_startup: int = 2, prune_warmup: int = 1, timeout: float | None = None,
+                 seed: int = 0) -> int:
+    """A new sweep (an empty study with what it needs in its user attributes); its id.
+    Refuses, creating nothing, with one clear error (UsageError, ValueError, LookupError)."""
+    import optuna
+
+    fixed = dict(fixed or {})
+    if trials < 1:
+        raise UsageError(f"--trials must be at least 1 (got {trials})")
+    if metric not in METRICS:
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)} (got {metric!r})")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be above 0 seconds (got {timeout})")
+    if prune_startup < 0 or prune_warmup < 0:
+        raise UsageError("--prune-startup and --prune-warmup must be 0 or more")
+    make_pruner(pruner, prune_startup, prune_warmup)
+    parsed = parse_space(space) if space else default_space(fixed)
+    both = sorted(set(parsed) & set(fixed))
+    if both:
+        raise UsageError(f"{', '.join(both)} is both fixed by a training flag and in --space: give one")
+    if not parsed:
+        raise UsageError("nothing left to sweep: every parameter of the space is fixed by a flag")
+    TrainConfig.from_dict(fixed).validate()
+    with sessions() as s:
+        ds = queries.get_dataset(s, dataset)
+        ds_id, ds_name = ds.id, ds.name
+    st = storage()
+    study = optuna.create_study(storage=st, study_name=_study_name(), direction="maximize")
+    attrs = {"aivh": 1, "dataset": ds_name, "dataset_id": ds_id, "trials": trials, "metric": metric,
+             "space": space_text(parsed), "fixed": fixed, "pruner": pruner, "prune_startup": prune_startup,
+             "prune_warmup": prune_warmup, "timeout": timeout, "seed": seed,
+             "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    for k, v in attrs.items():
+        study.set_user_attr(k, v)
+    return st.get_study_id_from_name(study.study_name)
+
+
+def fail_dead_trials(study, sessions: sessionmaker[Session] | None = None) -> list[int]:
+    """Trials left running by a worker that died on this host: failed at once (by their
+    process, as liveness judges a run's owner), their runs reaped as failed, their parameters
+    enqueued again. Trials of workers on other hosts are left to Optuna's heartbeat. Returns
+    the trial numbers failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    failed = []
+    here = socket.gethostname()
+    st = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _worker_gone(t, here):
+            continue
+        trial_id = st.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
+        try:
+            if st.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(t.number)
+                _retry()(study, st.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process failed it first
+    if failed:
+        with (sessions or session_factory()).begin() as s:
+            reap_stale(s)
+    return failed
+
+
+def _worker_gone(trial, here: str | None = None) -> bool:
+    """The trial's worker ran on this host and its process is gone (another host's: Optuna's heartbeat)."""
+    worker = trial.user_attrs.get("worker")
+    return bool(worker) and worker[0] == (here or socket.gethostname()) and not process_alive(worker[1], worker[2])
+
+
+def _counts(study) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    out = {"complete": 0, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
+    for t in study.get_trials(deepcopy=False):
+        out[{TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "fail",
+             TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]] += 1
+    return out
+
+
+def work(sweep_id: int, *, sessions: sessionmaker[Session] | None = None, progress: bool = False,
+         on_trial=None, index: int = 0) -> None:
+    """This process pulls trials from the sweep until the requested count of completed and
+    pruned trials is reached (counting those running elsewhere) or its timeout passes.
+    on_trial(study, frozen_trial): after each trial (the CLI's progress bar). The sampler's
+    seed: the sweep's, the worker's index and the trials already made (one worker repeats;
+    K workers, or a resumed sweep, do not propose alike)."""
+    import optuna
+
+    sessions = sessions or session_factory()
+    st = storage()
+    attrs = load_study(st, sweep_id).user_attrs
+    pruner = make_pruner(attrs["pruner"], attrs["prune_startup"], attrs["prune_warmup"])
+    trials = attrs["trials"]
+    startup = max(2, min(10, trials // 3))
+    made = len(st.get_all_trials(sweep_id, deepcopy=False))
+    seed = attrs.get("seed", 0) * 1_000_003 + index * 10_007 + made
+    study = load_study(st, sweep_id, pruner=pruner,
+                  sampler=optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed))
+    fail_dead_trials(study, sessions)
+    c = _counts(study)
+    if c["complete"] + c["pruned"] + c["running"] >= trials:
+        return
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    callbacks = [optuna.study.MaxTrialsCallback(trials, states=states), StopAfterFailures(sweep_id)]
+    if on_trial is not None:
+        callbacks.append(on_trial)
+    study.optimize(lambda trial: objective(trial, sweep_id, attrs, sessions, progress),
+                   timeout=attrs.get("timeout"), catch=(Exception,), callbacks=callbacks,
+                   gc_after_trial=True)
+
+
+class StopAfterFailures:
+    """Failed trials do not count towards the sweep: a failure every trial meets (the dataset
+    gone, a weights file missing, memory) would loop for ever. This worker stops after
+    `limit` failures in a row; --resume starts it again."""
+
+    def __init__(self, sweep_id: int, limit: int = 3):
+        self.sweep_id, self.limit, self.row = sweep_id, limit, 0
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        self.row = self.row + 1 if trial.state == TrialState.FAIL else 0
+        if self.row >= self.limit:
+            log.error("sweep %d: %d trials failed in a row in this worker; it stops (aivh sweep --resume %d "
+                      "starts it again)", self.sweep_id, self.row, self.sweep_id)
+            study.stop()
+
+
+def objective(trial, sweep_id: int, attrs: dict, sessions: sessionmaker[Session], progress: bool) -> float:
+    """One trial: a run of kind `trial` with the sampled config, trained by jobs.execute; its
+    epochs reported to the pruner. Returns the metric at the run's kept (best) epoch."""
+    import optuna
+
+    from engine import jobs
+
+    trial.set_user_attr("worker", list(this_process()))
+    trial.set_user_attr("run", None)  # a retried trial carries its dead predecessor's
+    fixed, metric = attrs["fixed"], attrs["metric"]
+    params = sample(trial, parse_space(attrs["space"]), fixed)
+    cfg = TrainConfig.from_dict({**fixed, **params}).validate()
+    with sessions.begin() as s:
+        run = jobs.create_run(s, queries.get_dataset(s, attrs["dataset"]), cfg)
+        run.kind = RunKind.TRIAL.value
+        run.config = {**run.config, "sweep": sweep_id, "trial": trial.number}
+        run_id = run.id
+    trial.set_user_attr("run", run_id)
+    log.info("sweep %d trial %d: run %d with %s", sweep_id, trial.number, run_id, params)
+
+    def after_epoch(er) -> None:
+        value = getattr(er, metric)
+        if not math.isnan(value):
+            trial.report(value, er.epoch)
+        if trial.should_prune():
+            raise Pruned(f"trial {trial.number} pruned after epoch {er.epoch} ({metric} {value:.4f})")
+
+    run = jobs.execute(run_id, progress=progress, sessions=sessions, after_epoch=after_epoch)
+    if run.status == "pruned":
+        raise optuna.TrialPruned(f"run {run_id} pruned")
+    if run.status != "succeeded":
+        raise RuntimeError(f"run {run_id} ended {run.status}")
+    with sessions() as s:
+        best = queries.best_epoch(s, queries.get_run(s, run_id))
+    value = getattr(best, metric) if best is not None else None
+    if value is None or math.isnan(value):
+        raise ValueError(f"run {run_id} has no {metric} at its best epoch")
+    return float(value)
+
+
+def spawn_workers(sweep_id: int, k: int, *, detached: bool) -> list[subprocess.Popen]:
+    """K worker processes (python -m engine.sweep_worker), each logging to
+    sweeps/<id>/worker-<n>.txt in the workspace; `detached`: in sessions of their own, so
+    they outlive the caller (the dashboard)."""
+    out = home() / "sweeps" / str(sweep_id)
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for n in range(k):
+        with open(out / f"worker-{n}.txt", "ab") as f:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "engine.sweep_worker", "--sweep", str(sweep_id), "--index", str(n)],
+                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=detached,
+                cwd=Path(__file__).resolve().parents[1]))
+    return procs
+
+
+# --- what a sweep is now ---------------------------------------------------------------------
+
+def _state_name(state) -> str:
+    return {"COMPLETE": "succeeded", "FAIL": "failed"}.get(state.name, state.name.lower())
+
+
+def trial_rows(study, sessions: sessionmaker[Session] | None = None) -> list[dict]:
+    """Every trial: number, state, value, run, its run's status and epochs, the parameters;
+    a running trial whose worker died on this host says "running (worker gone)" until
+    fail_dead_trials fails it (reading writes nothing)."""
+    trials = study.get_trials(deepcopy=False)
+    run_ids = [t.user_attrs.get("run") for t in trials if t.user_attrs.get("run")]
+    runs, epochs = {}, {}
+    if run_ids:
+        with (sessions or session_factory())() as s:
+            runs = {r.id: (r.status, (r.config or {}).get("epochs")) for r in
+                    s.scalars(select(Run).where(Run.id.in_(run_ids)))}
+            epochs = dict(s.execute(select(Epoch.run_id, func.count()).where(Epoch.run_id.in_(run_ids))
+                                    .group_by(Epoch.run_id)).all())
+    rows = []
+    for t in trials:
+        rid = t.user_attrs.get("run")
+        status, requested = runs.get(rid, (None, None))
+        state = _state_name(t.state)
+        if state == "running" and _worker_gone(t):
+            state = "running (worker gone)"
+        rows.append({"trial": t.number, "state": state, "value": t.value, "run": rid,
+                     "run_status": status, "epochs_run": epochs.get(rid, 0), "epochs_requested": requested,
+                     "params": dict(t.params),
+                     "started": t.datetime_start, "finished": t.datetime_complete})
+    return rows
+
+
+def summary(sweep_id: int, sessions: sessionmaker[Session] | None = None, st=None) -> dict:
+    """The sweep as `aivh sweep --json` prints it: sweep, trials (requested), completed,
+    pruned, failed, running (a live worker's), worker_gone (running, its worker dead on this
+    host), best_run, best_value, best_params, and what it searched."""
+    study = load_study(st or storage(), sweep_id)
+    a = study.user_attrs
+    rows = trial_rows(study, sessions)
+    done = [r for r in rows if r["state"] == "succeeded" and r["value"] is not None]
+    best = max(done, key=lambda r: r["value"], default=None)
+    count = {s: sum(r["state"] == s for r in rows) for s in ("succeeded", "pruned", "failed", "running")}
+    return {"sweep": sweep_id, "dataset": a["dataset"], "trials": a["trials"], "completed": count["succeeded"],
+            "pruned": count["pruned"], "failed": count["failed"], "running": count["running"],
+            "worker_gone": sum(r["state"] == "running (worker gone)" for r in rows),
+            "best_run": best["run"] if best else None, "best_value": best["value"] if best else None,
+            "best_params": best["params"] if best else None, "metric": a["metric"], "space": a["space"],
+            "fixed": a["fixed"], "pruner": a["pruner"],
+            "epochs_run": sum(r["epochs_run"] for r in rows),
+            "epochs_requested": sum(r["epochs_requested"] or 0 for r in rows if r["run"]),
+            "created": a.get("created")}
+
+
+def list_sweeps(st=None, *, reap: bool = False) -> list[dict]:
+    """Every aivh sweep in the store's Optuna storage, oldest first: id, dataset, counts.
+    reap: first fail the trials whose worker died on this host (fail_dead_trials); the
+    dashboard's loaders only read and leave that to its actions."""
+    st = st or storage()
+    out = []
+    for fs in st.get_all_studies():
+        if not fs.user_attrs.get("aivh"):
+            continue
+        sweep_id = st.get_study_id_from_name(fs.study_name)
+        if reap:
+            fail_dead_trials(load_study(st, sweep_id))
+        out.append(summary(sweep_id, st=st))
+    return sorted(out, key=lambda r: r["sweep"])
+
+
+def figures(sweep_id: int, st=None) -> dict:
+    """Optuna's plotly figures for the sweep: optimisation history, parallel coordinates,
+    parameter importances (from two finished trials on) and intermediate values (the pruned
+    trials' curves stop where they were pruned). A figure that cannot be drawn yet is left out."""
+    from optuna import visualization as vis
+    from optuna.trial import TrialState
+
+    study = load_study(st or storage(), sweep_id)
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    out = {}
+    makers = {"history": vis.plot_optimization_history, "parallel": vis.plot_parallel_coordinate,
+              "intermediate": vis.plot_intermediate_values}
+    if len(finished) >= 2 and len({t.value for t in finished}) > 1:
+        makers["importances"] = vis.plot_param_importances
+    for key, make in makers.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[key] = make(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:  # too few trials for this one
+            log.info("sweep %d: no %s figure yet (%s)", sweep_id, key, e)
+    return out
