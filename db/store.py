@@ -30,6 +30,26 @@ def db_url() -> str:
     return os.environ.get("AIVH_DB_URL") or f"sqlite:///{home() / 'aivh.db'}"
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a process this one starts (a run, a sweep worker), which may run in
+    another folder: the workspace and a SQLite store named by absolute paths, so it opens the
+    very store this process uses."""
+    from sqlalchemy.engine import make_url
+
+    env = {**os.environ, "AIVH_HOME": str(home())}
+    url = os.environ.get("AIVH_DB_URL")
+    found = sqlite_file(get_engine(url)) if url and url.startswith("sqlite") else None
+    if found is not None:
+        u = make_url(url)
+        name, absolute = u.database or "", str(Path(found[0]).resolve())
+        if name.startswith("file:"):  # file:PATH?query (the query may sit in the name)
+            name = "file:" + absolute + name[len("file:") + len(found[0]):]
+        else:
+            name = absolute
+        env["AIVH_DB_URL"] = u.set(database=name).render_as_string(hide_password=False)
+    return env
+
+
 def run_dir(run_id: int) -> Path:
     path = home() / "runs" / str(run_id)
     path.mkdir(parents=True, exist_ok=True)
@@ -44,7 +64,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def _sqlite_file(engine: Engine) -> tuple[str, bool] | None:
+def sqlite_file(engine: Engine) -> tuple[str, bool] | None:
     """(the file's path, opened read-only) of a SQLite store on disk, as sqlite3 is handed it
     (a `file:` URI's path without its query); None for an in-memory database."""
     if engine.dialect.name != "sqlite":
@@ -70,7 +90,7 @@ def _sqlite_wal(engine: Engine) -> None:
     switches, under the lock migrations take, and a busy answer is retried."""
     import sqlite3
 
-    found = _sqlite_file(engine)
+    found = sqlite_file(engine)
     if found is None or found[1]:
         return
     with _file_lock(found[0]):
@@ -133,7 +153,7 @@ def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
             connection.execute(text("SELECT pg_advisory_unlock(74686)"))
             connection.commit()
         return
-    found = _sqlite_file(engine)
+    found = sqlite_file(engine)
     if found is None:
         yield
         return

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import labelling, queries
 from db import runs as owners
 from db.models import Dataset, Epoch, Prediction, Run, RunKind, RunStatus
-from db.store import run_dir, session_factory
+from db.store import child_env, run_dir, session_factory
 from engine.atomic import file_sha1
 from engine.backbones import DEFAULT_ARCH
 from engine.checkpoints import recover_checkpoints, torch_load
@@ -268,7 +268,7 @@ def launch(run_id: int, *, resume: bool = False, sessions: sessionmaker[Session]
     cmd = [sys.executable, "-m", "engine.worker", "--run-id", str(run_id)] + (["--resume"] if resume else [])
     with open(out / "process.txt", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+                                start_new_session=True, cwd=Path(__file__).resolve().parents[1], env=child_env())
     child = (socket.gethostname(), proc.pid, process_started(proc.pid))
     with sessions.begin() as s:  # unless the child took it already, or another launch got there first
         taken = owners.take(s, run_id, expected, child, heartbeat_at=now())

@@ -28,7 +28,7 @@ class Param:
     def text(self) -> str:
         if self.choices is not None:
             return f"{self.name}=" + "|".join("none" if c is None else str(c) for c in self.choices)
-        return f"{self.name}={self.low:g}:{self.high:g}" + (":log" if self.log else "")
+        return f"{self.name}={self.low!r}:{self.high!r}" + (":log" if self.log else "")  # read back exactly
 
     def suggest(self, trial):
         kind = SWEEPABLE[self.name]

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from db.models import Epoch, Run, RunKind
-from db.store import db_url, get_engine, home, session_factory
+from db.store import child_env, db_url, get_engine, home, session_factory, sqlite_file
 from engine.choices import PRUNERS, SWEEP_METRICS
 from engine.config import TrainConfig
 from engine.errors import Pruned, UsageError
@@ -58,19 +58,33 @@ def storage_url(url: str | None = None) -> tuple[str, dict]:
     url = url or db_url()
     u = make_url(url)
     if u.drivername.startswith("sqlite"):
-        if not u.database or u.database == ":memory:":
+        found = sqlite_file(get_engine(url))
+        if found is None:
             raise ValueError("sweeps need a store in a file or on a server, not an in-memory SQLite")
-        path = Path(u.database)
+        path = Path(found[0]).resolve()
         sibling = path.with_name(f"{path.stem}.optuna{path.suffix or '.db'}")
         return f"sqlite:///{sibling}", {"connect_args": {"timeout": 60}}
     if u.drivername.startswith("postgresql"):
         try:
             with get_engine(url).begin() as c:
-                c.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+                c.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS optuna")  # SCHEMA
         except IntegrityError:  # two processes created it at once: IF NOT EXISTS is not atomic
             pass
         return url, {"connect_args": {"options": f"-csearch_path={SCHEMA}"}, "pool_pre_ping": True}
     raise ValueError(f"sweeps need a SQLite or PostgreSQL store (this one is {u.drivername})")
+
+
+def storage_exists(url: str | None = None) -> bool:
+    """Whether the store has Optuna's tables yet (a first sweep creates them): read only, so a
+    page can say "no sweeps" without creating anything while it renders."""
+    from sqlalchemy import text
+
+    url = url or db_url()
+    target, _ = storage_url(url) if url.startswith("sqlite") else (url, None)
+    if url.startswith("sqlite"):
+        return Path(make_url(target).database).is_file()
+    with get_engine(url).connect() as c:
+        return c.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{SCHEMA}.studies"}).scalar_one()
 
 
 def storage(url: str | None = None):
@@ -170,6 +184,7 @@ def create_sweep(sessions: sessionmaker[Session], dataset: str, trials: int, *, 
     if not parsed:
         raise UsageError("nothing left to sweep: every parameter of the space is fixed by a flag")
     TrainConfig.from_dict(fixed).validate()
+    _check_space(parsed, fixed)
     with sessions() as s:
         ds = queries.get_dataset(s, dataset)
         ds_id, ds_name = ds.id, ds.name
@@ -182,6 +197,24 @@ def create_sweep(sessions: sessionmaker[Session], dataset: str, trials: int, *, 
     for k, v in attrs.items():
         study.set_user_attr(k, v)
     return st.get_study_id_from_name(study.study_name)
+
+
+def _check_space(space: dict, fixed: dict) -> None:
+    """Every end of a range and every choice must make a valid config with the fixed flags: a
+    bad value is one error now, not a failed trial later."""
+    for name, p in space.items():
+        values = list(p.choices) if p.choices is not None else [p.low, p.high]
+        if name == "freeze_epochs" and p.choices is None:
+            values = [p.low]  # sample() keeps the high end under each trial's epochs
+        if p.choices is not None and any(v == "" for v in values):
+            raise UsageError(f"--space {name}: an empty choice")
+        for v in values:
+            if name in ("batch_size", "img_size", "epochs", "freeze_epochs") and v is not None:
+                v = int(v)
+            try:
+                TrainConfig.from_dict({**fixed, name: v}).validate()
+            except (ValueError, UsageError) as e:
+                raise UsageError(f"--space {name}={v}: {e}") from None
 
 
 def fail_dead_trials(study, sessions: sessionmaker[Session] | None = None) -> list[int]:
@@ -301,7 +334,7 @@ def objective(trial, sweep_id: int, attrs: dict, sessions: sessionmaker[Session]
         value = getattr(er, metric)
         if not math.isnan(value):
             trial.report(value, er.epoch)
-        if trial.should_prune():
+        if er.epoch < cfg.epochs and trial.should_prune():  # after the last epoch it saves nothing
             raise Pruned(f"trial {trial.number} pruned after epoch {er.epoch} ({metric} {value:.4f})")
 
     run = jobs.execute(run_id, progress=progress, sessions=sessions, after_epoch=after_epoch)
@@ -320,7 +353,12 @@ def objective(trial, sweep_id: int, attrs: dict, sessions: sessionmaker[Session]
 def spawn_workers(sweep_id: int, k: int, *, detached: bool) -> list[subprocess.Popen]:
     """K worker processes (python -m engine.sweep_worker), each logging to
     sweeps/<id>/worker-<n>.txt in the workspace; `detached`: in sessions of their own, so
-    they outlive the caller (the dashboard)."""
+    they outlive the caller (the dashboard). No more workers than trials left to start: each
+    worker starts a trial before any counts (so N can still be overrun by up to K-1 when
+    trials end at the same moment)."""
+    study = load_study(storage(), sweep_id)
+    c = _counts(study)
+    k = max(0, min(k, int(study.user_attrs["trials"]) - c["complete"] - c["pruned"] - c["running"]))
     out = home() / "sweeps" / str(sweep_id)
     out.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -329,7 +367,7 @@ def spawn_workers(sweep_id: int, k: int, *, detached: bool) -> list[subprocess.P
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "engine.sweep_worker", "--sweep", str(sweep_id), "--index", str(n)],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=detached,
-                cwd=Path(__file__).resolve().parents[1]))
+                cwd=Path(__file__).resolve().parents[1], env=child_env()))
     return procs
 
 

@@ -237,17 +237,34 @@ def test_two_worker_processes_share_one_study(workspace):
     assert logs == ["worker-0.txt", "worker-1.txt"]
 
 
-def test_a_worker_whose_every_trial_fails_stops_instead_of_looping(workspace):
+def test_a_worker_whose_every_trial_fails_stops_instead_of_looping(workspace, monkeypatch):
     """Failed trials do not count towards --trials; three failures in a row stop the worker."""
+    from engine import jobs
+
     sessions = store.session_factory()
     import_dataset(sessions, SAMPLE, "sample", progress=False)
-    sweep_id = sweep.create_sweep(sessions, "sample", 2, space="pretrained=/no/such/weights.pth", fixed=TINY)
+    sweep_id = sweep.create_sweep(sessions, "sample", 2, space="lr=1e-4:1e-3", fixed=TINY)
+
+    def broken(*_a, **_k):  # a failure every trial meets (the disk gone, say)
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(jobs, "execute", broken)
     sweep.work(sweep_id, sessions=sessions)
     r = sweep.summary(sweep_id, sessions)
     assert (r["completed"], r["pruned"], r["failed"], r["best_run"]) == (0, 0, 3, None)
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_bad_value_in_the_space_is_one_error_at_creation(workspace):
+    sessions = store.session_factory()
+    import_dataset(sessions, SAMPLE, "sample", progress=False)
+    for spec, said in (("pretrained=/no/such/weights.pth", "pretrained"), ("batch_size=0:8", "batch size"),
+                       ("aug_min_scale=0.01:0.5", "augmentation"), ("arch=tf_efficientnet_lite0|", "empty choice")):
+        with pytest.raises(UsageError, match=said):
+            sweep.create_sweep(sessions, "sample", 2, space=spec, fixed={k: v for k, v in TINY.items()
+                                                                        if not spec.startswith(k)})
+
+
 def test_the_page_offers_resume_for_a_trial_whose_worker_died(sessions):
     """Rendering reads: the dead worker's trial shows as such, and Resume fails it (and retries it)."""
     from streamlit.testing.v1 import AppTest

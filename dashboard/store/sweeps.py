@@ -14,6 +14,8 @@ def sweeps() -> list[dict]:
     worker died shows running until an action (start, resume) or `aivh sweep --list` fails it."""
     from engine import sweep
 
+    if not sweep.storage_exists():  # no sweep yet: nothing created while the page renders
+        return []
     return sweep.list_sweeps()
 
 
