@@ -254,7 +254,6 @@ def test_a_worker_whose_every_trial_fails_stops_instead_of_looping(workspace, mo
     assert (r["completed"], r["pruned"], r["failed"], r["best_run"]) == (0, 0, 3, None)
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_bad_value_in_the_space_is_one_error_at_creation(workspace):
     sessions = store.session_factory()
     import_dataset(sessions, SAMPLE, "sample", progress=False)
@@ -265,6 +264,7 @@ def test_a_bad_value_in_the_space_is_one_error_at_creation(workspace):
                                                                         if not spec.startswith(k)})
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_the_page_offers_resume_for_a_trial_whose_worker_died(sessions):
     """Rendering reads: the dead worker's trial shows as such, and Resume fails it (and retries it)."""
     from streamlit.testing.v1 import AppTest
