@@ -280,6 +280,7 @@ def work(sweep_id: int, *, sessions: sessionmaker[Session] | None = None, progre
     study = load_study(st, sweep_id, pruner=pruner,
                   sampler=optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed))
     fail_dead_trials(study, sessions)
+    note_worker(sweep_id, this_process()[1])  # a worker started by hand or by --parallel 1 too
     c = _counts(study)
     if c["complete"] + c["pruned"] + c["running"] >= trials:
         return
@@ -350,6 +351,39 @@ def objective(trial, sweep_id: int, attrs: dict, sessions: sessionmaker[Session]
     return float(value)
 
 
+def _workers_dir(sweep_id: int) -> Path:
+    return home() / "sweeps" / str(sweep_id) / "workers"
+
+
+def note_worker(sweep_id: int, pid: int) -> None:
+    """Record a worker process of this host (one small file each: no two writers share one), so
+    a page can tell whether any still runs before it offers to start more (live_workers)."""
+    import json
+
+    from engine.atomic import write_text
+    from engine.liveness import process_started
+
+    host = socket.gethostname()
+    write_text(_workers_dir(sweep_id) / f"{host}-{pid}.json",
+               json.dumps({"host": host, "pid": pid, "started": process_started(pid)}))
+
+
+def live_workers(sweep_id: int) -> int:
+    """Workers of this sweep on this host whose process still runs (the one recorded, not a
+    later process with its pid). Workers on other hosts are not counted: their trials show."""
+    import json
+
+    here, alive = socket.gethostname(), 0
+    folder = _workers_dir(sweep_id)
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            w = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        alive += w.get("host") == here and process_alive(w.get("pid"), w.get("started"))
+    return alive
+
+
 def spawn_workers(sweep_id: int, k: int, *, detached: bool) -> list[subprocess.Popen]:
     """K worker processes (python -m engine.sweep_worker), each logging to
     sweeps/<id>/worker-<n>.txt in the workspace; `detached`: in sessions of their own, so
@@ -368,6 +402,7 @@ def spawn_workers(sweep_id: int, k: int, *, detached: bool) -> list[subprocess.P
                 [sys.executable, "-m", "engine.sweep_worker", "--sweep", str(sweep_id), "--index", str(n)],
                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=detached,
                 cwd=Path(__file__).resolve().parents[1], env=child_env()))
+            note_worker(sweep_id, procs[-1].pid)  # alive from now, not only once it imported torch
     return procs
 
 
@@ -407,7 +442,7 @@ def trial_rows(study, sessions: sessionmaker[Session] | None = None) -> list[dic
 def summary(sweep_id: int, sessions: sessionmaker[Session] | None = None, st=None) -> dict:
     """The sweep as `aivh sweep --json` prints it: sweep, trials (requested), completed,
     pruned, failed, running (a live worker's), worker_gone (running, its worker dead on this
-    host), best_run, best_value, best_params, and what it searched."""
+    host), workers_alive (its worker processes on this host still running), best_run, best_value, best_params, and what it searched."""
     study = load_study(st or storage(), sweep_id)
     a = study.user_attrs
     rows = trial_rows(study, sessions)
@@ -417,6 +452,7 @@ def summary(sweep_id: int, sessions: sessionmaker[Session] | None = None, st=Non
     return {"sweep": sweep_id, "dataset": a["dataset"], "trials": a["trials"], "completed": count["succeeded"],
             "pruned": count["pruned"], "failed": count["failed"], "running": count["running"],
             "worker_gone": sum(r["state"] == "running (worker gone)" for r in rows),
+            "workers_alive": live_workers(sweep_id),
             "best_run": best["run"] if best else None, "best_value": best["value"] if best else None,
             "best_params": best["params"] if best else None, "metric": a["metric"], "space": a["space"],
             "fixed": a["fixed"], "pruner": a["pruner"],

@@ -233,8 +233,10 @@ def test_two_worker_processes_share_one_study(workspace):
     study = sweep.load_study(sweep.storage(), out["sweep"])
     workers = {tuple(t.user_attrs["worker"]) for t in study.get_trials()}
     assert len(workers) == 2  # both processes ran trials
-    logs = sorted(p.name for p in (workspace / "sweeps" / str(out["sweep"])).iterdir())
+    logs = sorted(p.name for p in (workspace / "sweeps" / str(out["sweep"])).glob("*.txt"))
     assert logs == ["worker-0.txt", "worker-1.txt"]
+    assert sweep.live_workers(out["sweep"]) == 0  # both recorded, both gone
+    assert len(list((workspace / "sweeps" / str(out["sweep"]) / "workers").glob("*.json"))) == 2
 
 
 def test_a_worker_whose_every_trial_fails_stops_instead_of_looping(workspace, monkeypatch):
@@ -283,3 +285,24 @@ def test_the_page_offers_resume_for_a_trial_whose_worker_died(sessions):
     assert sweep.summary(sweep_id)["worker_gone"] == 1  # the page wrote nothing
     assert sweep.fail_dead_trials(study) == [trial.number]
     assert [t.number for t in study.get_trials() if t.state.name == "WAITING"] == [trial.number + 1]
+
+
+def test_the_page_offers_no_resume_while_a_worker_of_the_sweep_still_runs(sessions):
+    """Between trials (or while a new worker imports torch) no trial runs, yet a worker lives:
+    Resume would start more workers than the count needs."""
+    from streamlit.testing.v1 import AppTest
+
+    sweep_id, _run_id = recorded_sweep(sessions)
+    sweep.load_study(sweep.storage(), sweep_id).set_user_attr("trials", 5)  # short of its count
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        sweep.note_worker(sweep_id, worker.pid)
+        assert sweep.summary(sweep_id)["workers_alive"] == 1
+        at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "sweep.py"), default_timeout=60).run()
+        assert not at.exception and not any(b.label == "Resume sweep" for b in at.button)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert sweep.summary(sweep_id)["workers_alive"] == 0
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "sweep.py"), default_timeout=60).run()
+    assert any(b.label == "Resume sweep" for b in at.button)

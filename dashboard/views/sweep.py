@@ -77,8 +77,8 @@ def best_ui(r: dict) -> None:
 def resume_ui(sweep_id: int, r: dict) -> None:
     """A sweep short of its count with no live worker (they died, or their timeout passed):
     start workers again."""
-    if r["completed"] + r["pruned"] >= r["trials"] or r["running"]:
-        return
+    if r["completed"] + r["pruned"] >= r["trials"] or r["running"] or r.get("workers_alive"):
+        return  # a live worker (importing, between trials) goes on by itself
     if r["worker_gone"]:
         st.warning(f"{r['worker_gone']} trial(s) lost their worker: resuming marks them failed and retries "
                    "their parameters.")
