@@ -184,12 +184,17 @@ def test_migration_0004_adds_the_columns_and_the_next_import_fills_an_old_stores
 PLANTED_MIN, NEXT_MAX, NULL_MAX = 0.98, 0.97, 0.72
 
 
+def _both_reports(sessions, root: Path, seed: int) -> tuple[dict, shortcuts.Shift]:
+    """`aivh shortcuts` and `aivh shift` (file properties) of a drawn dataset, imported as it is."""
+    import_dataset(sessions, root, root.name, progress=False)
+    with sessions() as s:
+        return (shortcuts.audit_shortcuts(s, root.name, seed=seed),
+                shortcuts.measure_shift(s, queries.get_dataset(s, root.name).id, seed=seed))
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_planted_jpeg_quality_is_found_first_by_shortcuts_and_by_shift(sessions, tmp_path, seed):
-    import_dataset(sessions, planted(tmp_path / "p", seed, plant=True), "p", progress=False)
-    with sessions() as s:
-        found = shortcuts.audit_shortcuts(s, "p", seed=seed)
-        shift = shortcuts.measure_shift(s, queries.get_dataset(s, "p").id, seed=seed)
+    found, shift = _both_reports(sessions, planted(tmp_path / "p", seed, plant=True), seed)
     assert found["metadata_auc"] >= PLANTED_MIN and found["verdict"] == "shortcut"
     assert found["features"][0]["name"] == "jpeg_quality" and found["features"][0]["auc"] >= PLANTED_MIN
     assert found["features"][1]["auc"] <= NEXT_MAX, found["features"]
@@ -200,10 +205,7 @@ def test_a_planted_jpeg_quality_is_found_first_by_shortcuts_and_by_shift(session
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_without_the_plant_neither_finds_anything(sessions, tmp_path, seed):
-    import_dataset(sessions, planted(tmp_path / "u", seed, plant=False), "u", progress=False)
-    with sessions() as s:
-        found = shortcuts.audit_shortcuts(s, "u", seed=seed)
-        shift = shortcuts.measure_shift(s, queries.get_dataset(s, "u").id, seed=seed)
+    found, shift = _both_reports(sessions, planted(tmp_path / "u", seed, plant=False), seed)
     assert found["metadata_auc"] <= NULL_MAX and found["features"][0]["auc"] <= NULL_MAX, found
     assert found["verdict"] != "shortcut"
     assert shift.auc <= NULL_MAX

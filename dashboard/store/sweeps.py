@@ -13,8 +13,9 @@ def sweeps() -> list[dict]:
     """Every sweep's summary (engine.sweep.summary), oldest first. Reads only: a trial whose
     worker died shows running until an action (start, resume) or `aivh sweep --list` fails it."""
     from engine import sweep
+    from engine.sweep_storage import storage_exists
 
-    if not sweep.storage_exists():  # no sweep yet: nothing created while the page renders
+    if not storage_exists():  # no sweep yet: nothing created while the page renders
         return []
     return sweep.list_sweeps()
 
