@@ -121,7 +121,7 @@ def main() -> None:
 
         results = {"images": args.n, "build_store_s": round(build_s, 1),
                    "apptest_component_scan_s": round(components_s + scan_s, 3)}
-        for name in ("runs", "train", "evaluate", "review", "export"):
+        for name in ("runs", "train", "evaluate", "review", "export", "shift", "duplicates", "embedding_map", "sweep"):
             at = page(name)
             at.query_params["run"] = str(run_id)
             st.cache_data.clear()  # each page's first render pays for its own loading

@@ -90,6 +90,10 @@ def list_eval_sets(s: Session, dataset_id: int) -> list[EvalSet]:
     return list(s.scalars(select(EvalSet).where(EvalSet.dataset_id == dataset_id).order_by(EvalSet.id)))
 
 
+def eval_set_images(eval_set_id: int):
+    """A select of a frozen evaluation set's image ids: for use in a query."""
+    return select(EvalSetImage.image_id).where(EvalSetImage.eval_set_id == eval_set_id)
+
+
 def eval_set_image_ids(s: Session, eval_set_id: int) -> list[int]:
-    q = select(EvalSetImage.image_id).where(EvalSetImage.eval_set_id == eval_set_id)
-    return list(s.scalars(q.order_by(EvalSetImage.image_id)))
+    return list(s.scalars(eval_set_images(eval_set_id).order_by(EvalSetImage.image_id)))

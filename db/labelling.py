@@ -15,12 +15,15 @@ from db.models import (
 )
 
 
-def _label_rows(dataset_id: int, pick=func.max, as_of: int | None = None):
-    """Subquery (image_id, lid): per image, the newest (max) or first (min) label row id."""
+def _label_rows(dataset_id: int, pick=func.max, as_of: int | None = None, among=None):
+    """Subquery (image_id, lid): per image, the newest (max) or first (min) label row id; with
+    `among` (a select of image ids), only those images."""
     q = (select(Label.image_id, pick(Label.id).label("lid")).join(Image, Image.id == Label.image_id)
          .where(Image.dataset_id == dataset_id))
     if as_of is not None:
         q = q.where(Label.id <= as_of)
+    if among is not None:
+        q = q.where(Label.image_id.in_(among))
     return q.group_by(Label.image_id).subquery()
 
 
@@ -37,9 +40,10 @@ def _labels_by(s: Session, rows) -> dict[int, int]:
     return {image_id: label for image_id, label in found}
 
 
-def current_labels(s: Session, dataset_id: int, *, as_of: int | None = None) -> dict[int, int]:
-    """image_id -> label, from the newest label row (at or before label id `as_of`)."""
-    return _labels_by(s, _label_rows(dataset_id, func.max, as_of))
+def current_labels(s: Session, dataset_id: int, *, as_of: int | None = None, among=None) -> dict[int, int]:
+    """image_id -> label, from the newest label row (at or before label id `as_of`); with `among`
+    (a select of image ids), of those images only."""
+    return _labels_by(s, _label_rows(dataset_id, func.max, as_of, among))
 
 
 def import_labels(s: Session, dataset_id: int) -> dict[int, int]:
@@ -69,15 +73,17 @@ def relabel(s: Session, image_id: int, label: int, *, author: str, note: str | N
     return row
 
 
-def newest_label_rows(dataset_id: int):
-    """(newest label row per image, reviews still in force per image: reviews minus undos)."""
-    newest = _label_rows(dataset_id, func.max)
+def newest_label_rows(dataset_id: int, among=None):
+    """(newest label row per image, reviews still in force per image: reviews minus undos); with
+    `among` (a select of image ids), of those images only."""
+    newest = _label_rows(dataset_id, func.max, among=among)
     counted = case((Label.source == "review", 1), (Label.source.in_(UNDO_SOURCES), -1), else_=0)
     reviews = (select(Label.image_id, func.sum(counted).label("n"))
                .join(Image, Image.id == Label.image_id)
-               .where(Image.dataset_id == dataset_id, Label.source.in_(("review", *UNDO_SOURCES)))
-               .group_by(Label.image_id).subquery())
-    return newest, reviews
+               .where(Image.dataset_id == dataset_id, Label.source.in_(("review", *UNDO_SOURCES))))
+    if among is not None:
+        reviews = reviews.where(Label.image_id.in_(among))
+    return newest, reviews.group_by(Label.image_id).subquery()
 
 
 def current_label_join(newest):

@@ -73,13 +73,16 @@ META_COLUMNS = ("width", "height", "bytes", "format", "mode", "jpeg_quality", "s
                 "progressive", "has_exif", "has_icc")
 
 
-def image_meta(s: Session, dataset_id: int, split: str | None = None) -> list[tuple]:
-    """(id, rel_path, split, *META_COLUMNS) of the readable images, in images()'s order."""
+def image_meta(s: Session, dataset_id: int, split: str | None = None, *, among=None) -> list[tuple]:
+    """(id, rel_path, split, *META_COLUMNS) of the readable images (of those in `among`, a select
+    of image ids, when given), in images()'s order."""
     cols = [getattr(Image, c) for c in META_COLUMNS]
     q = select(Image.id, Image.rel_path, Image.split, *cols).where(Image.dataset_id == dataset_id,
                                                                   Image.status == "ok")
     if split is not None:
         q = q.where(Image.split == split)
+    if among is not None:
+        q = q.where(Image.id.in_(among))
     return [tuple(r) for r in s.execute(q.order_by(Image.split, Image.csv_row))]
 
 
@@ -144,6 +147,14 @@ def run_image_ids(s: Session, run_id: int, role: str | None = None) -> list[int]
     return list(s.scalars(q.order_by(RunImage.image_id)))
 
 
+def role_images(run_ids: int | Sequence[int], role: str, *, among=None):
+    """A select of the image ids one run (or any of several) used in `role`, of those in `among`
+    (a select of image ids) when given: for use in a query."""
+    ids = [run_ids] if isinstance(run_ids, int) else list(run_ids)
+    q = select(RunImage.image_id).where(RunImage.run_id.in_(ids), RunImage.role == role)
+    return q if among is None else q.where(RunImage.image_id.in_(among))
+
+
 def set_run_images(s: Session, run_id: int, roles: dict[str, Sequence[int]]) -> None:
     s.execute(delete(RunImage).where(RunImage.run_id == run_id))
     rows = [{"run_id": run_id, "image_id": i, "role": r} for r, ids in roles.items() for i in ids]
@@ -164,8 +175,13 @@ def upsert_predictions(s: Session, run_id: int, pairs: Iterable[tuple[int, float
     return len(rows)
 
 
-def predictions(s: Session, run_id: int, image_ids: Sequence[int] | None = None) -> dict[int, float]:
+def predictions(s: Session, run_id: int, image_ids: Sequence[int] | None = None, *,
+                among=None) -> dict[int, float]:
+    """image_id -> probability of a run; `image_ids` picks (in Python), `among` (a select of
+    image ids) restricts in the query."""
     q = select(Prediction.image_id, Prediction.prob).where(Prediction.run_id == run_id)
+    if among is not None:
+        q = q.where(Prediction.image_id.in_(among))
     found = {i: p for i, p in s.execute(q)}
     if image_ids is None:
         return found
@@ -195,7 +211,11 @@ def prediction_rows(s: Session, run: Run, split: str) -> list[tuple]:
 
     split: "val" / "train" (the run's own roles) or "test".
     """
-    newest, reviews = newest_label_rows(run.dataset_id)
+    if split in ("val", "train"):
+        among = role_images(run.id, split)
+    else:
+        among = select(Image.id).where(Image.dataset_id == run.dataset_id, Image.split == split)
+    newest, reviews = newest_label_rows(run.dataset_id, among)  # not the whole dataset's labels
     q = (select(Image.id, Image.rel_path, Prediction.prob, Label.label,
                 func.coalesce(reviews.c.n, 0))
          .join(Prediction, (Prediction.image_id == Image.id) & (Prediction.run_id == run.id))

@@ -26,19 +26,22 @@ def compare_runs(s: Session, run_a: int, run_b: int, *, eval_set: str | None = N
     # of the two (every other image has one label in all three)
     states = labelling.label_states(s, ds, [a.labels_as_of or 0, b.labels_as_of or 0, None])
     changed = {i for i, (la, lb, _) in states.items() if la is not None and lb is not None and la != lb}
-    now = labelling.current_labels(s, ds)
-    trained = set(queries.run_image_ids(s, run_a, "train")) | set(queries.run_image_ids(s, run_b, "train"))
+    # every read below is limited in the query to the candidate images (a few thousand of a
+    # dataset's 100,000: the Runs page's first render pays for this)
     if eval_set is None:
-        candidates = set(queries.run_image_ids(s, run_a, "val")) & set(queries.run_image_ids(s, run_b, "val"))
+        among = queries.role_images(run_a, "val", among=queries.role_images(run_b, "val"))
+        candidates = set(s.scalars(among))
         differ = {i for i in candidates & states.keys() if not (states[i][0] == states[i][1] == states[i][2])}
         basis = "shared validation images with unchanged labels"
     else:
-        candidates = set(evaluation.eval_set_image_ids(s, evaluation.get_eval_set(s, ds, eval_set).id))
+        among = evaluation.eval_set_images(evaluation.get_eval_set(s, ds, eval_set).id)
+        candidates = set(s.scalars(among))
         differ = set()
         basis = f"frozen evaluation set {eval_set!r}, current labels"
-    was_trained = candidates & trained
-    pa = queries.predictions(s, run_a, sorted(candidates))
-    pb = queries.predictions(s, run_b, sorted(candidates))
+    was_trained = set(s.scalars(queries.role_images([run_a, run_b], "train", among=among).distinct()))
+    now = labelling.current_labels(s, ds, among=among)
+    pa = queries.predictions(s, run_a, among=among)
+    pb = queries.predictions(s, run_b, among=among)
     ids = sorted(i for i in candidates - differ - was_trained if i in pa and i in pb and i in now)
     out = {"run_a": run_a, "run_b": run_b, "basis": basis, "labels_changed": len(changed),
            "images": len(ids), "excluded_label_changed": len(differ - was_trained),

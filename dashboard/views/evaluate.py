@@ -170,7 +170,10 @@ if run is not None:
             confusion_ui(y, p, t, run.id, split)
             curves_ui(y, p, t)
         save_ui(run, t)
-        with st.expander("Results per slice and robustness (as on the Shift page)"):
-            slices_ui(run.id, t, key="eval_slices")
-            robustness_ui(run.id, key="eval_robustness")
+        # computed only while open: on a large store the slices cost more than the rest of the page
+        with st.expander("Results per slice and robustness (as on the Shift page)", key="eval_sections",
+                         on_change="rerun") as sections:
+            if sections.open:
+                slices_ui(run.id, t, key="eval_slices")
+                robustness_ui(run.id, key="eval_robustness")
         st.caption(f"{len(df):,} predictions · {pd.Series(labelled).sum():,} labelled")
