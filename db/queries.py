@@ -162,15 +162,21 @@ def set_run_images(s: Session, run_id: int, roles: dict[str, Sequence[int]]) -> 
         s.execute(RunImage.__table__.insert(), rows)
 
 
-def upsert_predictions(s: Session, run_id: int, pairs: Iterable[tuple[int, float]]) -> int:
-    rows = [{"run_id": run_id, "image_id": i, "prob": float(p)} for i, p in pairs]
+def upsert_predictions(s: Session, run_id: int, pairs: Iterable[tuple[int, float]], *,
+                       epoch: int | None = None, checkpoint_sha1: str | None = None) -> int:
+    """Insert or replace a run's predictions; every row written names the checkpoint given
+    (None: unknown), a replaced row never keeps the epoch and file of the one it replaces.
+    The engine writes through db.runs.replace_predictions; this serves tests and benchmarks."""
+    rows = [{"run_id": run_id, "image_id": i, "prob": float(p), "epoch": epoch,
+             "checkpoint_sha1": checkpoint_sha1} for i, p in pairs]
     if not rows:
         return 0
     insert = pg_insert if s.bind.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(Prediction.__table__)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["run_id", "image_id"], set_={"prob": stmt.excluded.prob}
-    )
+        index_elements=["run_id", "image_id"],
+        set_={"prob": stmt.excluded.prob, "epoch": stmt.excluded.epoch,
+              "checkpoint_sha1": stmt.excluded.checkpoint_sha1})
     s.execute(stmt, rows)
     return len(rows)
 
@@ -296,9 +302,10 @@ def run_state(run: Run | None) -> tuple:
 
 
 def images_version(s: Session, dataset_id: int, split: str) -> tuple:
-    """Changes when the dataset's images on a split do (added, re-probed)."""
+    """Changes when the dataset's images on a split do (added, re-probed, headers read by a
+    re-import: the count of rows with a format)."""
     q = select(func.count(), func.max(Image.id), func.sum(Image.mtime_ns % 1_000_003), func.max(Image.sha1),
-               func.sum(func.length(Image.status)))
+               func.sum(func.length(Image.status)), func.count(Image.format))
     return tuple(s.execute(q.where(Image.dataset_id == dataset_id, Image.split == split)).one())
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import evaluation, labelling, queries
+from db import runs as owners
 from db.models import Audit, AuditScore, Dataset, Run, RunKind, RunStatus
 from engine import jobs
 from engine.atomic import write_csv
@@ -98,14 +99,19 @@ def _resumable(sessions: sessionmaker[Session], run_id: int) -> bool:
         jobs.check_resumable(s, run_id)
         if (run_dir(run_id) / "last.pt").is_file():
             return True
-        queries.get_run(s, run_id).status = "queued"
-        return False
+    _requeue(sessions, run_id)
+    return False
 
 
 def _requeue(sessions: sessionmaker[Session], run_id: int) -> None:
+    """Queue a dead fold run again, taking it from its dead owner (compare and set) and leaving
+    no owner, so nothing reaps it as a dead queued run before this process claims it."""
     with sessions.begin() as s:
         jobs.check_resumable(s, run_id)  # refuses while its owner lives
-        queries.get_run(s, run_id).status = RunStatus.QUEUED.value
+        run = queries.get_run(s, run_id)
+        if not owners.take(s, run_id, owners.owner_of(run), (None, None, None),
+                           status=RunStatus.QUEUED.value, error=None, finished_at=None):
+            raise ValueError(f"run {run_id} was taken by another process while being queued again")
 
 
 def label_scores(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -191,8 +191,10 @@ def pair_kind(split_a: str, split_b: str, role_a: str | None, role_b: str | None
 
 
 def find_duplicates(sessions, dataset: str, run_id: int | None = None, *, max_bits: int = PHASH_MAX,
-                    min_cosine: float = COSINE_MIN, progress: bool = True) -> dict:
-    """`aivh duplicates`: pairs of exact and near copies, their clusters and kinds (module docstring)."""
+                    min_cosine: float = COSINE_MIN, progress: bool = True, hash_missing: bool = True) -> dict:
+    """`aivh duplicates`: pairs of exact and near copies, their clusters and kinds (module docstring).
+    hash_missing=False (a page rendering): only read the stored hashes, never write; an image
+    without one is in no near-copy pair ("hashed" in the result counts those that have one)."""
     from db import labelling, queries
 
     t0 = time.perf_counter()
@@ -210,8 +212,12 @@ def find_duplicates(sessions, dataset: str, run_id: int | None = None, *, max_bi
         labels = labelling.current_labels(s, ds.id)
     ids = [f[0] for f in facts]
     paths, splits, sha1 = [f[1] for f in facts], [f[2] for f in facts], [f[3] for f in facts]
-    with sessions.begin() as s:  # hashes missing so far: computed now, stored for next time
-        hashes = ensure_phashes(s, ds.id, Path(ds.root), progress=progress)
+    if hash_missing:
+        with sessions.begin() as s:  # hashes missing so far: computed now, stored for next time
+            hashes = ensure_phashes(s, ds.id, Path(ds.root), progress=progress)
+    else:
+        with sessions() as s:
+            hashes = queries.phashes(s, ds.id)
     t_hash = time.perf_counter() - t0
 
     found = _copies(ids, sha1, hashes, max_bits)

@@ -72,3 +72,24 @@ def load(run_id: int) -> Embeddings:
 
 def exists(run_id: int) -> bool:
     return path(run_id).is_file()
+
+
+def source_note(s, run, found: Embeddings) -> tuple[str, str | None]:
+    """(one line: which checkpoint the run's embeddings came from, a warning when that is not the
+    run's best checkpoint now: neighbours and the map would show an older model). The best
+    checkpoint's sha1 is the one its validation predictions name (db.predictions.sources)."""
+    from db import predictions
+
+    if not found.checkpoint:
+        return f"Embeddings of run #{run.id}: no checkpoint recorded (a backbone alone).", None
+    best = sorted({v.checkpoint_sha1 for v in predictions.sources(s, run.id, "val")
+                   if v.epoch == run.best_epoch and v.checkpoint_sha1})
+    short = found.checkpoint[:12]
+    if found.checkpoint in best:
+        return f"Embeddings of run #{run.id}'s best checkpoint (epoch {run.best_epoch}, sha1 {short}).", None
+    line = f"Embeddings of run #{run.id} from checkpoint sha1 {short}."
+    if not best:  # no best epoch recorded with a sha1 (a run from before aivh recorded them): cannot tell
+        return line, None
+    return line, (f"These embeddings come from another checkpoint than run #{run.id}'s best now (epoch "
+                  f"{run.best_epoch}, sha1 {best[0][:12]}): neighbours, copies by features and the map "
+                  f"show the older model. Run `aivh embed --run {run.id}` again.")

@@ -28,7 +28,7 @@ from engine.backbones import DEFAULT_ARCH
 from engine.checkpoints import recover_checkpoints, torch_load
 from engine.config import TrainConfig
 from engine.duplicates import split_groups
-from engine.errors import Cancelled, LostRun, Pruned
+from engine.errors import Cancelled, LostRun, Pruned, WeightsError
 from engine.liveness import (
     Heartbeat,
     now,
@@ -239,6 +239,10 @@ def execute(run_id: int, *, resume: bool = False, progress: bool = True,
         return finish(sessions, run_id, me, "pruned", str(e) or None)
     except LostRun as e:
         log.warning("%s", e)
+        raise
+    except WeightsError as e:  # unusable starting weights: one line, no traceback
+        log.error("run %d failed: %s", run_id, e)
+        finish(sessions, run_id, me, "failed", f"{type(e).__name__}: {e}")
         raise
     except BaseException as e:
         log.exception("run %d failed", run_id)

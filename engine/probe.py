@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from db import queries
+from db import runs as owners
 from db.models import Dataset, Run, RunKind
 from db.store import home, run_dir, session_factory
 from engine import atomic, jobs
@@ -36,6 +37,7 @@ from engine.backbones import head
 from engine.checkpoints import save_atomic
 from engine.config import TrainConfig
 from engine.device import resolve_device
+from engine.errors import WeightsError
 from engine.infer import embed
 from engine.liveness import Heartbeat, this_process
 from engine.loader import make_loader
@@ -146,8 +148,9 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
             # a file without a recorded sha1 is keyed by its path: within this dataset only
             keys = {i: k if not k.startswith("path:") else f"dataset {run.dataset_id} {k}"
                     for i, k in queries.content_keys(s, run.dataset_id, None).items()}
-            run.progress = {"host": me[0], "epoch": 1, "epochs": 1, "phase": "features",
-                            "train_images": len(train_ids), "val_images": len(val_ids)}
+            owners.set_if_owner(s, run_id, me, progress={
+                "host": me[0], "epoch": 1, "epochs": 1, "phase": "features",
+                "train_images": len(train_ids), "val_images": len(val_ids)})
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.pretrained, cfg.arch).to(device).eval()
@@ -179,11 +182,16 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
                  computed, c, er.val_f1, er.val_best_f1, er.val_auc, seconds)
         with sessions.begin() as s:
             run = queries.get_run(s, run_id)
-            run.progress = {**(run.progress or {}), "phase": "done", "features_computed": computed,
-                            "features_cached": len(keys_used) - computed, "C": c}
+            owners.set_if_owner(s, run_id, me, progress={
+                **(run.progress or {}), "phase": "done", "features_computed": computed,
+                "features_cached": len(keys_used) - computed, "C": c})
         StoreCallbacks(sessions, run_id, val_ids, data.val_labels, me).on_epoch(
             er, is_best=True, val_probs=val_p, checkpoint=out / "best.pt", checkpoint_sha1=file_sha1(out / "best.pt"))
         return jobs.finish(sessions, run_id, me, "succeeded")
+    except WeightsError as e:  # unusable starting weights: one line, no traceback
+        log.error("probe run %d failed: %s", run_id, e)
+        jobs.finish(sessions, run_id, me, "failed", f"{type(e).__name__}: {e}")
+        raise
     except BaseException as e:
         log.exception("probe run %d failed", run_id)
         jobs.finish(sessions, run_id, me, "failed", f"{type(e).__name__}: {e}")

@@ -204,7 +204,9 @@ def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode
     picture, box = picture_view(decoded, size, mode)
     file = None
     if cache is not None:
-        digest = hashlib.sha1(json.dumps([cache_key, str(path), size, mode, asdict(settings)]
+        stamp = path.stat()  # a file replaced under the same name is not its old map
+        digest = hashlib.sha1(json.dumps([cache_key, str(path), stamp.st_size, stamp.st_mtime_ns, size, mode,
+                                          asdict(settings)]
                                          + ([list(map(list, norm))] if norm is not None else []),
                                          sort_keys=True).encode()).hexdigest()
         file = cache / "saliency" / f"{digest}.npz"

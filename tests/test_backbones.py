@@ -52,6 +52,26 @@ def test_imagenet_weights_without_network_fail_in_one_line_saying_what_and_how(m
     assert "\n" not in line and fetched in line and "--pretrained PATH" in line and "no network" in line
 
 
+def test_unobtainable_weights_are_one_line_from_the_command_and_record_no_run(tmp_path, monkeypatch):
+    """`aivh train` / `aivh probe` / `aivh audit` check the starting weights before a run is
+    recorded: ImageNet weights that cannot be fetched, or a file that is not weights, are one
+    line (no traceback, no failed run left behind)."""
+    home = tmp_path / "home"
+    aivh("import", str(SAMPLE), "--name", "s", env_home=home)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the subprocess inherits it: no fetch is tried
+    junk = tmp_path / "notes.pt"
+    junk.write_text("not weights")
+    for args, said in [(("train", "--arch", "resnet18", "--pretrained", "imagenet"), "could not fetch timm/resnet18"),
+                       (("probe", "--arch", "resnet18", "--pretrained", "imagenet"), "could not fetch timm/resnet18"),
+                       (("audit", "--arch", "resnet18", "--pretrained", "imagenet"), "could not fetch timm/resnet18"),
+                       (("train", "--pretrained", str(junk)), "not a PyTorch weights file")]:
+        proc = aivh(*args, "--dataset", "s", "--device", "cpu", env_home=home, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1 and said in lines[0], (args, proc.stderr[-2000:])
+    runs = json.loads(aivh("runs", "--json", env_home=home).stdout.strip().splitlines()[-1])
+    assert runs == [] or runs.get("runs") == [], runs
+
+
 def test_a_local_timm_checkpoint_loads_all_but_the_head(tmp_path):
     torch.manual_seed(3)
     import timm

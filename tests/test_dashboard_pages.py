@@ -255,8 +255,12 @@ def test_rendering_never_writes_a_dead_owner_shows_until_an_action_reaps_it(sess
     for name in ("runs", "train", "evaluate", "review", "export"):
         at = page(name, watch=str(dead_id))
         assert not at.exception
+    from db.store import run_dir
+    (run_dir(dead_id) / "process.txt").write_text("loading...\nMemoryError: out of memory\n")
     at = page("train", watch=str(dead_id))
     assert any("owner gone" in h.value for h in at.subheader)
+    assert any(f"Process {2**22 + 12345} stopped while running: MemoryError: out of memory" in e.value
+               for e in at.error)  # the reason, before any action records it
     runs = page("runs")
     assert any(f"Run #{dead_id}" in w.value and "process is gone" in w.value for w in runs.warning)
     with sessions() as s:

@@ -291,6 +291,11 @@ def test_duplicates_and_image_rows_on_both_backends(store_url, tmp_path):
     plants = plant_copies(tmp_path / "data", n=3)
     sessions = session_factory(store_url)
     import_dataset(sessions, tmp_path / "data", "p", progress=False)
+    # a page rendering reads only: with no hash stored it finds the exact copies, writes nothing
+    before = find_duplicates(sessions, "p", progress=False, hash_missing=False)
+    assert before["hashed"] == 0 and all(p["match"] == "exact" for p in before["pairs"])
+    with sessions() as s:
+        assert queries.count_without_phash(s, queries.get_dataset(s, "p").id) == 409
     out = find_duplicates(sessions, "p", progress=False)
     assert {tuple(sorted(p[:2])) for p in plants} <= {tuple(sorted((p["a"], p["b"]))) for p in out["pairs"]}
     assert out["counts"]["label-conflict"] == 3 and out["hashed"] == 409

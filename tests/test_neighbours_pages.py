@@ -116,3 +116,31 @@ def test_review_more_like_this_lists_neighbours_and_relabels_them_in_one_click(p
     assert all(after[i] == 1 for i in neighbours if i in after)
     changed = [i for i in after if after[i] != before_labels.get(i)]
     assert set(changed) <= set(ids) and label_rows(sessions) - before == len(changed) >= 1
+
+
+def test_embeddings_of_an_older_checkpoint_are_said_on_the_map_duplicates_and_review(planted_run, sessions):
+    """Embeddings name the checkpoint they came from; after a new best epoch they show the older
+    model, and the pages say so (with the command that refreshes them)."""
+    from sqlalchemy import update
+
+    from db.models import Prediction
+    from engine import embeddings
+
+    run_id, _ids, _ = planted_run
+    with sessions.begin() as s:
+        run = queries.get_run(s, run_id)
+        s.execute(update(Prediction).where(Prediction.run_id == run_id)
+                  .values(epoch=run.best_epoch, checkpoint_sha1="b" * 40))
+    found = embeddings.load(run_id)
+    embeddings.save(run_id, found.image_id, found.vectors, "a" * 40)  # an earlier best.pt
+    stale = f"run `aivh embed --run {run_id}` again"
+    for name, query in (("embedding_map", {"run": str(run_id)}), ("duplicates", {"run": str(run_id)})):
+        at = page(name, reviewer="ana", **query)
+        assert not at.exception, at.exception
+        assert any(stale.lower() in w.value.lower() for w in at.warning), name
+    at = page("review", run=str(run_id), reviewer="ana")
+    assert not at.exception and any(stale.lower() in w.value.lower() for w in at.warning)
+    embeddings.save(run_id, found.image_id, found.vectors, "b" * 40)  # embedded again from the best
+    at = page("embedding_map", run=str(run_id))
+    assert not at.exception and not any(stale.lower() in w.value.lower() for w in at.warning)
+    assert any("best checkpoint (epoch" in c.value for c in at.caption)

@@ -7,6 +7,7 @@ seeds 0-7 (`python benchmarks/saliency_sanity.py --seeds 0 1 2 3 4 5 6 7`), each
 is asserted.
 """
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,18 @@ def test_results_are_cached_on_disk(planted, tmp_path, monkeypatch):
     again = saliency.explain(model, root / "320.png", S, settings, cache=tmp_path, cache_key="k")
     assert np.array_equal(first.map, again.map) and first.prob == again.prob
     assert len(list((tmp_path / "saliency").glob("*.npz"))) == 1
+    # the same name, another picture (a file replaced and re-imported): not the old map
+    import shutil
+    copy = tmp_path / "copy.png"
+    shutil.copy(root / "320.png", copy)
+    monkeypatch.undo()
+    saliency.explain(model, copy, S, settings, cache=tmp_path, cache_key="k")
+    from PIL import Image
+    Image.new("RGB", (S, S), (200, 30, 30)).save(copy)
+    os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 10**9))
+    replaced = saliency.explain(model, copy, S, settings, cache=tmp_path, cache_key="k")
+    assert len(list((tmp_path / "saliency").glob("*.npz"))) == 3
+    assert not np.array_equal(replaced.map, first.map)
 
 
 def test_bad_input_gives_clear_errors(workspace, sessions, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import create_engine, func, inspect, select, text
 
 from db import evaluation, labelling, queries, store
-from db.models import Base, Epoch, Label
+from db.models import Base, Epoch, Label, Prediction
 from tests.conftest import SAMPLE, aivh, finished_run
 
 
@@ -98,9 +98,15 @@ def test_upsert_predictions_replaces_on_each_backend(store_url):
     run_id = finished_run(sessions)
     with sessions.begin() as s:
         ids = sorted(queries.predictions(s, run_id))[:3]
-        queries.upsert_predictions(s, run_id, [(i, 0.25) for i in ids])
+        queries.upsert_predictions(s, run_id, [(i, 0.25) for i in ids], epoch=3, checkpoint_sha1="a" * 40)
     with sessions() as s:
         assert queries.predictions(s, run_id, ids) == {i: 0.25 for i in ids}
+    with sessions.begin() as s:  # a replaced row names the checkpoint given, not the old row's
+        queries.upsert_predictions(s, run_id, [(ids[0], 0.5)])
+    with sessions() as s:
+        rows = s.execute(select(Prediction.image_id, Prediction.epoch, Prediction.checkpoint_sha1)
+                         .where(Prediction.run_id == run_id, Prediction.image_id.in_(ids))).all()
+    assert sorted(rows) == [(ids[0], None, None), (ids[1], 3, "a" * 40), (ids[2], 3, "a" * 40)]
 
 
 def test_cli_import_and_runs_work_against_the_configured_backend(store_url, workspace, tmp_path):

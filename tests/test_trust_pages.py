@@ -95,6 +95,34 @@ def test_predictions_arriving_for_a_split_show_on_the_next_rerun(run_id, session
     assert any("images match" in c.value for c in at.caption)
 
 
+def test_the_shift_pages_caches_change_with_labels_and_with_headers_read_by_a_re_import(run_id, sessions,
+                                                                                        monkeypatch):
+    """The shortcut report predicts the current labels: a relabel must recompute it. File
+    properties filled in by a re-import (rows recorded before aivh read headers) must reach the
+    slice and map tables: the images' version changes with them."""
+    from dashboard.store import reports
+    from db.models import Image as ImageRow
+
+    keys = []
+    monkeypatch.setattr(reports, "_shortcut_report", lambda url, ds, version: keys.append(version) or {})
+    with sessions() as s:
+        ds = queries.get_run(s, run_id).dataset_id
+        image_id = queries.run_image_ids(s, run_id, "train")[0]
+    reports.shortcut_report(ds)
+    with sessions.begin() as s:
+        labelling.relabel(s, image_id, 1 - labelling.current_labels(s, ds)[image_id], author="ana")
+    reports.shortcut_report(ds)
+    assert keys[0] != keys[1]
+    with sessions.begin() as s:
+        before = queries.images_version(s, ds, "train")
+        s.get(ImageRow, image_id).format = None  # as if imported before headers were read
+    with sessions.begin() as s:
+        blank = queries.images_version(s, ds, "train")
+        s.get(ImageRow, image_id).format = "JPEG"  # a re-import reads the header
+    with sessions() as s:
+        assert blank != before and queries.images_version(s, ds, "train") == before
+
+
 def test_a_new_best_epoch_or_status_changes_the_cache_key(run_id, sessions):
     from dashboard import store
 
@@ -119,6 +147,23 @@ def test_review_threshold_widget_keeps_the_exact_value(run_id, sessions):
     assert box.value == 0.99957  # not 0.9996, nor 1.000
     at = page("review", run=str(run_id), threshold="0.123456789")
     assert next(n for n in at.number_input if n.label == "Threshold").value == 0.123456789
+
+
+def test_a_new_best_threshold_restarts_evaluate_and_export_at_it_within_a_session(run_id, sessions):
+    """A run still training finds a new best epoch: the slider and the export's box start at its
+    threshold on the next rerun, not at the value of an earlier render of the same session."""
+    with sessions.begin() as s:
+        queries.get_run(s, run_id).best_threshold = 0.3
+    evaluate, export = page("evaluate", run=str(run_id)), page("export", run=str(run_id))
+    assert evaluate.slider[0].value == pytest.approx(0.3)
+    assert next(n for n in export.number_input if n.label == "Threshold").value == pytest.approx(0.3)
+    with sessions.begin() as s:
+        queries.get_run(s, run_id).best_threshold = 0.61234
+    evaluate.run()
+    export.run()
+    assert not evaluate.exception and not export.exception
+    assert evaluate.slider[0].value == 0.61234
+    assert next(n for n in export.number_input if n.label == "Threshold").value == 0.61234
 
 
 # ---------------------------------------------------------------- item 19: speed

@@ -461,3 +461,22 @@ def test_a_one_process_run_resumed_with_two_is_refused_before_any_process_starts
         distributed.execute_distributed(run_id, 2, resume=True)
     assert not spawned
     assert (_get(sessions, run_id).status, _get(sessions, run_id).error) == ("failed", "killed")
+
+
+def test_a_dead_fold_run_queued_again_by_its_audit_is_not_reaped_before_it_starts(sessions, tmp_path):
+    """The audit re-queues a fold whose process died before its first epoch: it takes the run
+    from the dead owner (compare and set) and leaves no owner, so a page or `aivh runs` reaping
+    in between does not mark it failed (which stopped the audit)."""
+    from engine import audit
+
+    ds = _dataset(sessions, tmp_path, 2)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_id = _run(sessions, ds, status="running", host=socket.gethostname(), pid=dead.pid, pid_started=1.25,
+                  error=None)
+    assert audit._resumable(sessions, run_id) is False  # no last.pt: restarts
+    run = _get(sessions, run_id)
+    assert (run.status, run.host, run.pid, run.pid_started, run.error) == ("queued", None, None, None, None)
+    with sessions.begin() as s:
+        assert liveness.reap_stale(s) == []
+    assert _get(sessions, run_id).status == "queued"

@@ -24,6 +24,7 @@ from dashboard.store.actions import (  # noqa: F401 - what pages call
     start_probe,
     start_run,
     undo,
+    weights_problems,
 )
 from dashboard.store.loaders import (  # noqa: F401 - what pages call
     SubmissionScores,
@@ -53,6 +54,7 @@ from dashboard.store.loaders import (  # noqa: F401 - what pages call
 from dashboard.store.neighbours import (  # noqa: F401 - what pages call
     compute_map,
     duplicates,
+    embeddings_source,
     has_embeddings,
     hash_images,
     image_frame,

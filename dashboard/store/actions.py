@@ -52,6 +52,14 @@ def _start(create) -> int:
     return run_id
 
 
+def weights_problems(cfg) -> list[str]:
+    """Why the config's starting weights cannot be had (engine.weights.unavailable), as a list."""
+    from engine.weights import unavailable
+
+    problem = unavailable(cfg.arch, cfg.pretrained)
+    return [problem] if problem else []
+
+
 def start_run(dataset_id: int, cfg) -> int:
     """A run on the dataset with `cfg` (the caller checked cfg.problems()), started; its id."""
     return _start(lambda s, jobs: jobs.create_run(s, s.get(Dataset, dataset_id), cfg))

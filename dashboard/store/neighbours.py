@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboard.store.loaders import run_key
 from dashboard.store.sessions import read, sessions_for, write
 from db import labelling, queries
 from db.models import Dataset
@@ -106,7 +107,7 @@ def _duplicates(url: str, dataset_id: int, run_id: int | None, max_bits: int, mi
     with read(url) as s:
         name = s.get(Dataset, dataset_id).name
     return find_duplicates(sessions_for(url), name, run_id, max_bits=max_bits, min_cosine=min_cosine,
-                           progress=False)
+                           progress=False, hash_missing=False)  # rendering reads; hash_images writes
 
 
 def duplicates(dataset_id: int, run_id: int | None = None, *, max_bits: int | None = None,
@@ -130,6 +131,20 @@ def has_embeddings(run_id: int) -> bool:
 @st.cache_resource(max_entries=2, show_spinner=False)
 def _embeddings(run_id: int, stamp: tuple) -> embeddings.Embeddings:
     return embeddings.load(run_id)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _embeddings_source(url: str, run_id: int, version: tuple) -> tuple[str, str | None]:
+    with read(url) as s:
+        return embeddings.source_note(s, queries.get_run(s, run_id), embeddings.load(run_id))
+
+
+def embeddings_source(run_id: int) -> tuple[str, str | None]:
+    """engine.embeddings.source_note: which checkpoint the run's embeddings came from, and a
+    warning when it is not the run's best now; cached on the run's state and the file."""
+    with read() as s:
+        version = (run_key(s, run_id), _stamp(embeddings.path(run_id)))
+    return _embeddings_source(db_url(), run_id, version)
 
 
 def run_embeddings(run_id: int) -> embeddings.Embeddings:

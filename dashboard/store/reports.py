@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard.store.loaders import prediction_frame, run_key
 from dashboard.store.sessions import read
-from db import queries
+from db import labelling, queries
 from db.models import Dataset
 from db.store import db_url
 
@@ -36,9 +36,10 @@ def _shortcut_report(url: str, dataset_id: int, version: tuple) -> dict:
 
 
 def shortcut_report(dataset_id: int) -> dict:
-    """`aivh shortcuts` and `aivh shift` (file properties only) for a dataset, cached on its images."""
+    """`aivh shortcuts` and `aivh shift` (file properties only) for a dataset, cached on its images
+    and on its labels (the shortcut audit predicts the current training labels)."""
     with read() as s:
-        version = _images_key(s, dataset_id)
+        version = (_images_key(s, dataset_id), labelling.newest_label_id(s, dataset_id))
     return _shortcut_report(db_url(), dataset_id, version)
 
 

@@ -43,6 +43,9 @@ run_id = st.selectbox("Embeddings of run (near copies by features, train-val lea
                       else 0, format_func=lambda i: "none: hashes only" if i is None else f"#{i}")
 if run_id is not None:
     st.query_params["run"] = str(run_id)
+    _, stale = store.embeddings_source(run_id)
+    if stale:
+        st.warning(stale)
 missing = store.unhashed(dataset_id)
 if missing:
     st.info(f"{missing:,} images have no perceptual hash yet (computed once, then stored).")

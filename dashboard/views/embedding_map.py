@@ -37,6 +37,10 @@ if run is None:
 if not store.has_embeddings(run.id):
     st.info(f"Run #{run.id} has no embeddings yet: `aivh embed --run {run.id}`.")
     st.stop()
+line, stale = store.embeddings_source(run.id)
+st.caption(line)
+if stale:
+    st.warning(stale)
 if not store.map_ready(run.id):
     st.info("The 2-D map of these embeddings is not computed yet (once; UMAP, or PCA without umap-learn).")
     if st.button("Compute the map", type="primary"):

@@ -25,10 +25,16 @@ def _fig(title: str, x: str, y: str, height: int = 320) -> go.Figure:
     return fig
 
 
+def threshold_key(run_id: int, default: float) -> str:
+    return f"thr_{run_id}_{default!r}"
+
+
 def threshold_ui(run, default: float) -> float:
     """The widget holds the exact value (a best threshold of 0.99957 stays 0.99957, it is not
-    rounded to 1.000); only the slider's display is rounded, the caption shows the value."""
-    key = f"thr_{run.id}"
+    rounded to 1.000); only the slider's display is rounded, the caption shows the value. Keyed
+    on the run's default too: a new best epoch's threshold (a run still training) or a saved
+    one starts the slider there, not at the value of an earlier render."""
+    key = threshold_key(run.id, default)
     if key not in st.session_state:
         st.session_state[key] = float(default)
     t = st.slider("Threshold (call AI-generated when p ≥ threshold)", 0.0, 1.0, step=0.001,
@@ -118,7 +124,7 @@ def curves_ui(y, p, t) -> None:
     right.plotly_chart(rel, key="reliability")
 
 
-def test_rate_ui(p, t, run) -> None:
+def test_rate_ui(p, t, run, default: float) -> None:
     """The test set is shifted: show how much each threshold calls AI, and set t by a rate."""
     st.metric("Test images called AI at this threshold", f"{(p >= t).sum():,} of {p.size:,}",
               f"{(p >= t).mean():.1%}", delta_color="off")
@@ -129,11 +135,11 @@ def test_rate_ui(p, t, run) -> None:
     st.plotly_chart(fig, key="rate_curve")
     rate = st.number_input("Target share called AI (%)", 0.0, 100.0, value=50.0, step=1.0)
     st.button("Set threshold from target share", on_click=_set_threshold,
-              args=(run.id, metrics.threshold_for_rate(p, rate / 100)))
+              args=(threshold_key(run.id, default), metrics.threshold_for_rate(p, rate / 100)))
 
 
-def _set_threshold(run_id: int, value: float) -> None:
-    st.session_state[f"thr_{run_id}"] = float(value)
+def _set_threshold(key: str, value: float) -> None:
+    st.session_state[key] = float(value)
 
 
 def save_ui(run, t: float) -> None:
@@ -157,12 +163,13 @@ if run is not None:
         st.info(f"Run #{run.id} has no predictions on the {split} split yet. "
                 f"Run `aivh predict --run {run.id} --split {split}`.")
     else:
-        t = threshold_ui(run, float(default_threshold(run)[0]))
+        default = float(default_threshold(run)[0])
+        t = threshold_ui(run, default)
         p = df["prob"].to_numpy()
         labelled = df["label"].notna().to_numpy()
         provenance_ui(run, split, t, p if split == "test" else None)
         if split == "test" or not labelled.any():
-            test_rate_ui(p, t, run)
+            test_rate_ui(p, t, run, default)
         else:
             y = df["label"].to_numpy(dtype=float, na_value=np.nan)[labelled].astype(int)
             p = p[labelled]

@@ -44,7 +44,7 @@ if run is not None:
     default, source = default_threshold(run)
     # the widget holds the exact value (0.99957 stays 0.99957); only its display is rounded
     threshold = st.number_input("Threshold", 0.0, 1.0, value=float(default), step=0.01,
-                                format="%.6f", key=f"export_thr_{run.id}",
+                                format="%.6f", key=f"export_thr_{run.id}_{default!r}",  # a new default restarts it
                                 help=f"default: {source.replace('_', ' ')}")
     st.caption(f"Threshold: {fmt_threshold(threshold)} (call AI-generated when p ≥ threshold)")
     rows = preview(run, threshold)

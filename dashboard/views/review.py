@@ -174,6 +174,9 @@ def more_like_this_ui(run_id: int, image_id: int, root: str, who: str, k: int = 
         if not store.has_embeddings(run_id):
             st.caption(f"No embeddings for run #{run_id} yet: run `aivh embed --run {run_id}`.")
             return
+        _, stale = store.embeddings_source(run_id)
+        if stale:
+            st.warning(stale)
         dataset_id = store.runs_by_id()[run_id].dataset_id
         try:
             near = store.more_like_this(dataset_id, run_id, image_id, k)

@@ -67,7 +67,7 @@ def form_ui(names: dict[int, str], runs: dict) -> None:
 
 
 def start_run(dataset_id: int, cfg: TrainConfig, *, probe: bool = False) -> None:
-    problems = cfg.problems()  # the same check as `aivh train`
+    problems = cfg.problems() or store.weights_problems(cfg)  # the same checks as `aivh train`
     if problems:
         st.error("Not started: " + "; ".join(problems))
         return
@@ -89,6 +89,11 @@ def watch_ui(run_id: int) -> None:
     st.subheader(f"Run #{run.id}: {ui.status_text(run)}")
     if run.status == "failed":
         st.error(f"Failed: {run.error or 'no error recorded'}")
+    elif ui.owner_gone(run):  # shown, not written: the next start, resume or `aivh runs` records it
+        when = "before the run started" if run.status == "queued" else "while running"
+        last = tail(store.run_dir(run_id) / "process.txt", 1)
+        st.error(f"Process {run.pid} stopped {when}: {last or 'it wrote no error'}. The run is marked "
+                 "failed with this reason at the next start, resume or `aivh runs`.")
     elif run.status == "cancelled":
         st.warning("Cancelled.")
     elif run.status == "pruned":

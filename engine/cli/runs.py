@@ -8,7 +8,7 @@ from pathlib import Path
 from db import evaluation, queries
 from db.store import home, session_factory
 from engine.choices import RESIZE_MODES
-from engine.cli.shared import PROBE_DEFAULTS, emit, given, train_config
+from engine.cli.shared import PROBE_DEFAULTS, emit, given, train_config, weights_checked
 from engine.errors import UsageError
 
 
@@ -73,8 +73,8 @@ def cmd_probe(args) -> None:
     from engine.probe import create_probe, execute_probe
 
     sessions = session_factory()
-    cfg = TrainConfig.from_dict({**PROBE_DEFAULTS, **given(args, PROBE_FLAGS), "probe": True,
-                                 "epochs": 1}).validate()
+    cfg = weights_checked(TrainConfig.from_dict({**PROBE_DEFAULTS, **given(args, PROBE_FLAGS), "probe": True,
+                                                 "epochs": 1}).validate())
     with sessions.begin() as s:
         run_id = create_probe(s, queries.get_dataset(s, args.dataset), cfg).id
     print(f"probe run {run_id}: {cfg.arch} ({cfg.pretrained or 'random weights'}) at {cfg.img_size} px, "

@@ -76,6 +76,16 @@ def train_config(args, *, probe_defaults: bool = False):
     """TrainConfig from the flags given, checked (ValueError with its first problem). For a
     probe, the architecture and weights default to the offline pretrained Lite0."""
     from engine.config import TrainConfig
-
     values = {**PROBE_DEFAULTS, **given(args), "probe": True} if probe_defaults else given(args)
-    return TrainConfig.from_dict(values).validate()
+    return weights_checked(TrainConfig.from_dict(values).validate())
+
+
+def weights_checked(cfg):
+    """`cfg`, once its starting weights are known to be obtainable (ValueError: one line), so
+    that no run is recorded only to fail on them."""
+    from engine.weights import unavailable
+
+    problem = unavailable(cfg.arch, cfg.pretrained)
+    if problem:
+        raise ValueError(problem)
+    return cfg
