@@ -32,6 +32,7 @@ from db.store import run_dir
 from engine import backbones, metrics
 from engine.atomic import write_text
 from engine.checkpoints import load_checkpoint
+from engine.choices import SPLITS
 from engine.device import autocast, prepare, resolve_device
 from engine.errors import UnreadableImage
 from engine.images import check_unchanged, load_rgb, resolve_inside, to_chw
@@ -75,7 +76,6 @@ PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "crop0.8": _centre_crop(0.8),
     "png": _reencode("PNG"),
 }
-SPLITS = ("val", "train", "test")
 
 
 def stored_path(run_id: int, split: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from db.store import session_factory
+from engine.choices import NEIGHBOUR_SPLITS
 from engine.cli.shared import emit
 from engine.errors import UsageError
 
@@ -48,7 +49,7 @@ def add_parsers(sub, common) -> None:
     c = sub.add_parser("embed", parents=[common],
                        help="store each image's pooled feature vector from a run's checkpoint (float16)")
     c.add_argument("--run", type=int, required=True, help="a trained or probe run (a probe: pretrained features)")
-    c.add_argument("--split", default="all", choices=("all", "train", "val", "test"), help="(all)")
+    c.add_argument("--split", default="all", choices=NEIGHBOUR_SPLITS, help="(all)")
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     c.add_argument("--workers", type=int, help="decoding processes (the run's)")

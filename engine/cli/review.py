@@ -6,6 +6,7 @@ from pathlib import Path
 
 from db import labelling, queries
 from db.store import session_factory
+from engine.choices import SPLITS
 from engine.cli.shared import emit
 
 
@@ -84,7 +85,7 @@ def add_parsers(sub, common) -> None:
     c = sub.add_parser("robustness", parents=[common],
                        help="a run's F1, AUC and share called AI after re-encoding, rescaling and cropping")
     c.add_argument("--run", type=int, required=True)
-    c.add_argument("--split", default="val", choices=("val", "train", "test"))
+    c.add_argument("--split", default="val", choices=SPLITS)
     c.add_argument("--limit", type=int, help="score a stratified, seeded subset of N images")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--device", default="auto")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from db import evaluation, queries
 from db.store import home, session_factory
-from engine.choices import RESIZE_MODES
+from engine.choices import GROUPINGS, RESIZE_MODES
 from engine.cli.shared import PROBE_DEFAULTS, emit, given, train_config
 from engine.errors import UsageError
 
@@ -231,7 +231,7 @@ def add_parsers(sub, common, training) -> None:
     c.add_argument("--batch-size", type=int, help="feature extraction batch (64)")
     c.add_argument("--workers", type=int)
     c.add_argument("--resize-mode", choices=RESIZE_MODES)
-    c.add_argument("--group", choices=("copies", "near-duplicates"), help="what the split keeps together (copies)")
+    c.add_argument("--group", choices=GROUPINGS, help="what the split keeps together (copies)")
     c.set_defaults(func=cmd_probe)
 
     c = sub.add_parser("runs", parents=[common], help="list runs")
