@@ -120,7 +120,7 @@ def score_run(sessions, run_id: int, split: str = "val", *, limit: int | None = 
     with the run and returned."""
     from tqdm import tqdm
 
-    from engine.export import default_threshold
+    from engine.thresholds import default_threshold
 
     t0 = time.perf_counter()
     with sessions() as s:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard import store, ui
 from engine import metrics
-from engine.export import default_threshold
+from engine.thresholds import default_threshold
 
 META = ["format", "jpeg_quality", "width", "height", "bytes", "mode", "subsampling", "progressive", "has_exif",
         "has_icc"]

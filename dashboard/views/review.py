@@ -10,7 +10,7 @@ from dashboard import store, ui
 from dashboard.ui import show_image
 from engine import metrics
 from engine.choices import SPLITS
-from engine.export import default_threshold
+from engine.thresholds import default_threshold
 
 PAGE_SIZE = 24
 COLS = 6

@@ -26,7 +26,8 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from engine.export import export_run, fmt_threshold
+    from engine.export import export_run
+    from engine.thresholds import fmt_threshold
 
     result = export_run(session_factory(), args.run, Path(args.out), args.threshold,
                         allow_stale=args.allow_stale_predictions)
