@@ -29,17 +29,10 @@ from engine.checkpoints import recover_checkpoints, torch_load
 from engine.config import TrainConfig
 from engine.duplicates import split_groups
 from engine.errors import Cancelled, LostRun, Pruned
-from engine.liveness import (
-    Heartbeat,
-    now,
-    owner_alive,
-    owner_text,
-    process_started,
-    reap_stale,
-    this_process,
-)
+from engine.liveness import Heartbeat, reap_stale
 from engine.metrics import threshold_note
 from engine.model import weights_source
+from engine.processes import now, owner_alive, owner_text, process_started, this_process
 from engine.recording import StoreCallbacks, epoch_values, record_best
 from engine.splits import split_images
 from engine.train import EpochResult, TrainData, _dist, train

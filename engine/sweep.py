@@ -10,7 +10,7 @@ pruner (`after_epoch`), which may end the run as `pruned`, epochs and checkpoint
 Workers are processes (engine.sweep_worker), each pulling trials from the shared study until
 the requested count of completed and pruned trials is reached. A worker that dies leaves its
 trial running: `fail_dead_trials` marks it failed (at once on this host, by its process; on
-another host when Optuna's heartbeat goes stale, after liveness.STALE_S as for runs), reaps
+another host when Optuna's heartbeat goes stale, after processes.STALE_S as for runs), reaps
 its run (failed) and enqueues its parameters again, so `aivh sweep --resume` completes the count.
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ from db.store import child_env, home, session_factory
 from engine.choices import PRUNERS, SWEEP_METRICS
 from engine.config import TrainConfig
 from engine.errors import Pruned, UsageError
-from engine.liveness import process_alive, reap_stale, this_process
+from engine.liveness import reap_stale
+from engine.processes import process_alive, this_process
 from engine.search_space import default_space, parse_space, sample, space_text
 from engine.sweep_storage import load_study, retry_callback, storage
 
@@ -266,7 +267,7 @@ def note_worker(sweep_id: int, pid: int) -> None:
     import json
 
     from engine.atomic import write_text
-    from engine.liveness import process_started
+    from engine.processes import process_started
 
     host = socket.gethostname()
     write_text(_workers_dir(sweep_id) / f"{host}-{pid}.json",
