@@ -39,11 +39,12 @@ def cmd_export(args) -> None:
 
 def cmd_saliency(args) -> None:
     from engine import saliency
+    from engine.run_saliency import explain_run_image
 
     settings = saliency.Settings(args.method, steps=args.steps, baseline=args.baseline,
                                  samples=args.samples)
     t0 = time.perf_counter()
-    att, _ = saliency.explain_run_image(session_factory(), args.run, args.image.strip(), settings)
+    att, _ = explain_run_image(session_factory(), args.run, args.image.strip(), settings)
     seconds = time.perf_counter() - t0
     out = saliency.render(att, Path(args.out), opacity=args.opacity)
     payload = {"run": args.run, "image": args.image, "method": args.method, "prob": round(att.prob, 6),
