@@ -65,6 +65,12 @@ def cmd_robustness(args) -> None:
 
 
 def add_parsers(sub, common) -> None:
+    _shortcuts_parser(sub, common)
+    _shift_parser(sub, common)
+    _robustness_parser(sub, common)
+
+
+def _shortcuts_parser(sub, common) -> None:
     c = sub.add_parser("shortcuts", parents=[common],
                        help="how well file properties alone predict the training label")
     c.add_argument("--dataset", required=True)
@@ -72,6 +78,8 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_shortcuts)
 
+
+def _shift_parser(sub, common) -> None:
     c = sub.add_parser("shift", parents=[common],
                        help="adversarial validation: how well training and test images can be told apart")
     c.add_argument("--dataset", required=True)
@@ -82,6 +90,8 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--device", default="auto", help="for --run's features: auto, cpu or cuda")
     c.set_defaults(func=cmd_shift)
 
+
+def _robustness_parser(sub, common) -> None:
     c = sub.add_parser("robustness", parents=[common],
                        help="a run's F1, AUC and share called AI after re-encoding, rescaling and cropping")
     c.add_argument("--run", type=int, required=True)
