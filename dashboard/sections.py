@@ -7,7 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import store, ui
-from engine.export import fmt_threshold
+from engine.thresholds import fmt_threshold
 
 SPLIT_COLUMNS = {"val called AI": "val", "test called AI": "test"}
 

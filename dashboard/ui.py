@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import store
-from engine.liveness import owner_alive
+from engine.processes import owner_alive
 
 ACTIVE = ("queued", "running")
 

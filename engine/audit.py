@@ -23,8 +23,8 @@ from engine import jobs
 from engine.atomic import write_csv
 from engine.config import TrainConfig
 from engine.duplicates import split_groups
-from engine.liveness import now
 from engine.probe import execute_probe
+from engine.processes import now
 from engine.splits import assign_folds
 
 log = logging.getLogger("aivh.audit")

@@ -1,24 +1,25 @@
 """Every enumerated choice aivh offers, in one place, importable without torch (the CLI's
 --help lists them; the Train page offers them; TrainConfig.problems checks against them).
 
-Run statuses and kinds are the store's own values (db.models), named here too.
+Run statuses and kinds are the store's own values: the StrEnums RunStatus and RunKind in
+db.models. They are not re-exported here, so that this module imports nothing of the store and
+pages may use it (tests/test_boundaries.py).
 """
 from __future__ import annotations
-
-from db.models import RunKind, RunStatus
 
 __all__ = [
            "BASELINES",
            "DECODES",
            "DEVICES",
+           "GROUPINGS",
            "KEEP_EPOCH",
            "METHODS",
+           "NEIGHBOUR_SPLITS",
            "PREDICT_SPLITS",
            "PRUNERS",
            "RESIZE_MODES",
+           "SPLITS",
            "SWEEP_METRICS",
-           "RunKind",
-           "RunStatus",
 ]
 
 # JPEG decode: Pillow in the loader's workers, or the model's device (nvJPEG on CUDA); auto:
@@ -30,6 +31,11 @@ RESIZE_MODES = ("resize", "crop")  # the whole image to size, or a size crop at 
 # folds: nothing is chosen on the held-out fold's labels)
 KEEP_EPOCH = ("best", "last")
 PREDICT_SPLITS = ("test", "val", "train", "all")
+SPLITS = ("val", "train", "test")  # an image's split; validation first (where review and robustness start)
+NEIGHBOUR_SPLITS = ("all", *SPLITS)  # which images `aivh embed` embeds
+# what a split (and the audit's folds) keeps together, besides train.csv's group column:
+# byte-identical copies, or also near copies by perceptual hash (engine.duplicates.split_groups)
+GROUPINGS = ("copies", "near-duplicates")
 METHODS = ("saliency", "integrated_gradients", "smoothgrad", "gradcam", "occlusion")  # saliency maps
 BASELINES = ("mean", "black", "blur")  # integrated gradients' baseline image
 SWEEP_METRICS = ("val_best_f1", "val_auc")  # what `aivh sweep` maximises (engine.sweep)

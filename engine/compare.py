@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session
 
 from db import evaluation, labelling, queries
 from engine import metrics
-from engine.export import default_threshold
+from engine.thresholds import default_threshold
 
 
 def compare_runs(s: Session, run_a: int, run_b: int, *, eval_set: str | None = None) -> dict:

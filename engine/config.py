@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from engine.backbones import DEFAULT_ARCH, spec
-from engine.choices import DECODES, DEVICES, KEEP_EPOCH, RESIZE_MODES
+from engine.choices import DECODES, DEVICES, GROUPINGS, KEEP_EPOCH, RESIZE_MODES
 from engine.device import default_workers
 
 SCRATCH_LR, PRETRAINED_LR = 1e-3, 3e-4  # OneCycle peaks for AdamW: from random init / fine-tuning
@@ -121,7 +121,7 @@ class TrainConfig:
         if self.decode not in DECODES:
             found.append(f"decode must be one of {', '.join(DECODES)} (got {self.decode!r})")
         if self.device.split(":")[0] not in DEVICES:
-            found.append(f"device must be auto, cpu or cuda (got {self.device!r})")
+            found.append(f"device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]} (got {self.device!r})")
         try:
             spec(self.arch)
         except ValueError as e:
@@ -131,8 +131,8 @@ class TrainConfig:
                          f"of {self.epochs}): a run needs at least one epoch that trains the backbone")
         if self.freeze_epochs and self.pretrained is None:
             found.append("freeze epochs hold a pretrained backbone still: give --pretrained too")
-        if self.group not in (None, "copies", "near-duplicates"):
-            found.append(f"group must be copies or near-duplicates (got {self.group!r})")
+        if self.group not in (None, *GROUPINGS):
+            found.append(f"group must be {' or '.join(GROUPINGS)} (got {self.group!r})")
         if self.pretrained not in (None, "imagenet") and not Path(self.pretrained).is_file():
             found.append(f"pretrained weights file not found: {self.pretrained}")
         return found

@@ -10,7 +10,7 @@ from db.models import Run
 from db.store import run_dir, session_factory
 from engine.config import TrainConfig
 from engine.jobs import check_claim, execute, recover, resume_from, train_data
-from engine.liveness import now, owner_alive, this_process
+from engine.processes import now, owner_alive, this_process
 from engine.train import train
 
 

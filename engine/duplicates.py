@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import embeddings
+from engine.choices import GROUPINGS
 from engine.neighbours import COSINE_MIN, embedding_pairs
 
 log = logging.getLogger("aivh.duplicates")
@@ -38,7 +39,6 @@ MIN_DETAIL_BITS = 24
 FAILED = ""  # stored for an image that could not be hashed: not retried until re-import changes it
 MATCHES = ("exact", "phash", "embedding")
 KINDS = ("label-conflict", "train-val", "train-train", "train-test", "test-test")
-GROUPINGS = ("copies", "near-duplicates")  # what a split keeps together (plus train.csv's group column)
 
 
 # ---------------------------------------------------------------- perceptual hashes

@@ -18,6 +18,7 @@ from db import queries
 from db.models import Dataset, Run
 from engine import atomic
 from engine.errors import ExportRefused
+from engine.thresholds import default_threshold, fmt_threshold
 
 AUC_MARGIN = 0.05  # validation AUC within 0.5 + this (or two null standard deviations): chance
 
@@ -26,20 +27,6 @@ ONE_CLASS_SHARE = 0.98  # a threshold calling at least this share one class call
 
 
 STALE_FLAG = "--allow-stale-predictions"
-
-
-def default_threshold(run: Run) -> tuple[float, str]:
-    """The reviewer's chosen threshold, else the best validation-F1 threshold, else 0.5."""
-    if run.chosen_threshold is not None:
-        return run.chosen_threshold, "chosen"
-    if run.best_threshold is not None:
-        return run.best_threshold, "best_val_f1"
-    return 0.5, "default"
-
-
-def fmt_threshold(t: float) -> str:
-    """A threshold as text that never rounds it to something else (0.99957, not 1.000; 8.5e-07)."""
-    return f"{t:.6g}"
 
 
 def submission_rows(s: Session, run: Run, threshold: float) -> list[tuple[str, int]]:

@@ -29,20 +29,13 @@ from engine.checkpoints import recover_checkpoints, torch_load
 from engine.config import TrainConfig
 from engine.duplicates import split_groups
 from engine.errors import Cancelled, LostRun, Pruned, WeightsError
-from engine.liveness import (
-    Heartbeat,
-    now,
-    owner_alive,
-    owner_text,
-    process_started,
-    reap_stale,
-    this_process,
-)
+from engine.liveness import Heartbeat, reap_stale
 from engine.metrics import threshold_note
 from engine.model import weights_source
+from engine.processes import now, owner_alive, owner_text, process_started, this_process
 from engine.recording import StoreCallbacks, epoch_values, record_best
 from engine.splits import split_images
-from engine.train import EpochResult, TrainData, _dist, train
+from engine.train import EpochResult, TrainData, rank_and_world, train
 
 log = logging.getLogger("aivh.jobs")
 
@@ -204,7 +197,7 @@ def execute(run_id: int, *, resume: bool = False, progress: bool = True,
     """
     sessions = sessions or session_factory()
     me = this_process()
-    world = _dist()[1]
+    world = rank_and_world()[1]
     with sessions.begin() as s:
         claim(s, run_id, me, resume=resume, world=world)
     out = run_dir(run_id)

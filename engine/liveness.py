@@ -1,18 +1,14 @@
-"""Is a run's owner alive? Processes (host, pid, start time), heartbeats, and reaping runs whose owner died.
+"""Runs whose owner died, and the heartbeat that tells a live one: reaping (reap_stale) and
+the Heartbeat thread. Whether an owner lives, from the run's row alone, is engine/processes.py.
 
-A run is owned by one process, recorded as (host, pid, process start time): the start time
-tells a reused pid apart. On this host a run is alive exactly while that process is; a run
-owned on another host is alive while its heartbeat is (a thread beats every HEARTBEAT_S,
+A run owned on another host is alive while its heartbeat is (a thread beats every HEARTBEAT_S,
 whatever the trainer is doing).
 """
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
-from datetime import UTC, datetime
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,96 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import runs as owners
 from db.models import Run
 from db.store import run_dir
+from engine.processes import beat_age, host_of, now, owner_alive
 
 HEARTBEAT_S = 5.0  # seconds between heartbeats while training
 
 log = logging.getLogger("aivh.liveness")
-
-
-STALE_S = 60.0  # a run owned on another host and silent this long is dead
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _boot_time() -> float:
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    raise OSError("no btime in /proc/stat")
-
-
-def process_started(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch, to 1/100 s), from /proc; None when
-    it does not exist or there is no /proc. With the pid it names one process: a pid reused by
-    a later process has another start time."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(") ", 1)[1].split()[19])  # field 22: starttime, in clock ticks
-        return round(_boot_time() + ticks / os.sysconf("SC_CLK_TCK"), 2)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def this_process() -> owners.Owner:
-    pid = os.getpid()
-    return socket.gethostname(), pid, process_started(pid)
-
-
-def _alive(pid: int | None, started: float | None = None) -> bool:
-    """Process `pid` runs (not a zombie) and, when `started` is known, is the one that started then."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:  # a finished child of a long-lived parent (the dashboard) lingers as a zombie
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] == "Z":
-            return False
-    except OSError:
-        return True  # no /proc: the pid is all there is to go on
-    if started is not None:
-        now_started = process_started(pid)
-        return now_started is not None and abs(now_started - started) < 0.5
-    return True
-
-
-def process_alive(pid: int | None, started: float | None = None) -> bool:
-    """Whether process `pid` (of this host) runs and, when `started` is known, is the one that
-    started then: how a sweep's dead worker is told (engine.sweep), as a run's dead owner is."""
-    return _alive(pid, started)
-
-
-def _host(run: Run) -> str | None:
-    return run.host or (run.progress or {}).get("host")  # runs from before migration 0003
-
-
-def _beat_age(run: Run) -> float | None:
-    beat = run.heartbeat_at
-    if beat is None:
-        return None
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=UTC)  # SQLite returns naive datetimes
-    return (now() - beat).total_seconds()
-
-
-def owner_alive(run: Run) -> bool:
-    """Whether the process that owns the run lives: by the process itself on this host, by its
-    heartbeat (STALE_S) elsewhere."""
-    if not run.pid:
-        return False
-    if _host(run) == socket.gethostname():
-        return _alive(run.pid, run.pid_started)
-    age = _beat_age(run)
-    return age is not None and age <= STALE_S
-
-
-def owner_text(run: Run) -> str:
-    return f"pid {run.pid} on {_host(run) or 'an unknown host'}"
 
 
 def _exit_reason(run_id: int) -> str:
@@ -134,15 +45,15 @@ def reap_stale(s: Session) -> list[int]:
             continue  # waiting for `aivh train` or a launch: no process yet
         if owner_alive(run):
             continue
-        age = _beat_age(run)
+        age = beat_age(run)
         if run.status == "queued":
             error = f"process {run.pid} exited before the run started{_exit_reason(run.id)}"
-        elif _host(run) == socket.gethostname() or not run.pid:
+        elif host_of(run) == socket.gethostname() or not run.pid:
             error = f"process {run.pid} stopped" + (
                 f" (last heartbeat {age:.0f} s ago)" if age is not None else "")
         else:
-            error = (f"process {run.pid} on {_host(run)} stopped: no heartbeat for "
-                     f"{age:.0f} s" if age is not None else f"process {run.pid} on {_host(run)} stopped")
+            error = (f"process {run.pid} on {host_of(run)} stopped: no heartbeat for "
+                     f"{age:.0f} s" if age is not None else f"process {run.pid} on {host_of(run)} stopped")
         if owners.set_if_owner(s, run.id, owners.owner_of(run), status="failed", finished_at=now(),
                                error=error):
             reaped.append(run.id)

@@ -8,7 +8,7 @@ import torch
 
 from engine import backbones
 from engine.checkpoints import load_checkpoint
-from engine.device import prepare, resolve_device
+from engine.device import default_workers, prepare, resolve_device
 from engine.infer import infer
 from engine.loader import make_loader
 
@@ -39,7 +39,7 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
     model, cfg, epoch, sha1 = load_checkpoint(Path(run.checkpoint))
     dev = resolve_device(device)
     model = prepare(model, dev)
-    workers = cfg.get("workers", 2) if workers is None else workers
+    workers = cfg.get("workers", default_workers(dev.type == "cuda")) if workers is None else workers
     loader = make_loader(Path(ds.root), [p for _, p in ims], None, size=cfg["img_size"],
                          batch_size=batch_size, workers=workers, device=dev,
                          mode=cfg.get("resize_mode", "resize"), decode=decode, stamps=stamps)

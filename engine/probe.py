@@ -39,9 +39,10 @@ from engine.config import TrainConfig
 from engine.device import resolve_device
 from engine.errors import WeightsError
 from engine.infer import embed
-from engine.liveness import Heartbeat, this_process
+from engine.liveness import Heartbeat
 from engine.loader import make_loader
 from engine.model import build_model
+from engine.processes import this_process
 from engine.recording import StoreCallbacks
 from engine.train import _epoch_result
 

@@ -12,8 +12,9 @@ from db import runs as owners
 from db.models import Epoch, Run
 from engine import liveness
 from engine.errors import Cancelled, LostRun
-from engine.liveness import Heartbeat, now, owner_text
+from engine.liveness import Heartbeat
 from engine.metrics import threshold_note
+from engine.processes import now, owner_text
 from engine.train import Callbacks, EpochResult
 
 

@@ -32,6 +32,7 @@ from db.store import run_dir
 from engine import backbones, metrics
 from engine.atomic import write_text
 from engine.checkpoints import load_checkpoint
+from engine.choices import SPLITS
 from engine.device import autocast, prepare, resolve_device
 from engine.errors import UnreadableImage
 from engine.images import check_unchanged, load_rgb, resolve_inside, to_chw
@@ -75,7 +76,6 @@ PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "crop0.8": _centre_crop(0.8),
     "png": _reencode("PNG"),
 }
-SPLITS = ("val", "train", "test")
 
 
 def stored_path(run_id: int, split: str) -> Path:
@@ -120,7 +120,7 @@ def score_run(sessions, run_id: int, split: str = "val", *, limit: int | None = 
     with the run and returned."""
     from tqdm import tqdm
 
-    from engine.export import default_threshold
+    from engine.thresholds import default_threshold
 
     t0 = time.perf_counter()
     with sessions() as s:

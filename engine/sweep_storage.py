@@ -18,7 +18,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from db.store import db_url, get_engine, session_factory, sqlite_file
-from engine.liveness import HEARTBEAT_S, STALE_S, reap_stale
+from engine.liveness import HEARTBEAT_S, reap_stale
+from engine.processes import STALE_S
 
 SCHEMA = "optuna"  # PostgreSQL: Optuna's tables (and its alembic_version) live here
 
@@ -59,7 +60,7 @@ def storage_exists(url: str | None = None) -> bool:
 
 def storage(url: str | None = None):
     """Optuna's RDBStorage for the store, with heartbeats: a trial whose worker stops beating
-    for liveness.STALE_S is failed, its run reaped and its parameters enqueued again. One per
+    for processes.STALE_S is failed, its run reaped and its parameters enqueued again. One per
     store URL in a process (the dashboard asks every few seconds)."""
     return _storage_for(url or db_url())
 

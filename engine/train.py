@@ -86,7 +86,7 @@ class Callbacks:
         sweep's pruner raises errors.Pruned) to end the run with every epoch kept. One process only."""
 
 
-def _dist() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     """(rank, world size): (0, 1) unless a torch.distributed process group is running."""
     import torch.distributed as dist
 
@@ -105,7 +105,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     has 1/world of the steps); rank 0 alone re-estimates BatchNorm, validates, writes
     checkpoints and calls the callbacks, and tells the others whether to stop.
     """
-    rank, world = _dist()
+    rank, world = rank_and_world()
     cb = callbacks or Callbacks()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)

@@ -4,8 +4,11 @@
 - outside engine/cli, nothing imports engine.cli (the command line is a leaf);
 - dashboard pages (dashboard/views) never import db; in the dashboard only the dashboard/store
   package imports db at run time (the one door to the store: the only place opening sessions);
+- pages (dashboard/views, app.py, ui.py, sections.py) use only pure engine helpers: no engine
+  module they reach, however indirectly, imports db;
 - no import cycle anywhere, lazy (function-level) imports included.
-Imports under `if TYPE_CHECKING:` are annotations only and are left out.
+Imports under `if TYPE_CHECKING:` are annotations only and are left out. Relative imports
+(`from ..db import queries`) are resolved to the module they name.
 """
 from __future__ import annotations
 
@@ -38,9 +41,18 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
 
 
-def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """Every module this file imports (top level and inside functions), by its full name."""
+def _imports(path: Path, modules: dict[str, Path], name: str | None = None, source: str | None = None) -> set[str]:
+    """Every module this file imports (top level and inside functions), by its full name;
+    `name` (the module's own, for relative imports) defaults to the file's."""
     found: set[str] = set()
+    name = name if name is not None else _module_name(path)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+
+    def absolute(node: ast.ImportFrom) -> str:
+        if node.level == 0:
+            return node.module
+        base = package[:len(package) - (node.level - 1)] if node.level - 1 <= len(package) else []
+        return ".".join([*base, *([node.module] if node.module else [])])
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
@@ -50,13 +62,14 @@ def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
                 continue
             if isinstance(child, ast.Import):
                 found.update(a.name for a in child.names)
-            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+            elif isinstance(child, ast.ImportFrom) and (child.module or child.level):
+                target = absolute(child)
                 for a in child.names:  # `from engine import jobs` imports the module engine.jobs
-                    sub = f"{child.module}.{a.name}"
-                    found.add(sub if sub in modules else child.module)
+                    sub = f"{target}.{a.name}" if target else a.name
+                    found.add(sub if sub in modules or not target else target)
             visit(child)
 
-    visit(ast.parse(path.read_text(), filename=str(path)))
+    visit(ast.parse(path.read_text() if source is None else source, filename=str(path)))
     return found
 
 
@@ -93,6 +106,38 @@ def test_pages_never_import_the_store_and_only_dashboard_store_does(graph):
     assert _breaking(graph, "dashboard.views", "db") == []
     door = sorted({b.split(" imports ")[0] for b in _breaking(graph, "dashboard", "db")})
     assert door and all(_under(m, "dashboard.store") for m in door), door  # the door is one package
+
+
+PAGES = ("dashboard.views", "dashboard.app", "dashboard.ui", "dashboard.sections")
+
+
+def _db_through_engine(graph: dict[str, set[str]]) -> list[str]:
+    """For each page module reaching db through engine modules (or other pages), the chain of
+    imports, e.g. "dashboard.views.x -> engine.export -> db.queries". dashboard.store is the door
+    and is not followed; engine modules are, whatever imports they make (lazy ones too)."""
+    found = []
+    for page in sorted(m for m in graph if any(_under(m, p) for p in PAGES)):
+        came_from, todo = {page: None}, [page]
+        while todo:
+            v = todo.pop(0)
+            for w in sorted(graph.get(v, ())):
+                if w in came_from:
+                    continue
+                came_from[w] = v
+                if _under(w, "db"):
+                    chain = [w]
+                    while came_from[chain[-1]] is not None:
+                        chain.append(came_from[chain[-1]])
+                    found.append(" -> ".join(reversed(chain)))
+                elif w in graph and (_under(w, "engine") or any(_under(w, p) for p in PAGES)):
+                    todo.append(w)
+    return found
+
+
+def test_pages_use_only_pure_engine_helpers(graph):
+    """No engine module a page imports, directly or through other engine modules, imports db."""
+    assert [m for m in graph if any(_under(m, p) for p in PAGES[1:])], "app/ui/sections not found"
+    assert _db_through_engine(graph) == []
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -145,6 +190,27 @@ def test_the_checks_can_fail():
         "engine.jobs imports engine.cli"]
     found = _imports(Path(__file__), _sources())  # this file imports tests.conftest and pytest
     assert {"pytest", "tests.conftest"} <= found
+    # a page reaching db only through engine modules (a lazy import among them) is caught; the
+    # door (dashboard.store) is not followed
+    planted = {"dashboard.views.map": {"engine.a", "dashboard.store"}, "engine.a": {"engine.b"},
+               "engine.b": {"db.queries"}, "dashboard.store": {"db.queries"}, "dashboard.ui": {"engine.b"}}
+    assert _db_through_engine(planted) == ["dashboard.ui -> engine.b -> db.queries",
+                                           "dashboard.views.map -> engine.a -> engine.b -> db.queries"]
+    assert _db_through_engine({"dashboard.views.map": {"dashboard.store"}, "dashboard.store": {"db.queries"}}) == []
+
+
+def test_relative_imports_are_resolved():
+    modules = _sources()
+    page = ROOT / "dashboard" / "views" / "review.py"
+    source = "from ...db import queries\nfrom ..store import actions\nfrom . import runs\nfrom .. import ui\n" \
+             "def f():\n    from ...engine.export import export_run\n"
+    found = _imports(page, modules, source=source)
+    assert {"db.queries", "dashboard.store.actions", "dashboard.views.runs", "dashboard.ui", "engine.export"} <= found
+    init = ROOT / "dashboard" / "store" / "__init__.py"
+    assert "dashboard.store.sessions" in _imports(init, modules, source="from .sessions import read\n")
+    graph = {n: _imports(p, modules) for n, p in modules.items()}
+    graph["dashboard.views.review"] = found
+    assert "dashboard.views.review imports db.queries" in _breaking(graph, "dashboard.views", "db")
 
 
 def test_engine_does_not_import_streamlit_when_run():

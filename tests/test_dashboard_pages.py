@@ -134,7 +134,7 @@ def test_a_failed_run_and_a_missing_image_show_clear_messages(sessions, tmp_path
 def test_train_page_cancel_sets_the_flag_and_a_dead_process_shows_failed(sessions):
     run_id = finished_run(sessions)
     from db.models import Run
-    from engine.liveness import now
+    from engine.processes import now
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
         live = Run(dataset_id=run.dataset_id, status="running", config={"epochs": 3}, pid=os.getpid(),
@@ -244,7 +244,7 @@ def test_without_login_configured_the_app_opens_directly(run_id):
 def test_rendering_never_writes_a_dead_owner_shows_until_an_action_reaps_it(sessions):
     run_id = finished_run(sessions)
     from db.models import Run
-    from engine.liveness import now
+    from engine.processes import now
     with sessions.begin() as s:
         run = queries.get_run(s, run_id)
         dead = Run(dataset_id=run.dataset_id, status="running", config={"epochs": 3}, pid=2**22 + 12345,

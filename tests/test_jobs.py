@@ -6,7 +6,8 @@ import pytest
 from db import queries
 from db.models import Run
 from engine.errors import Cancelled
-from engine.liveness import now, reap_stale
+from engine.liveness import reap_stale
+from engine.processes import now
 from engine.recording import StoreCallbacks
 from tests.conftest import finished_run
 

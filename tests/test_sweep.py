@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, inspect, select
 
 from db import queries, store
 from db.models import Run
-from engine import search_space, sweep
+from engine import search_space, sweep, sweep_report
 from engine.cli import main
 from engine.errors import UsageError
 from engine.ingest import import_dataset
@@ -96,7 +96,7 @@ def test_a_sweep_prunes_into_runs_and_keeps_its_study_beside_the_store(store_url
     sweep_id = sweep.create_sweep(sessions, "sample", 6, space="lr=1e-5:1:log", metric="val_auc",
                                   fixed={**TINY, "epochs": 2}, pruner="median", prune_startup=1, prune_warmup=0)
     sweep.work(sweep_id, sessions=sessions)
-    r = sweep.summary(sweep_id, sessions)
+    r = sweep_report.summary(sweep_id, sessions)
     assert r["completed"] + r["pruned"] == 6 and r["failed"] == 0
     assert r["pruned"] >= 1, r  # 3 and 4 of 6 with sampler seeds 0 to 3 (measured 2026-11-27)
     assert r["epochs_requested"] == 12 and r["epochs_run"] < 12  # what pruning saved
@@ -219,7 +219,7 @@ def test_the_sweep_page_refuses_a_bad_space_in_one_message(sessions):
     at.button[0].click().run()
     assert not at.exception
     assert "LOW must be below HIGH" in at.error[0].value
-    assert sweep.list_sweeps() == []  # nothing made
+    assert sweep_report.list_sweeps() == []  # nothing made
 
 
 def test_two_worker_processes_share_one_study(workspace):
@@ -252,7 +252,7 @@ def test_a_worker_whose_every_trial_fails_stops_instead_of_looping(workspace, mo
 
     monkeypatch.setattr(jobs, "execute", broken)
     sweep.work(sweep_id, sessions=sessions)
-    r = sweep.summary(sweep_id, sessions)
+    r = sweep_report.summary(sweep_id, sessions)
     assert (r["completed"], r["pruned"], r["failed"], r["best_run"]) == (0, 0, 3, None)
 
 
@@ -282,7 +282,7 @@ def test_the_page_offers_resume_for_a_trial_whose_worker_died(sessions):
     assert not at.exception
     assert "lost their worker" in at.warning[0].value
     assert "running (worker gone)" in list(at.dataframe[0].value["state"])
-    assert sweep.summary(sweep_id)["worker_gone"] == 1  # the page wrote nothing
+    assert sweep_report.summary(sweep_id)["worker_gone"] == 1  # the page wrote nothing
     assert sweep.fail_dead_trials(study) == [trial.number]
     assert [t.number for t in study.get_trials() if t.state.name == "WAITING"] == [trial.number + 1]
 
@@ -297,12 +297,12 @@ def test_the_page_offers_no_resume_while_a_worker_of_the_sweep_still_runs(sessio
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         sweep.note_worker(sweep_id, worker.pid)
-        assert sweep.summary(sweep_id)["workers_alive"] == 1
+        assert sweep_report.summary(sweep_id)["workers_alive"] == 1
         at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "sweep.py"), default_timeout=60).run()
         assert not at.exception and not any(b.label == "Resume sweep" for b in at.button)
     finally:
         worker.kill()
         worker.wait()
-    assert sweep.summary(sweep_id)["workers_alive"] == 0
+    assert sweep_report.summary(sweep_id)["workers_alive"] == 0
     at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "sweep.py"), default_timeout=60).run()
     assert any(b.label == "Resume sweep" for b in at.button)

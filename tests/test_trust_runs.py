@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 from db import queries
 from db.models import Dataset, Epoch, Image, Label, Prediction, Run
 from db.store import run_dir
-from engine import atomic, checkpoints, distributed, errors, jobs, liveness, recording
+from engine import atomic, checkpoints, distributed, errors, jobs, liveness, processes, recording
 from engine import train as tr
 from engine.config import TrainConfig
 
@@ -88,7 +88,7 @@ def _get(sessions, run_id: int) -> Run:
 
 def test_a_live_process_on_this_host_keeps_its_run_whatever_its_heartbeat(sessions, tmp_path, live_child):
     ds = _dataset(sessions, tmp_path, 4)
-    run_id = _run(sessions, ds, status="running", heartbeat_at=liveness.now() - timedelta(minutes=10),
+    run_id = _run(sessions, ds, status="running", heartbeat_at=processes.now() - timedelta(minutes=10),
                   **_owner(live_child))  # silent for 10 min: compiling, validating ...
     with sessions.begin() as s:
         assert liveness.reap_stale(s) == []
@@ -98,7 +98,7 @@ def test_a_live_process_on_this_host_keeps_its_run_whatever_its_heartbeat(sessio
 def test_a_reused_pid_is_not_taken_for_the_run(sessions, tmp_path, live_child):
     ds = _dataset(sessions, tmp_path, 4)
     owner = _owner(live_child)
-    run_id = _run(sessions, ds, status="running", heartbeat_at=liveness.now(),
+    run_id = _run(sessions, ds, status="running", heartbeat_at=processes.now(),
                   **{**owner, "pid_started": owner["pid_started"] - 3600})  # the pid, another process
     with sessions.begin() as s:
         assert liveness.reap_stale(s) == [run_id]
@@ -108,7 +108,7 @@ def test_a_reused_pid_is_not_taken_for_the_run(sessions, tmp_path, live_child):
 
 def test_execute_refusing_a_run_that_is_already_running_leaves_it_untouched(sessions, tmp_path, live_child):
     ds = _dataset(sessions, tmp_path, 8)
-    run_id = _run(sessions, ds, status="running", heartbeat_at=liveness.now(), **_owner(live_child))
+    run_id = _run(sessions, ds, status="running", heartbeat_at=processes.now(), **_owner(live_child))
     (run_dir(run_id) / "last.pt").write_bytes(b"x")
     for resume in (False, True):  # a double-clicked Resume, a second `aivh train --resume`
         with pytest.raises(ValueError, match=f"run {run_id} is already running \\(pid {live_child.pid}"):
@@ -141,7 +141,7 @@ def test_a_run_whose_process_died_while_queued_shows_failed_with_the_reason(sess
     assert run.pid_started == _started(pid)
     os.kill(pid, signal.SIGKILL)  # dies before it takes the run (it is still importing)
     deadline = time.monotonic() + 30
-    while liveness._alive(pid) and time.monotonic() < deadline:
+    while processes.process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     (run_dir(run_id) / "process.txt").write_text("Traceback ...\nImportError: no module named foo\n")
     with sessions.begin() as s:
@@ -188,7 +188,7 @@ def test_only_the_owning_process_finishes_its_run(sessions, tmp_path, monkeypatc
 def test_a_callback_of_a_process_that_lost_its_run_writes_nothing(sessions, tmp_path, live_child):
     ds = _dataset(sessions, tmp_path, 8)
     run_id = _run(sessions, ds, status="running", **_owner(live_child))
-    cb = recording.StoreCallbacks(sessions, run_id, [], owner=liveness.this_process())
+    cb = recording.StoreCallbacks(sessions, run_id, [], owner=processes.this_process())
     with pytest.raises(errors.LostRun):
         cb.on_batch(1, 1, 10, 5.0)
     assert _get(sessions, run_id).progress is None
@@ -443,7 +443,7 @@ def test_two_processes_taking_one_run_only_one_wins_on_each_store(store_url, tmp
     with sessions.begin() as s:
         second = owners.take(s, run_id, ("h", 7, 1.25), ("h", 9, 3.5), status="running")
         assert not owners.set_if_owner(s, run_id, ("h", 9, 3.5), status="succeeded")
-        assert owners.set_if_owner(s, run_id, ("h", 8, 2.5), heartbeat_at=liveness.now())
+        assert owners.set_if_owner(s, run_id, ("h", 8, 2.5), heartbeat_at=processes.now())
     assert (first, second) == (True, False)
     run = _get(sessions, run_id)
     assert (run.status, run.pid, run.pid_started) == ("running", 8, 2.5)

@@ -102,7 +102,7 @@ def export(run_id: int, out: Path, threshold: float, *, allow_stale: bool) -> di
 
 
 def explain(run_id: int, rel_path: str, settings, model):
-    """engine.saliency.explain_run_image for a run's image (the map and the model's output)."""
-    from engine import saliency
+    """engine.run_saliency.explain_run_image for a run's image (the map and the model's output)."""
+    from engine.run_saliency import explain_run_image
 
-    return saliency.explain_run_image(sessions_for(db_url()), run_id, rel_path, settings, model=model)
+    return explain_run_image(sessions_for(db_url()), run_id, rel_path, settings, model=model)

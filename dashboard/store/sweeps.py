@@ -10,33 +10,33 @@ from db.store import db_url
 
 
 def sweeps() -> list[dict]:
-    """Every sweep's summary (engine.sweep.summary), oldest first. Reads only: a trial whose
+    """Every sweep's summary (engine.sweep_report.summary), oldest first. Reads only: a trial whose
     worker died shows running until an action (start, resume) or `aivh sweep --list` fails it."""
-    from engine import sweep
+    from engine import sweep_report
     from engine.sweep_storage import storage_exists
 
     if not storage_exists():  # no sweep yet: nothing created while the page renders
         return []
-    return sweep.list_sweeps()
+    return sweep_report.list_sweeps()
 
 
 def sweep_summary(sweep_id: int) -> dict:
-    from engine import sweep
+    from engine import sweep_report
 
-    return sweep.summary(sweep_id, sessions_for(db_url()))
+    return sweep_report.summary(sweep_id, sessions_for(db_url()))
 
 
 def sweep_trials(sweep_id: int) -> pd.DataFrame:
     """One row per trial: number, state, value, run, its run's status and epochs, then each
     parameter as a column."""
-    from engine import sweep
+    from engine import sweep, sweep_report
 
-    rows = sweep.trial_rows(sweep.load_study(sweep.storage(), sweep_id), sessions_for(db_url()))
+    rows = sweep_report.trial_rows(sweep.load_study(sweep.storage(), sweep_id), sessions_for(db_url()))
     return pd.DataFrame([{k: v for k, v in r.items() if k != "params"} | r["params"] for r in rows])
 
 
 def sweep_figures(sweep_id: int, summary: dict) -> dict:
-    """Optuna's plotly figures (engine.sweep.figures): history, parallel, importances,
+    """Optuna's plotly figures (engine.sweep_report.figures): history, parallel, importances,
     intermediate; cached on what changes them (the trial counts and epochs of `summary`), so
     the page's poll every few seconds does not refit the importances."""
     version = tuple(summary[k] for k in ("completed", "pruned", "failed", "running", "epochs_run"))
@@ -45,9 +45,9 @@ def sweep_figures(sweep_id: int, summary: dict) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _figures(url: str, sweep_id: int, version: tuple) -> dict:
-    from engine import sweep
+    from engine import sweep, sweep_report
 
-    return sweep.figures(sweep_id, sweep.storage(url))
+    return sweep_report.figures(sweep_id, sweep.storage(url))
 
 
 def default_space(fixed: dict) -> str:

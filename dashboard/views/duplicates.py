@@ -37,10 +37,8 @@ dataset_id = st.selectbox("Dataset", ds_ids, index=ui.url_index(ds_ids, "dataset
 st.query_params["dataset"] = str(dataset_id)
 runs = [r for r in store.runs_by_id().values() if r.dataset_id == dataset_id and store.has_embeddings(r.id)]
 run_ids = [None, *[r.id for r in reversed(runs)]]
-wanted = st.query_params.get("run")
 run_id = st.selectbox("Embeddings of run (near copies by features, train-val leaks)", run_ids,
-                      index=run_ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in run_ids
-                      else 0, format_func=lambda i: "none: hashes only" if i is None else f"#{i}")
+                      index=ui.url_index(run_ids, "run"), format_func=lambda i: "none: hashes only" if i is None else f"#{i}")
 if run_id is not None:
     st.query_params["run"] = str(run_id)
     _, stale = store.embeddings_source(run_id)

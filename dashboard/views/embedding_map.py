@@ -7,11 +7,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import store, ui
-from engine.export import default_threshold
+from engine import metrics
+from engine.thresholds import default_threshold
 
 META = ["format", "jpeg_quality", "width", "height", "bytes", "mode", "subsampling", "progressive", "has_exif",
         "has_icc"]
 COLOURS = ["label", "prediction", "error", "split", *META]
+RIGHT_OR_WRONG = {"true positive": "right", "true negative": "right", "false positive": "wrong",
+                  "false negative": "wrong", "unlabelled": "unlabelled"}
 
 
 def colour_column(df: pd.DataFrame, by: str, threshold: float) -> pd.Series:
@@ -20,9 +23,9 @@ def colour_column(df: pd.DataFrame, by: str, threshold: float) -> pd.Series:
     if by == "prediction":
         return df["prob"]
     if by == "error":
-        called = (df["prob"] >= threshold).to_numpy()
         label = df["label"].to_numpy(dtype=float, na_value=np.nan)
-        out = np.where(np.isnan(label), "unlabelled", np.where(called == (label == 1), "right", "wrong"))
+        out = metrics.outcomes(label, df["prob"].to_numpy(dtype=float, na_value=np.nan), threshold)
+        out = np.vectorize(RIGHT_OR_WRONG.get, otypes=[str])(out)
         return pd.Series(np.where(df["prob"].isna(), "no prediction", out), index=df.index)
     if by == "split":
         return df["role"]

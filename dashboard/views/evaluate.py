@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import store, ui
 from dashboard.sections import robustness_ui, slices_ui
 from engine import metrics
-from engine.export import default_threshold, fmt_threshold
+from engine.thresholds import default_threshold, fmt_threshold
 
 SPLITS = {"val": "validation (held out by the run)", "test": "test (unlabelled)",
           "train": "training images of the run"}

@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard import store, ui
 from engine.errors import ExportRefused
-from engine.export import default_threshold, fmt_threshold
+from engine.thresholds import default_threshold, fmt_threshold
 
 
 def preview(run, threshold: float) -> list[int] | None:

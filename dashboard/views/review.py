@@ -9,7 +9,8 @@ import streamlit as st
 from dashboard import store, ui
 from dashboard.ui import show_image
 from engine import metrics
-from engine.export import default_threshold
+from engine.choices import SPLITS
+from engine.thresholds import default_threshold
 
 PAGE_SIZE = 24
 COLS = 6
@@ -19,7 +20,7 @@ LABELS = {1: "AI-generated", 0: "human-made"}
 def filters_ui(run) -> dict:
     qp = st.query_params
     c1, c2, c3 = st.columns([1, 2, 2])
-    splits = ["val", "train", "test"]
+    splits = list(SPLITS)
     split = c1.selectbox("Split", splits, index=splits.index(qp["split"]) if qp.get("split") in splits else 0)
     default_outcomes = [qp["outcome"]] if qp.get("outcome") in metrics.OUTCOMES else list(metrics.OUTCOMES[:2])
     outcomes = c2.multiselect("Outcome", list(metrics.OUTCOMES), default=default_outcomes,

@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import store, ui
 from dashboard.sections import robustness_ui, slices_ui
-from engine.export import default_threshold
+from engine.thresholds import default_threshold
 
 
 def shortcuts_ui(dataset_id: int, run_id: int | None = None) -> None:

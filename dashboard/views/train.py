@@ -8,7 +8,12 @@ import streamlit as st
 from dashboard import store, ui
 from engine import metrics
 from engine.choices import DECODES, DEVICES, RESIZE_MODES
-from engine.config import TrainConfig
+from engine.config import PRETRAINED_LR, SCRATCH_LR, TrainConfig
+
+
+def _short(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")  # 1e-3, as the CLI writes it
+
 
 WEIGHTS = ("none (from scratch)", "imagenet", "a file")
 
@@ -31,7 +36,7 @@ def form_ui(names: dict[int, str], runs: dict) -> None:
         c1, c2, c3 = st.columns(3)
         img_size = c1.number_input("Image size (px, 0 = the architecture's)", 0, 1024, value=0, step=16)
         batch_size = c2.number_input("Batch size", 1, 1024, value=d.batch_size)
-        lr = c3.number_input("Learning rate (0 = 1e-3 from scratch, 3e-4 pretrained)", 0.0, 1.0, value=0.0,
+        lr = c3.number_input(f"Learning rate (0 = {_short(SCRATCH_LR)} from scratch, {_short(PRETRAINED_LR)} pretrained)", 0.0, 1.0, value=0.0,
                              format="%.5f", step=1e-4)
         c1, c2, c3 = st.columns(3)
         device = c1.selectbox("Device", DEVICES, index=DEVICES.index(d.device))

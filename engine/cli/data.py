@@ -72,11 +72,19 @@ def cmd_labels_export(args) -> None:
 
 
 def add_parsers(sub, common) -> None:
+    _import_parser(sub, common)
+    _evalset_parser(sub, common)
+    _labels_parser(sub, common)
+
+
+def _import_parser(sub, common) -> None:
     c = sub.add_parser("import", parents=[common], help="import a Kaggle-layout folder")
     c.add_argument("data_dir")
     c.add_argument("--name", help="dataset name (default: the folder's name)")
     c.set_defaults(func=cmd_import)
 
+
+def _evalset_parser(sub, common) -> None:
     c = sub.add_parser("evalset", parents=[common],
                        help="freeze a run's validation images, or the most test-like ones, for comparisons")
     c.add_argument("--run", type=int, help="freeze this run's validation images")
@@ -91,6 +99,8 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--author")
     c.set_defaults(func=cmd_evalset)
 
+
+def _labels_parser(sub, common) -> None:
     c = sub.add_parser("labels", help="label history")
     lsub = c.add_subparsers(dest="labels_command", required=True)
     c = lsub.add_parser("export", parents=[common], help="every label row, oldest first, as CSV")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from db.store import session_factory
+from engine.choices import NEIGHBOUR_SPLITS
 from engine.cli.shared import emit
 from engine.errors import UsageError
 
@@ -42,25 +43,32 @@ def cmd_duplicates(args) -> None:
 
 
 def add_parsers(sub, common) -> None:
-    from engine.duplicates import PHASH_MAX
-    from engine.neighbours import COSINE_MIN
+    _embed_parser(sub, common)
+    _duplicates_parser(sub, common)
 
+
+def _embed_parser(sub, common) -> None:
     c = sub.add_parser("embed", parents=[common],
                        help="store each image's pooled feature vector from a run's checkpoint (float16)")
     c.add_argument("--run", type=int, required=True, help="a trained or probe run (a probe: pretrained features)")
-    c.add_argument("--split", default="all", choices=("all", "train", "val", "test"), help="(all)")
+    c.add_argument("--split", default="all", choices=NEIGHBOUR_SPLITS, help="(%(default)s)")
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     c.add_argument("--workers", type=int, help="decoding processes (the run's)")
     c.set_defaults(func=cmd_embed)
+
+
+def _duplicates_parser(sub, common) -> None:
+    from engine.duplicates import PHASH_MAX
+    from engine.neighbours import COSINE_MIN
 
     c = sub.add_parser("duplicates", parents=[common],
                        help="exact and near copies: train-train, train-val leaks, train-test, label conflicts")
     c.add_argument("--dataset", required=True)
     c.add_argument("--run", type=int, help="also compare this run's embeddings (aivh embed) and find train-val leaks")
     c.add_argument("--max-bits", type=int, default=PHASH_MAX,
-                   help=f"perceptual-hash distance of a near copy, bits of 64 ({PHASH_MAX})")
+                   help="perceptual-hash distance of a near copy, bits of 64 (%(default)s)")
     c.add_argument("--min-cosine", type=float, default=COSINE_MIN,
-                   help=f"embedding similarity of a near copy ({COSINE_MIN})")
-    c.add_argument("--show", type=int, default=20, help="pairs printed without --json (20)")
+                   help="embedding similarity of a near copy (%(default)s)")
+    c.add_argument("--show", type=int, default=20, help="pairs printed without --json (%(default)s)")
     c.set_defaults(func=cmd_duplicates)

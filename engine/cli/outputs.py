@@ -26,7 +26,8 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from engine.export import export_run, fmt_threshold
+    from engine.export import export_run
+    from engine.thresholds import fmt_threshold
 
     result = export_run(session_factory(), args.run, Path(args.out), args.threshold,
                         allow_stale=args.allow_stale_predictions)
@@ -38,11 +39,12 @@ def cmd_export(args) -> None:
 
 def cmd_saliency(args) -> None:
     from engine import saliency
+    from engine.run_saliency import explain_run_image
 
     settings = saliency.Settings(args.method, steps=args.steps, baseline=args.baseline,
                                  samples=args.samples)
     t0 = time.perf_counter()
-    att, _ = saliency.explain_run_image(session_factory(), args.run, args.image.strip(), settings)
+    att, _ = explain_run_image(session_factory(), args.run, args.image.strip(), settings)
     seconds = time.perf_counter() - t0
     out = saliency.render(att, Path(args.out), opacity=args.opacity)
     payload = {"run": args.run, "image": args.image, "method": args.method, "prob": round(att.prob, 6),
@@ -80,6 +82,13 @@ def cmd_bench(args) -> None:
 
 
 def add_parsers(sub, common) -> None:
+    _predict_parser(sub, common)
+    _export_parser(sub, common)
+    _saliency_parser(sub, common)
+    _bench_parser(sub, common)
+
+
+def _predict_parser(sub, common) -> None:
     c = sub.add_parser("predict", parents=[common], help="store probabilities for a split")
     c.add_argument("--run", type=int, required=True)
     c.add_argument("--split", choices=PREDICT_SPLITS, default="test")
@@ -91,6 +100,8 @@ def add_parsers(sub, common) -> None:
                         "(nvJPEG batch decode on CUDA); auto: device on CUDA")
     c.set_defaults(func=cmd_predict)
 
+
+def _export_parser(sub, common) -> None:
     c = sub.add_parser("export", parents=[common], help="write a Kaggle submission CSV")
     c.add_argument("--run", type=int, required=True)
     c.add_argument("--threshold", type=float,
@@ -101,6 +112,8 @@ def add_parsers(sub, common) -> None:
                         "(recorded with the export)")
     c.set_defaults(func=cmd_export)
 
+
+def _saliency_parser(sub, common) -> None:
     c = sub.add_parser("saliency", parents=[common], help="why the model called an image AI-generated")
     c.add_argument("--run", type=int, required=True)
     c.add_argument("--image", required=True, help="the image's name as in the CSV")
@@ -112,6 +125,8 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity over the image")
     c.set_defaults(func=cmd_saliency)
 
+
+def _bench_parser(sub, common) -> None:
     c = sub.add_parser("bench", parents=[common], help="data path vs model-only speed, in one process")
     c.add_argument("--arch", default="efficientnet_b3", help="(efficientnet_b3) or any timm model name")
     c.add_argument("--device", default="auto")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from db import labelling, queries
 from db.store import session_factory
+from engine.choices import SPLITS
 from engine.cli.shared import emit
 
 
@@ -64,6 +65,12 @@ def cmd_robustness(args) -> None:
 
 
 def add_parsers(sub, common) -> None:
+    _shortcuts_parser(sub, common)
+    _shift_parser(sub, common)
+    _robustness_parser(sub, common)
+
+
+def _shortcuts_parser(sub, common) -> None:
     c = sub.add_parser("shortcuts", parents=[common],
                        help="how well file properties alone predict the training label")
     c.add_argument("--dataset", required=True)
@@ -71,6 +78,8 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_shortcuts)
 
+
+def _shift_parser(sub, common) -> None:
     c = sub.add_parser("shift", parents=[common],
                        help="adversarial validation: how well training and test images can be told apart")
     c.add_argument("--dataset", required=True)
@@ -81,10 +90,12 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--device", default="auto", help="for --run's features: auto, cpu or cuda")
     c.set_defaults(func=cmd_shift)
 
+
+def _robustness_parser(sub, common) -> None:
     c = sub.add_parser("robustness", parents=[common],
                        help="a run's F1, AUC and share called AI after re-encoding, rescaling and cropping")
     c.add_argument("--run", type=int, required=True)
-    c.add_argument("--split", default="val", choices=("val", "train", "test"))
+    c.add_argument("--split", default="val", choices=SPLITS)
     c.add_argument("--limit", type=int, help="score a stratified, seeded subset of N images")
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--device", default="auto")

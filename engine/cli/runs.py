@@ -7,7 +7,7 @@ from pathlib import Path
 
 from db import evaluation, queries
 from db.store import home, session_factory
-from engine.choices import RESIZE_MODES
+from engine.choices import GROUPINGS, RESIZE_MODES
 from engine.cli.shared import PROBE_DEFAULTS, emit, given, train_config, weights_checked
 from engine.errors import UsageError
 
@@ -191,6 +191,14 @@ def cmd_compare(args) -> None:
 
 
 def add_parsers(sub, common, training) -> None:
+    _train_parser(sub, common, training)
+    _audit_parser(sub, common, training)
+    _compare_parser(sub, common)
+    _probe_parser(sub, common)
+    _runs_parser(sub, common)
+
+
+def _train_parser(sub, common, training) -> None:
     c = sub.add_parser("train", parents=[common, training], help="train EfficientNet-B3")
     c.add_argument("--dataset")
     c.add_argument("--resume", type=int, metavar="RUN", help="continue a run that died")
@@ -201,6 +209,8 @@ def add_parsers(sub, common, training) -> None:
                         "or launch `torchrun --nproc-per-node N $(which aivh) train ...` instead")
     c.set_defaults(func=cmd_train)
 
+
+def _audit_parser(sub, common, training) -> None:
     c = sub.add_parser("audit", parents=[common, training],
                        help="k-fold out-of-fold probabilities + cleanlab: likely label errors")
     c.add_argument("--dataset")
@@ -213,11 +223,15 @@ def add_parsers(sub, common, training) -> None:
                         "not k trainings); --arch defaults to tf_efficientnet_lite0, --pretrained to imagenet")
     c.set_defaults(func=cmd_audit)
 
+
+def _compare_parser(sub, common) -> None:
     c = sub.add_parser("compare", parents=[common], help="two runs on the same evaluation images")
     c.add_argument("--runs", type=int, nargs=2, required=True, metavar=("RUN_A", "RUN_B"))
     c.add_argument("--eval-set", help="a frozen evaluation set instead of shared unchanged val images")
     c.set_defaults(func=cmd_compare)
 
+
+def _probe_parser(sub, common) -> None:
     c = sub.add_parser("probe", parents=[common],
                        help="a linear probe on a frozen pretrained backbone: a baseline run in seconds")
     c.add_argument("--dataset", required=True)
@@ -231,8 +245,10 @@ def add_parsers(sub, common, training) -> None:
     c.add_argument("--batch-size", type=int, help="feature extraction batch (64)")
     c.add_argument("--workers", type=int)
     c.add_argument("--resize-mode", choices=RESIZE_MODES)
-    c.add_argument("--group", choices=("copies", "near-duplicates"), help="what the split keeps together (copies)")
+    c.add_argument("--group", choices=GROUPINGS, help="what the split keeps together (copies)")
     c.set_defaults(func=cmd_probe)
 
+
+def _runs_parser(sub, common) -> None:
     c = sub.add_parser("runs", parents=[common], help="list runs")
     c.set_defaults(func=cmd_runs)

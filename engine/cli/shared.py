@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.choices import DECODES, RESIZE_MODES
+from engine.choices import DECODES, GROUPINGS, RESIZE_MODES
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample"  # the bundled CIFAKE sample
 
@@ -56,7 +56,7 @@ def training_parent() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--resize-mode", choices=RESIZE_MODES, help="(resize)")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (3)")
-    t.add_argument("--group", choices=("copies", "near-duplicates"),
+    t.add_argument("--group", choices=GROUPINGS,
                    help="keep together on one side of the split (and the audit's folds): byte-identical copies "
                         "(the default) or also near copies by perceptual hash; train.csv's group column always")
     t.add_argument("--aug-min-scale", type=float, help="augmentation strength: training's random crop keeps at "

@@ -23,9 +23,9 @@ def _run_workers(sweep_id: int, parallel: int, progress: bool) -> None:
     bar over the trials unless --json."""
     from tqdm import tqdm
 
-    from engine import sweep
+    from engine import sweep, sweep_report
 
-    first = sweep.summary(sweep_id)  # the store opened (and migrated) before the workers start
+    first = sweep_report.summary(sweep_id)  # the store opened (and migrated) before the workers start
     bar = tqdm(total=first["trials"], desc=f"sweep {sweep_id}", unit="trial", disable=not progress)
 
     def show(r: dict) -> None:
@@ -35,13 +35,13 @@ def _run_workers(sweep_id: int, parallel: int, progress: bool) -> None:
 
     show(first)
     if parallel == 1:
-        sweep.work(sweep_id, progress=False, on_trial=lambda study, trial: show(sweep.summary(sweep_id)))
+        sweep.work(sweep_id, progress=False, on_trial=lambda study, trial: show(sweep_report.summary(sweep_id)))
     else:
         procs = sweep.spawn_workers(sweep_id, parallel, detached=False)
         try:
             while any(p.poll() is None for p in procs):
                 time.sleep(2)
-                show(sweep.summary(sweep_id))
+                show(sweep_report.summary(sweep_id))
         except KeyboardInterrupt:
             for p in procs:
                 p.terminate()
@@ -54,12 +54,12 @@ def _run_workers(sweep_id: int, parallel: int, progress: bool) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from engine import sweep
+    from engine import sweep, sweep_report
 
     if args.parallel < 1:
         raise UsageError(f"--parallel must be at least 1 (got {args.parallel})")
     if args.list:
-        rows = sweep.list_sweeps(reap=True)
+        rows = sweep_report.list_sweeps(reap=True)
         emit(args, rows, "\n".join(_text(r) for r in rows) or "no sweeps yet")
         return
     sessions = session_factory()
@@ -68,7 +68,7 @@ def cmd_sweep(args) -> None:
             raise UsageError("--resume continues a sweep as it was made: leave out --dataset, --trials, "
                              "--space and training flags")
         sweep_id = args.resume
-        sweep.summary(sweep_id, sessions)  # LookupError when there is no such sweep
+        sweep_report.summary(sweep_id, sessions)  # LookupError when there is no such sweep
     elif args.dataset:
         if args.trials is None:
             raise UsageError("sweep needs --trials N")
@@ -82,7 +82,7 @@ def cmd_sweep(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     t0 = time.perf_counter()
     _run_workers(sweep_id, args.parallel, progress=not args.json)
-    r = sweep.summary(sweep_id, sessions)
+    r = sweep_report.summary(sweep_id, sessions)
     r["seconds"] = round(time.perf_counter() - t0, 1)
     emit(args, r, _text(r))
 
