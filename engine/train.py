@@ -97,7 +97,7 @@ def rank_and_world() -> tuple[int, int]:
 
 def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks | None = None,
           *, resume: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train B3 with BCE on one logit; keep last.pt every epoch and best.pt by validation F1.
+    """Train the config's architecture with BCE on one logit; keep last.pt every epoch and best.pt by validation F1.
 
     Under torch.distributed (DistributedDataParallel, one process per device or CPU share),
     each rank trains on its 1/world shard with cfg.batch_size images per step (BatchNorm sees

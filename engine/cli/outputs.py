@@ -55,8 +55,11 @@ def cmd_saliency(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    from engine.backbones import spec
     from engine.bench import run_bench, run_epoch
 
+    if args.img_size is None:  # the architecture's native size, as `aivh train` takes it
+        args.img_size = spec(args.arch).img_size
     data = Path(args.data).expanduser() if args.data else None
     if args.epoch_only and not args.epoch:
         raise UsageError("--epoch-only needs --epoch N")
@@ -130,7 +133,7 @@ def _bench_parser(sub, common) -> None:
     c = sub.add_parser("bench", parents=[common], help="data path vs model-only speed, in one process")
     c.add_argument("--arch", default="efficientnet_b3", help="(efficientnet_b3) or any timm model name")
     c.add_argument("--device", default="auto")
-    c.add_argument("--img-size", type=int, default=300)
+    c.add_argument("--img-size", type=int, help="(the architecture's native size: 300 for B3, 224 for Lite0)")
     c.add_argument("--batch-size", type=int, help="default: 128 on CUDA, 32 on the CPU")
     c.add_argument("--compile", action="store_true", help="torch.compile the model")
     c.add_argument("--steps", type=int, help="timed training batches per measurement (default: 30 CUDA, 6 CPU); "

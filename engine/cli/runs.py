@@ -199,7 +199,7 @@ def add_parsers(sub, common, training) -> None:
 
 
 def _train_parser(sub, common, training) -> None:
-    c = sub.add_parser("train", parents=[common, training], help="train EfficientNet-B3")
+    c = sub.add_parser("train", parents=[common, training], help="train a detector (EfficientNet-B3 by default; --arch for any timm model)")
     c.add_argument("--dataset")
     c.add_argument("--resume", type=int, metavar="RUN", help="continue a run that died")
     c.add_argument("--like", type=int, metavar="RUN",
@@ -239,11 +239,11 @@ def _probe_parser(sub, common) -> None:
     c.add_argument("--pretrained", help="imagenet (default) or PATH of backbone weights")
     c.add_argument("--img-size", type=int, help="(the architecture's native size)")
     c.add_argument("--device", help="auto, cpu or cuda (auto)")
-    c.add_argument("--seed", type=int)
-    c.add_argument("--val-fraction", type=float)
-    c.add_argument("--limit", type=int)
+    c.add_argument("--seed", type=int, help="seed of the split and of the fitting (0)")
+    c.add_argument("--val-fraction", type=float, help="share of the training images held out (0.1)")
+    c.add_argument("--limit", type=int, help="a stratified subset of N training images")
     c.add_argument("--batch-size", type=int, help="feature extraction batch (64)")
-    c.add_argument("--workers", type=int)
+    c.add_argument("--workers", type=int, help="decoding processes (half the cores up to 4 on the CPU)")
     c.add_argument("--resize-mode", choices=RESIZE_MODES)
     c.add_argument("--group", choices=GROUPINGS, help="what the split keeps together (copies)")
     c.set_defaults(func=cmd_probe)
