@@ -88,7 +88,7 @@ def create_sweep(sessions: sessionmaker[Session], dataset: str, trials: int, *, 
         raise UsageError(f"{', '.join(both)} is both fixed by a training flag and in --space: give one")
     if not parsed:
         raise UsageError("nothing left to sweep: every parameter of the space is fixed by a flag")
-    TrainConfig.from_dict(fixed).validate()
+    _trainable(fixed)
     _check_space(parsed, fixed)
     with sessions() as s:
         ds = queries.get_dataset(s, dataset)
@@ -104,6 +104,16 @@ def create_sweep(sessions: sessionmaker[Session], dataset: str, trials: int, *, 
     return st.get_study_id_from_name(study.study_name)
 
 
+def _trainable(values: dict) -> None:
+    """A valid config whose starting weights can be had (ValueError: one line)."""
+    from engine.weights import unavailable
+
+    cfg = TrainConfig.from_dict(values).validate()
+    problem = unavailable(cfg.arch, cfg.pretrained)
+    if problem:
+        raise ValueError(problem)
+
+
 def _check_space(space: dict, fixed: dict) -> None:
     """Every end of a range and every choice must make a valid config with the fixed flags: a
     bad value is one error now, not a failed trial later."""
@@ -117,7 +127,7 @@ def _check_space(space: dict, fixed: dict) -> None:
             if name in ("batch_size", "img_size", "epochs", "freeze_epochs") and v is not None:
                 v = int(v)
             try:
-                TrainConfig.from_dict({**fixed, name: v}).validate()
+                _trainable({**fixed, name: v})
             except (ValueError, UsageError) as e:
                 raise UsageError(f"--space {name}={v}: {e}") from None
 

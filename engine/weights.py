@@ -86,6 +86,13 @@ def map_by_order(source: dict, target: dict, where: str) -> dict:
     return {dst_name: src for (dst_name, _), src in zip(target.items(), source.values())}
 
 
+def _hf_host() -> str:
+    """The Hugging Face hub's host: a mirror's when HF_ENDPOINT names one."""
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT", "")).hostname or "huggingface.co"
+
+
 def _no_network_reason(host: str) -> str | None:
     """Why a download cannot start (offline mode, no name resolution), or None: a quick check so
     that a machine without internet gets its one line at once, not after a minute of retries."""
@@ -153,7 +160,7 @@ def unavailable(arch: str, pretrained: str | None) -> str | None:
             url = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
             if not url:
                 return f"timm publishes no ImageNet weights for {arch}; {LOCAL_HINT}"
-            host = "huggingface.co" if cfg.hf_hub_id else "github.com"
+            host = _hf_host() if cfg.hf_hub_id else "github.com"
     except Exception:  # noqa: BLE001 - the run itself will say what is wrong
         return None
     reason = _no_network_reason(host)
@@ -192,7 +199,7 @@ def imagenet_state(arch: str) -> tuple[dict, str]:
         from torchvision.models import EfficientNet_B3_Weights
 
         url = EfficientNet_B3_Weights.IMAGENET1K_V1.url
-        reason = _no_network_reason("download.pytorch.org")
+        reason = None if _cached(arch, "torchvision") else _no_network_reason("download.pytorch.org")
         if reason is None:
             try:
                 state = EfficientNet_B3_Weights.IMAGENET1K_V1.get_state_dict(
@@ -207,7 +214,7 @@ def imagenet_state(arch: str) -> tuple[dict, str]:
     source = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
     if not source:
         raise WeightsError(f"timm publishes no ImageNet weights for {arch}; {LOCAL_HINT}")
-    reason = _no_network_reason("huggingface.co" if cfg.hf_hub_id else "github.com")
+    reason = None if _cached(arch, "timm") else _no_network_reason(_hf_host() if cfg.hf_hub_id else "github.com")
     if reason is None:
         try:
             return timm.create_model(arch, pretrained=True).state_dict(), f"imagenet: {source}"

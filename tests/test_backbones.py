@@ -52,6 +52,22 @@ def test_imagenet_weights_without_network_fail_in_one_line_saying_what_and_how(m
     assert "\n" not in line and fetched in line and "--pretrained PATH" in line and "no network" in line
 
 
+def test_imagenet_weights_already_on_disk_are_used_offline(monkeypatch):
+    """The check before a run and the run itself agree: weights the library already downloaded
+    need no network (torchvision's hub folder, timm's Hugging Face cache)."""
+    from torchvision.models._api import WeightsEnum
+
+    monkeypatch.setattr(weights, "_no_network_reason", lambda host: "no network (test)")
+    monkeypatch.setattr(weights, "_cached", lambda arch, library: True)
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, **kw: {"cached": torch.zeros(1)})
+    assert weights.unavailable("efficientnet_b3", "imagenet") is None
+    assert "cached" in weights.imagenet_state("efficientnet_b3")[0]
+    monkeypatch.setattr(weights, "_cached", lambda arch, library: False)
+    assert "no network (test)" in weights.unavailable("efficientnet_b3", "imagenet")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    assert weights._hf_host() == "hub.example.org"
+
+
 def test_unobtainable_weights_are_one_line_from_the_command_and_record_no_run(tmp_path, monkeypatch):
     """`aivh train` / `aivh probe` / `aivh audit` check the starting weights before a run is
     recorded: ImageNet weights that cannot be fetched, or a file that is not weights, are one
@@ -70,6 +86,14 @@ def test_unobtainable_weights_are_one_line_from_the_command_and_record_no_run(tm
         assert proc.returncode != 0 and len(lines) == 1 and said in lines[0], (args, proc.stderr[-2000:])
     runs = json.loads(aivh("runs", "--json", env_home=home).stdout.strip().splitlines()[-1])
     assert runs == [] or runs.get("runs") == [], runs
+    # a sweep checks the same before its study is made: every pretrained choice of the space
+    from engine.search_space import parse_space
+    from engine.sweep import _check_space, _trainable
+
+    with pytest.raises(ValueError, match="could not fetch timm/resnet18"):
+        _trainable({"arch": "resnet18", "pretrained": "imagenet"})
+    with pytest.raises(Exception, match="--space pretrained=imagenet: .*could not fetch timm/resnet18"):
+        _check_space(parse_space("pretrained=none|imagenet"), {"arch": "resnet18", "epochs": 2})
 
 
 def test_a_local_timm_checkpoint_loads_all_but_the_head(tmp_path):

@@ -256,10 +256,11 @@ def test_rendering_never_writes_a_dead_owner_shows_until_an_action_reaps_it(sess
         at = page(name, watch=str(dead_id))
         assert not at.exception
     from db.store import run_dir
-    (run_dir(dead_id) / "process.txt").write_text("loading...\nMemoryError: out of memory\n")
+    (run_dir(dead_id) / "process.txt").write_text("loading...\nMemoryError: out of memory\n\n")
     at = page("train", watch=str(dead_id))
     assert any("owner gone" in h.value for h in at.subheader)
-    assert any(f"Process {2**22 + 12345} stopped while running: MemoryError: out of memory" in e.value
+    assert any(f"Process {2**22 + 12345} stopped while running; the last line it wrote: MemoryError: "
+               "out of memory" in e.value
                for e in at.error)  # the reason, before any action records it
     runs = page("runs")
     assert any(f"Run #{dead_id}" in w.value and "process is gone" in w.value for w in runs.warning)
@@ -407,8 +408,7 @@ def test_evaluate_shows_the_slices_and_the_robustness_of_the_run(run_id):
     assert not at.exception, at.exception
     # closed, the section computes nothing (on a large store the slices cost more than the page)
     assert not any(h.value.startswith("Results per slice") for h in at.subheader)
-    at.session_state["eval_sections"] = True  # what opening the expander does (on_change="rerun")
-    at.run()
+    next(t for t in at.toggle if t.label.startswith("Results per slice")).set_value(True).run()
     assert not at.exception, at.exception
     assert any(h.value.startswith("Results per slice at threshold") for h in at.subheader)
     assert any("aivh robustness --run" in i.value for i in at.info)

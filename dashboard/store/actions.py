@@ -73,8 +73,18 @@ def start_probe(dataset_id: int, cfg) -> int:
 
 
 def retrain(like_id: int) -> int:
-    """A new run with `like_id`'s config on the current labels, started; its id."""
-    return _start(lambda s, jobs: jobs.create_like_run(s, like_id))
+    """A new run with `like_id`'s config on the current labels, started; its id. ValueError
+    (nothing recorded) when its starting weights cannot be had."""
+    def create(s, jobs):
+        from engine.config import TrainConfig
+
+        run = jobs.create_like_run(s, like_id)
+        problems = weights_problems(TrainConfig.from_dict(run.config))
+        if problems:
+            raise ValueError(problems[0])
+        return run
+
+    return _start(create)
 
 
 def resume(run_id: int) -> None:

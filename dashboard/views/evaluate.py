@@ -35,7 +35,10 @@ def threshold_ui(run, default: float) -> float:
     on the run's default too: a new best epoch's threshold (a run still training) or a saved
     one starts the slider there, not at the value of an earlier render."""
     key = threshold_key(run.id, default)
-    if key not in st.session_state:
+    asked = st.session_state.pop(f"thr_set_{run.id}", None)  # "Set threshold from target share"
+    if asked is not None:
+        st.session_state[key] = asked
+    elif key not in st.session_state:
         st.session_state[key] = float(default)
     t = st.slider("Threshold (call AI-generated when p ≥ threshold)", 0.0, 1.0, step=0.001,
                   format="%.4f", key=key)
@@ -124,7 +127,7 @@ def curves_ui(y, p, t) -> None:
     right.plotly_chart(rel, key="reliability")
 
 
-def test_rate_ui(p, t, run, default: float) -> None:
+def test_rate_ui(p, t, run) -> None:
     """The test set is shifted: show how much each threshold calls AI, and set t by a rate."""
     st.metric("Test images called AI at this threshold", f"{(p >= t).sum():,} of {p.size:,}",
               f"{(p >= t).mean():.1%}", delta_color="off")
@@ -135,11 +138,13 @@ def test_rate_ui(p, t, run, default: float) -> None:
     st.plotly_chart(fig, key="rate_curve")
     rate = st.number_input("Target share called AI (%)", 0.0, 100.0, value=50.0, step=1.0)
     st.button("Set threshold from target share", on_click=_set_threshold,
-              args=(threshold_key(run.id, default), metrics.threshold_for_rate(p, rate / 100)))
+              args=(run.id, metrics.threshold_for_rate(p, rate / 100)))
 
 
-def _set_threshold(key: str, value: float) -> None:
-    st.session_state[key] = float(value)
+def _set_threshold(run_id: int, value: float) -> None:
+    """Kept apart from the slider's key, which names the run's default: a new best epoch between
+    the render and the click does not lose the value."""
+    st.session_state[f"thr_set_{run_id}"] = float(value)
 
 
 def save_ui(run, t: float) -> None:
@@ -169,7 +174,7 @@ if run is not None:
         labelled = df["label"].notna().to_numpy()
         provenance_ui(run, split, t, p if split == "test" else None)
         if split == "test" or not labelled.any():
-            test_rate_ui(p, t, run, default)
+            test_rate_ui(p, t, run)
         else:
             y = df["label"].to_numpy(dtype=float, na_value=np.nan)[labelled].astype(int)
             p = p[labelled]
@@ -177,10 +182,9 @@ if run is not None:
             confusion_ui(y, p, t, run.id, split)
             curves_ui(y, p, t)
         save_ui(run, t)
-        # computed only while open: on a large store the slices cost more than the rest of the page
-        with st.expander("Results per slice and robustness (as on the Shift page)", key="eval_sections",
-                         on_change="rerun") as sections:
-            if sections.open:
+        # computed only when asked for: on a large store the slices cost more than the rest of the page
+        if st.toggle("Results per slice and robustness (as on the Shift page)", key="eval_sections"):
+            with st.container(border=True):
                 slices_ui(run.id, t, key="eval_slices")
                 robustness_ui(run.id, key="eval_robustness")
         st.caption(f"{len(df):,} predictions · {pd.Series(labelled).sum():,} labelled")

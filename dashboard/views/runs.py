@@ -72,8 +72,12 @@ def retrain_ui(runs: dict) -> None:
     changed = store.labels_changed(runs[run_id].dataset_id, runs[run_id].labels_as_of, None)
     c2.metric("Labels changed since it trained", f"{changed:,}")
     if st.button("Retrain with current labels", type="primary", key="retrain_go"):
-        new_id = store.retrain(run_id)
-        st.success(f"Run #{new_id} started with run #{run_id}'s config; watch it on the Train page.")
+        try:
+            new_id = store.retrain(run_id)
+        except ValueError as e:
+            st.error(f"Not started: {e}")
+        else:
+            st.success(f"Run #{new_id} started with run #{run_id}'s config; watch it on the Train page.")
 
 
 def fair_compare_ui(runs: dict) -> None:

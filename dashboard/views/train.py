@@ -94,11 +94,12 @@ def watch_ui(run_id: int) -> None:
     st.subheader(f"Run #{run.id}: {ui.status_text(run)}")
     if run.status == "failed":
         st.error(f"Failed: {run.error or 'no error recorded'}")
-    elif ui.owner_gone(run):  # shown, not written: the next start, resume or `aivh runs` records it
+    elif ui.owner_gone(run):  # shown, not written: the next start, resume, cancel or `aivh runs` records it
         when = "before the run started" if run.status == "queued" else "while running"
-        last = tail(store.run_dir(run_id) / "process.txt", 1)
-        st.error(f"Process {run.pid} stopped {when}: {last or 'it wrote no error'}. The run is marked "
-                 "failed with this reason at the next start, resume or `aivh runs`.")
+        lines = [ln for ln in tail(store.run_dir(run_id) / "process.txt", 15).splitlines() if ln.strip()]
+        said = f"; the last line it wrote: {lines[-1][:500]}" if lines else ""
+        st.error(f"Process {run.pid} stopped {when}{said}. The run is marked failed at the next start, "
+                 "resume or cancel, or by `aivh runs`.")
     elif run.status == "cancelled":
         st.warning("Cancelled.")
     elif run.status == "pruned":

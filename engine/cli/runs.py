@@ -101,7 +101,7 @@ def _train_run_id(args, sessions) -> int:
         if args.like is not None:
             dataset = queries.get_dataset(s, args.dataset) if args.dataset else None
             run = jobs.create_like_run(s, args.like, given(args), dataset)
-            TrainConfig.from_dict(run.config).validate()
+            weights_checked(TrainConfig.from_dict(run.config).validate())  # else nothing is recorded
         elif args.dataset:
             run = jobs.create_run(s, queries.get_dataset(s, args.dataset), train_config(args))
         else:
