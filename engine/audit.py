@@ -110,7 +110,8 @@ def _requeue(sessions: sessionmaker[Session], run_id: int) -> None:
         jobs.check_resumable(s, run_id)  # refuses while its owner lives
         run = queries.get_run(s, run_id)
         if not owners.take(s, run_id, owners.owner_of(run), (None, None, None),
-                           status=RunStatus.QUEUED.value, error=None, finished_at=None):
+                           status=RunStatus.QUEUED.value, error=None, finished_at=None,
+                           cancel_requested=False):  # resuming the audit asks its folds to go on
             raise ValueError(f"run {run_id} was taken by another process while being queued again")
 
 

@@ -133,9 +133,11 @@ def claim(s: Session, run_id: int, me: owners.Owner, *, resume: bool, world: int
     run = queries.get_run(s, run_id)
     check_claim(run, me, resume=resume, world=world)
     values = {"status": "running", "heartbeat_at": now(), "error": None, "finished_at": None,
-              "cancel_requested": False, "started_at": run.started_at or now()}
-    if not resume:
-        values["world_size"] = world
+              "started_at": run.started_at or now()}
+    if resume:
+        values["cancel_requested"] = False  # resuming a cancelled run is asking it to go on
+    else:
+        values["world_size"] = world  # a cancel asked while the run was queued stays: it is honoured
     if not owners.take(s, run_id, owners.owner_of(run), me, **values):
         raise ValueError(f"run {run_id} was just taken by another process")
     return queries.get_run(s, run_id)
@@ -210,6 +212,8 @@ def execute(run_id: int, *, resume: bool = False, progress: bool = True,
     try:
         with sessions.begin() as s:
             run = queries.get_run(s, run_id)
+            if run.cancel_requested:  # asked while it was queued: it never starts
+                raise Cancelled()
             cfg = TrainConfig.from_dict(run.config).validate()
             data, _train_ids, val_ids = train_data(s, run)
             run.progress = {"host": me[0], "epoch": 0, "epochs": cfg.epochs,

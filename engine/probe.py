@@ -37,7 +37,7 @@ from engine.backbones import head
 from engine.checkpoints import save_atomic
 from engine.config import TrainConfig
 from engine.device import resolve_device
-from engine.errors import WeightsError
+from engine.errors import Cancelled, WeightsError
 from engine.infer import embed
 from engine.liveness import Heartbeat
 from engine.loader import make_loader
@@ -144,6 +144,8 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         t0 = time.perf_counter()
         with sessions.begin() as s:
             run = queries.get_run(s, run_id)
+            if run.cancel_requested:  # asked while it was queued: it never starts
+                raise Cancelled()
             cfg = TrainConfig.from_dict(run.config).validate()
             data, train_ids, val_ids = jobs.train_data(s, run)
             # a file without a recorded sha1 is keyed by its path: within this dataset only
@@ -189,6 +191,9 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         StoreCallbacks(sessions, run_id, val_ids, data.val_labels, me).on_epoch(
             er, is_best=True, val_probs=val_p, checkpoint=out / "best.pt", checkpoint_sha1=file_sha1(out / "best.pt"))
         return jobs.finish(sessions, run_id, me, "succeeded")
+    except Cancelled:
+        log.info("probe run %d cancelled", run_id)
+        return jobs.finish(sessions, run_id, me, "cancelled")
     except WeightsError as e:  # unusable starting weights: one line, no traceback
         log.error("probe run %d failed: %s", run_id, e)
         jobs.finish(sessions, run_id, me, "failed", f"{type(e).__name__}: {e}")

@@ -473,10 +473,29 @@ def test_a_dead_fold_run_queued_again_by_its_audit_is_not_reaped_before_it_start
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     run_id = _run(sessions, ds, status="running", host=socket.gethostname(), pid=dead.pid, pid_started=1.25,
-                  error=None)
+                  error=None, cancel_requested=True)  # a fold the user had cancelled: resuming goes on
     assert audit._resumable(sessions, run_id) is False  # no last.pt: restarts
     run = _get(sessions, run_id)
     assert (run.status, run.host, run.pid, run.pid_started, run.error) == ("queued", None, None, None, None)
+    assert not run.cancel_requested
     with sessions.begin() as s:
         assert liveness.reap_stale(s) == []
     assert _get(sessions, run_id).status == "queued"
+
+
+def test_a_cancel_asked_while_queued_is_honoured_when_the_process_starts(sessions, tmp_path):
+    """Cancel pressed in the seconds between Start and the process taking the run: the run ends
+    cancelled without training (it used to clear the flag and train). Resuming a cancelled run
+    still goes on."""
+    from engine.probe import execute_probe
+
+    ds = _dataset(sessions, tmp_path, 8)
+    run_id = _run(sessions, ds, cancel_requested=True)
+    run = jobs.execute(run_id, progress=False, sessions=sessions)
+    assert run.status == "cancelled" and run.best_epoch is None
+    with sessions() as s:
+        assert queries.epochs(s, run_id) == []
+    probe_cfg = TrainConfig(epochs=1, img_size=32, workers=0, device="cpu", probe=True,
+                            arch="tf_efficientnet_lite0", pretrained="imagenet")
+    probe_id = _run(sessions, ds, probe_cfg, kind="probe", cancel_requested=True)
+    assert execute_probe(probe_id, sessions=sessions, progress=False).status == "cancelled"
