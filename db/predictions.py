@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -66,3 +66,12 @@ def sources(s: Session, run_id: int, split: str) -> list[Source]:
     q = q.group_by(Prediction.epoch, Prediction.checkpoint_sha1)
     found = [Source(e, h, n) for e, h, n in s.execute(q)]
     return sorted(found, key=lambda x: (-x.count, x.epoch or 0))
+
+
+def drop_for_images(s: Session, image_ids: Iterable[int]) -> int:
+    """Delete every run's predictions of these images (their files' content changed: what was
+    predicted is another picture's); how many rows."""
+    ids = list(image_ids)
+    if not ids:
+        return 0
+    return s.execute(delete(Prediction).where(Prediction.image_id.in_(ids))).rowcount or 0

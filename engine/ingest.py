@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
-from db import labelling, queries
+from db import labelling, predictions, queries
 from db.models import Dataset, Image, Label
 from engine.images import FileMeta, ImageInfo, probe_image, probe_meta
 from engine.kaggle import TRAIN_CSV, Reject, Row, read_kaggle_csvs
@@ -35,6 +35,7 @@ class ImportResult:
     label_conflicts: list[dict] = field(default_factory=list)
     summary: str | None = None  # one line when every row was rejected (and alike: what to do)
     metadata_filled: int = 0  # stored images whose header properties were read this time (pre-0004 rows)
+    predictions_dropped: int = 0  # every run's predictions of the changed files (another picture's)
 
     def to_json(self) -> dict:
         return {
@@ -44,7 +45,7 @@ class ImportResult:
                         for r in self.rejects],
             "changed": self.changed, "duplicate_groups": self.duplicate_groups,
             "label_conflicts": self.label_conflicts, "summary": self.summary,
-            "metadata_filled": self.metadata_filled,
+            "metadata_filled": self.metadata_filled, "predictions_dropped": self.predictions_dropped,
         }
 
     def duplicates_line(self) -> str | None:
@@ -92,7 +93,7 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
                 or r.file_name in changed]
         infos = _probe_all(root, [r.file_name for r in todo], progress=progress)
         result = ImportResult(name, rejects=rejects)
-        new_images, new_rows, recovered = [], [], []
+        new_images, new_rows, recovered, replaced = [], [], [], []
         stored_sha1 = queries.image_sha1s(s, ds.id) if changed else {}
         changed_sha1 = {n: stored_sha1.get(n) for n in changed}
         for row, info in zip(todo, infos):
@@ -108,12 +109,16 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
                 if (changed[row.file_name] or isinstance(info, str)
                         or info.sha1 != changed_sha1[row.file_name]):
                     result.changed.append(row.file_name)
+                    replaced.append(old[0])
             elif not isinstance(info, str):
                 recovered.append({"id": old[0], **values})
         _insert(s, new_images, new_rows)
         filled = _fill_meta(s, root, ds.id, {r.file_name for r in todo}, progress=progress)
         if recovered:  # a file missing last time is there now, or one replaced since
             s.execute(update(Image), recovered)
+        # what any run predicted for a replaced file was another picture's: gone, so export and
+        # the pages ask for a new prediction instead of using it
+        result.predictions_dropped = predictions.drop_for_images(s, replaced)
         result.added, result.metadata_filled = len(new_images), filled
         result.rejects.sort(key=lambda r: (r.csv != TRAIN_CSV, r.line))
         for split in ("train", "test"):

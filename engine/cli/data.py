@@ -18,6 +18,9 @@ def cmd_import(args) -> None:
         print(f"rejected {r}", file=sys.stderr)
     for name in result.changed:
         print(f"changed since the last import, probed again: {name}", file=sys.stderr)
+    if result.predictions_dropped:
+        print(f"{result.predictions_dropped} prediction(s) of the changed files dropped (made from their "
+              "old content): predict again", file=sys.stderr)
     for line in (result.duplicates_line(), result.summary):
         if line:
             print(line, file=sys.stderr)
