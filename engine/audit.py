@@ -95,12 +95,12 @@ def _resumable(sessions: sessionmaker[Session], run_id: int) -> bool:
     """A fold run that died resumes from last.pt; one that died before its first epoch restarts."""
     from db.store import run_dir
 
+    if not (run_dir(run_id) / "last.pt").is_file():
+        _requeue(sessions, run_id)  # checks it may, as below
+        return False
     with sessions.begin() as s:
         jobs.check_resumable(s, run_id)
-        if (run_dir(run_id) / "last.pt").is_file():
-            return True
-    _requeue(sessions, run_id)
-    return False
+    return True
 
 
 def _requeue(sessions: sessionmaker[Session], run_id: int) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import runs as owners
 from db.models import Run
 from db.store import run_dir
-from engine.processes import beat_age, host_of, now, owner_alive
+from engine.processes import beat_age, host_of, last_line, now, owner_alive
 
 HEARTBEAT_S = 5.0  # seconds between heartbeats while training
 
@@ -25,12 +25,8 @@ log = logging.getLogger("aivh.liveness")
 
 def _exit_reason(run_id: int) -> str:
     """The last line the run's process wrote to process.txt (its error, usually)."""
-    path = run_dir(run_id) / "process.txt"
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return f": {lines[-1][:500]}" if lines else ""
+    line = last_line(run_dir(run_id) / "process.txt")
+    return f": {line}" if line else ""
 
 
 def reap_stale(s: Session) -> list[int]:

@@ -96,3 +96,13 @@ def owner_alive(run: Run) -> bool:
 
 def owner_text(run: Run) -> str:
     return f"pid {run.pid} on {host_of(run) or 'an unknown host'}"
+
+
+def last_line(path: Path) -> str:
+    """The last non-blank line a process wrote to its output file (its error, usually), at most
+    500 characters; "" when there is none or no file."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:500] if lines else ""

@@ -106,12 +106,10 @@ def create_sweep(sessions: sessionmaker[Session], dataset: str, trials: int, *, 
 
 def _trainable(values: dict) -> None:
     """A valid config whose starting weights can be had (ValueError: one line)."""
-    from engine.weights import unavailable
+    from engine.weights import require
 
     cfg = TrainConfig.from_dict(values).validate()
-    problem = unavailable(cfg.arch, cfg.pretrained)
-    if problem:
-        raise ValueError(problem)
+    require(cfg.arch, cfg.pretrained)
 
 
 def _check_space(space: dict, fixed: dict) -> None:

