@@ -15,11 +15,14 @@ from db.models import (
 )
 
 
-def _label_rows(dataset_id: int, pick=func.max, as_of: int | None = None, among=None):
+def _label_rows(dataset_id: int, pick=func.max, as_of: int | None = None, among=None,
+                source: str | None = None):
     """Subquery (image_id, lid): per image, the newest (max) or first (min) label row id; with
-    `among` (a select of image ids), only those images."""
+    `among` (a select of image ids), only those images; with `source`, among its rows only."""
     q = (select(Label.image_id, pick(Label.id).label("lid")).join(Image, Image.id == Label.image_id)
          .where(Image.dataset_id == dataset_id))
+    if source is not None:
+        q = q.where(Label.source == source)
     if as_of is not None:
         q = q.where(Label.id <= as_of)
     if among is not None:
@@ -27,7 +30,8 @@ def _label_rows(dataset_id: int, pick=func.max, as_of: int | None = None, among=
     return q.group_by(Label.image_id).subquery()
 
 
-# Label sources: "import" (the CSV's label), "review" (a reviewer's relabel), "undo" (restores
+# Label sources: "import" (train.csv's label: the first row of every training image, and a later
+# row when `aivh import --apply-label-changes` records an edit of train.csv), "review" (a reviewer's relabel), "undo" (restores
 # the label before an undone review; its note names it) and "unlabel" (undoes an image's first
 # review when it had no label before, a test image: its label column repeats the undone one
 # and means nothing; the image has no current label).
@@ -51,6 +55,12 @@ def import_labels(s: Session, dataset_id: int) -> dict[int, int]:
     return _labels_by(s, _label_rows(dataset_id, func.min))
 
 
+def csv_labels(s: Session, dataset_id: int) -> dict[int, int]:
+    """image_id -> the label train.csv gave it as last recorded (its newest "import" row): what a
+    re-import compares train.csv with to notice an edited label."""
+    return _labels_by(s, _label_rows(dataset_id, func.max, source="import"))
+
+
 def newest_label_id(s: Session, dataset_id: int) -> int | None:
     q = select(func.max(Label.id)).join(Image, Image.id == Label.image_id)
     return s.scalar(q.where(Image.dataset_id == dataset_id))
@@ -63,11 +73,19 @@ def _lock_image(s: Session, image_id: int) -> None:
         raise NotFound(f"no image {image_id}")
 
 
-def relabel(s: Session, image_id: int, label: int, *, author: str, note: str | None = None) -> Label:
+LABEL_SOURCES = ("review", "import")  # what relabel() may record (undo rows come from undo_last_review)
+
+
+def relabel(s: Session, image_id: int, label: int, *, author: str, note: str | None = None,
+            source: str = "review") -> Label:
+    """A new current label: a reviewer's ("review"), or an edit of train.csv a re-import
+    records ("import", `aivh import --apply-label-changes`)."""
     if label not in (0, 1):
         raise ValueError(f"label must be 0 or 1, not {label!r}")
+    if source not in LABEL_SOURCES:
+        raise ValueError(f"label source must be {' or '.join(LABEL_SOURCES)}, not {source!r}")
     _lock_image(s, image_id)
-    row = Label(image_id=image_id, label=label, source="review", author=author, note=note)
+    row = Label(image_id=image_id, label=label, source=source, author=author, note=note)
     s.add(row)
     s.flush()
     return row
@@ -117,9 +135,9 @@ def undo_last_review(s: Session, image_id: int, *, author: str) -> Label:
     test image before its first review). History stays whole; undo rows name what they undo,
     so a second undo goes one review further back, never forward.
 
-    Raises UndoRefused when the author has no review left to undo, or when someone else has
-    relabelled the image since (naming who and when): undoing then would silently revert their
-    change.
+    Raises UndoRefused when the author has no review left to undo, or when someone else (or a
+    re-import recording an edit of train.csv) has relabelled the image since (naming who and
+    when): undoing then would silently revert their change.
     """
     _lock_image(s, image_id)
     history = label_history(s, image_id)
@@ -130,7 +148,8 @@ def undo_last_review(s: Session, image_id: int, *, author: str) -> Label:
     if not mine:
         raise UndoRefused(f"nothing to undo: {author} has no review of image {image_id} left to undo")
     last = mine[-1]
-    others = [h for h in in_force if h.id > last.id and h.author != author]
+    others = [h for h in history if h.id > last.id and (h.source == "import" or (
+        h in in_force and h.author != author))]
     if others:
         o = others[-1]
         raise UndoRefused(

@@ -94,6 +94,12 @@ class Image(Base):
     # added in migration 0005: the 64-bit perceptual hash (imagehash.phash, 16 hex digits) of the
     # decoded pixels, computed at first use by `aivh duplicates` or a grouped split; NULL: not yet
     phash: Mapped[str | None] = mapped_column(String(16))
+    # added in migration 0006: train.csv's `group` column for this image as import recorded it
+    # ("" for none, and for test images): what a split keeps on one side, so a split never reads
+    # the live CSV. NULL: imported before 0006, filled in by the next import or the first split
+    # (engine.duplicates.split_groups). A changed group in train.csv is reported at re-import and
+    # recorded only with `aivh import --apply-group-changes`.
+    csv_group: Mapped[str | None] = mapped_column(Text)
 
 
 class Label(Base):

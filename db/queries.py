@@ -69,6 +69,36 @@ def images_without_meta(s: Session, dataset_id: int) -> dict[str, int]:
     return {path: i for path, i in s.execute(q)}
 
 
+def image_groups(s: Session, dataset_id: int) -> dict[str, str | None]:
+    """rel_path -> the train.csv group recorded with each image ("" none; None: not recorded yet,
+    an image imported before migration 0006)."""
+    q = select(Image.rel_path, Image.csv_group).where(Image.dataset_id == dataset_id)
+    return {path: group for path, group in s.execute(q)}
+
+
+def csv_groups(s: Session, dataset_id: int, split: str | None = "train") -> dict[int, str]:
+    """image id -> its recorded train.csv group, of the readable images that have one."""
+    q = select(Image.id, Image.csv_group).where(Image.dataset_id == dataset_id, Image.status == "ok",
+                                                Image.csv_group.is_not(None), Image.csv_group != "")
+    if split is not None:
+        q = q.where(Image.split == split)
+    return {i: group for i, group in s.execute(q)}
+
+
+def images_without_group(s: Session, dataset_id: int) -> list[tuple[int, str, str]]:
+    """(id, rel_path, split) of the images whose train.csv group was never recorded (imported
+    before migration 0006)."""
+    q = select(Image.id, Image.rel_path, Image.split).where(Image.dataset_id == dataset_id,
+                                                            Image.csv_group.is_(None))
+    return [tuple(r) for r in s.execute(q)]
+
+
+def set_groups(s: Session, values: dict[int, str]) -> None:
+    """Record train.csv groups (image id -> group, "" for none): one bulk UPDATE by primary key."""
+    if values:
+        s.execute(update(Image), [{"id": i, "csv_group": g} for i, g in values.items()])
+
+
 META_COLUMNS = ("width", "height", "bytes", "format", "mode", "jpeg_quality", "subsampling",
                 "progressive", "has_exif", "has_icc")
 

@@ -19,15 +19,50 @@ FIRST_REVISION = "0001"  # the schema stores had before migrations: they are sta
 log = logging.getLogger("aivh.store")
 
 
-def home() -> Path:
-    """The workspace folder: `AIVH_HOME`, else ~/.aivh."""
+def home(*, create: bool = True) -> Path:
+    """The workspace folder: `AIVH_HOME`, else ~/.aivh; made unless `create` is False."""
     path = Path(os.environ.get("AIVH_HOME") or Path.home() / ".aivh").expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def db_url() -> str:
-    return os.environ.get("AIVH_DB_URL") or f"sqlite:///{home() / 'aivh.db'}"
+    """The store's URL: `AIVH_DB_URL`, else aivh.db in the workspace (naming it makes nothing)."""
+    return os.environ.get("AIVH_DB_URL") or f"sqlite:///{home(create=False) / 'aivh.db'}"
+
+
+class NoStore(LookupError):
+    """A command that needs a store found none: one line naming where it looked."""
+
+
+def store_exists(url: str | None = None) -> bool:
+    """Whether the store at `url` (default: db_url()) is there, without creating it or its
+    folder: a SQLite file on disk (an in-memory one always is), or a server database holding
+    the store's tables."""
+    from sqlalchemy.pool import NullPool
+
+    probe = create_engine(url or db_url(), poolclass=NullPool)
+    try:
+        if probe.dialect.name == "sqlite":
+            found = sqlite_file(probe)
+            return found is None or Path(found[0]).is_file()
+        with probe.connect() as conn:
+            return inspect(conn).has_table("datasets")
+    finally:
+        probe.dispose()
+
+
+def require_store(url: str | None = None) -> None:
+    """NoStore (one line) unless the store exists: for commands that only use a store, so that
+    one run in a new workspace leaves nothing behind (no folder, no aivh.db, no lock file)."""
+    url = url or db_url()
+    if store_exists(url):
+        return
+    probe = create_engine(url)
+    found = sqlite_file(probe) if probe.dialect.name == "sqlite" else None
+    where = found[0] if found else probe.url.render_as_string(hide_password=True)
+    raise NoStore(f"no store at {where}: run `aivh import DATA_DIR` first")
 
 
 def child_env() -> dict[str, str]:
@@ -112,6 +147,8 @@ def _sqlite_wal(engine: Engine) -> None:
 def get_engine(url: str | None = None) -> Engine:
     url = url or db_url()
     if url.startswith("sqlite"):
+        if url == f"sqlite:///{home(create=False) / 'aivh.db'}":
+            home()  # the workspace's own store: its folder is made with it
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         _sqlite_wal(engine)

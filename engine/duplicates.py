@@ -294,18 +294,17 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
                  progress: bool = True) -> tuple[dict[int, str], dict]:
     """image id -> group key for `ids` (training images), and what was done, for the run's config.
 
-    Always: byte-identical copies (sha1) and train.csv's `group` column when it has one. With
-    group "near-duplicates": also perceptual-hash near copies (PHASH_MAX bits). Groups are
-    joined transitively (connected components); each gets the smallest member's content key, so
-    the split's stable-hash rule is unchanged for images without copies."""
+    Always: byte-identical copies (sha1) and the train.csv `group` recorded with each image at
+    import (never the live CSV: an edit counts once a re-import records it). With group
+    "near-duplicates": also perceptual-hash near copies (PHASH_MAX bits). Groups are joined
+    transitively (connected components); each gets the smallest member's content key, so the
+    split's stable-hash rule is unchanged for images without copies."""
     from db import queries
-    from engine.kaggle import read_groups
 
     if group not in (None, *GROUPINGS):
         raise ValueError(f"unknown grouping {group!r}: {' or '.join(GROUPINGS)}")
     ids = sorted(ids)
     keys = queries.content_keys(s, dataset_id, "train")
-    paths = dict(queries.image_paths(s, dataset_id, "train"))
     pos = {i: p for p, i in enumerate(ids)}
     edges: list[tuple[int, int]] = []
     by_key: dict[str, int] = {}
@@ -315,16 +314,19 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
             edges.append((by_key[k], pos[i]))
         else:
             by_key[k] = pos[i]
-    csv_groups = read_groups(root)
+    unrecorded = _record_missing_groups(s, dataset_id, root)
+    csv_groups = queries.csv_groups(s, dataset_id)
     by_group: dict[str, int] = {}
     for i in ids:
-        g = csv_groups.get(paths.get(i, ""))
+        g = csv_groups.get(i)
         if g:
             if g in by_group:
                 edges.append((by_group[g], pos[i]))
             else:
                 by_group[g] = pos[i]
     how = {"by": ["sha1"] + (["csv group"] if csv_groups else [])}
+    if unrecorded:
+        how["csv_group_unrecorded"] = unrecorded
     if group == "near-duplicates":
         hashes = ensure_phashes(s, dataset_id, root, progress=progress)
         hashed = [i for i in ids if i in hashes]
@@ -342,3 +344,26 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
     how.update({"group": group or "copies", "groups": int(np.sum(sizes > 1)),
                 "images_grouped": int(np.sum(sizes[sizes > 1])), "largest_group": int(sizes.max(initial=0))})
     return out, how
+
+
+def _record_missing_groups(s, dataset_id: int, root: Path) -> int:
+    """Images imported before groups were recorded (migration 0006) get theirs from train.csv
+    now, once, in the caller's transaction (as a re-import would); later splits use the stored
+    value. Returns how many training images still have none (train.csv unreadable): said in a
+    warning and in the run's grouping."""
+    from db import queries
+    from engine.kaggle import read_groups
+
+    missing = queries.images_without_group(s, dataset_id)
+    if not missing:
+        return 0
+    found = read_groups(root)
+    if found is None:
+        left = sum(split == "train" for _, _, split in missing)
+        if left:
+            log.warning("%d training images were imported before aivh recorded train.csv's group column "
+                        "and %s cannot be read now: they are split without it; run `aivh import` again",
+                        left, Path(root) / "train.csv")
+        return left
+    queries.set_groups(s, {i: found.get(path, "") if split == "train" else "" for i, path, split in missing})
+    return 0

@@ -21,12 +21,15 @@ from engine.kaggle import TRAIN_CSV, Reject, Row, read_kaggle_csvs
 SERIAL_BELOW = 2000  # rows: below this, starting worker processes costs more than it saves
 
 
+EXAMPLES = 5  # changed labels or groups named in the text and JSON (the count says how many)
+
+
 @dataclass
 class ImportResult:
     dataset: str
     train: int = 0  # images of each split now in the store and readable
     test: int = 0
-    added: int = 0  # new this time
+    added: int = 0  # readable images new this time (new rows, or rows whose file was missing or unreadable)
     rejects: list[Reject] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)  # files replaced since the last import, re-probed
     duplicate_groups: int = 0  # sets of byte-identical readable images (same sha1) in the dataset
@@ -36,6 +39,15 @@ class ImportResult:
     summary: str | None = None  # one line when every row was rejected (and alike: what to do)
     metadata_filled: int = 0  # stored images whose header properties were read this time (pre-0004 rows)
     predictions_dropped: int = 0  # every run's predictions of the changed files (another picture's)
+    # training images whose train.csv label is not the one the store last recorded from it (or, for
+    # a replaced file, not its current label either): [{"file_name", "csv_label", "imported_label",
+    # "current_label", "content_changed"}]; recorded as label rows by import only when applied
+    label_changes: list[dict] = field(default_factory=list)
+    label_changes_applied: bool = False
+    # images whose train.csv group is not the recorded one: [{"file_name", "csv_group", "recorded_group"}]
+    group_changes: list[dict] = field(default_factory=list)
+    group_changes_applied: bool = False
+    groups_filled: int = 0  # stored images whose group was recorded this time (pre-0006 rows)
 
     def to_json(self) -> dict:
         return {
@@ -46,6 +58,10 @@ class ImportResult:
             "changed": self.changed, "duplicate_groups": self.duplicate_groups,
             "label_conflicts": self.label_conflicts, "summary": self.summary,
             "metadata_filled": self.metadata_filled, "predictions_dropped": self.predictions_dropped,
+            "label_changes": len(self.label_changes), "label_change_examples": self.label_changes[:EXAMPLES],
+            "label_changes_applied": self.label_changes_applied,
+            "group_changes": len(self.group_changes), "group_change_examples": self.group_changes[:EXAMPLES],
+            "group_changes_applied": self.group_changes_applied, "groups_filled": self.groups_filled,
         }
 
     def duplicates_line(self) -> str | None:
@@ -59,6 +75,62 @@ class ImportResult:
             line += (f"; {len(self.label_conflicts)} with copies labelled differently, e.g. {first}: "
                      "relabel them to agree")
         return line
+
+    def label_changes_line(self) -> str | None:
+        """One line on labels edited in train.csv since the last import, or None."""
+        if not self.label_changes:
+            return None
+        n = len(self.label_changes)
+        examples = "; ".join(_label_example(c) for c in self.label_changes[:EXAMPLES])
+        if self.label_changes_applied:
+            return f"{n} label(s) changed in train.csv recorded as label rows by import, e.g. {examples}"
+        once = any(c["content_changed"] and c["csv_label"] == c["imported_label"] for c in self.label_changes)
+        return (f"{n} label(s) in train.csv differ from the store's, e.g. {examples}: not recorded; "
+                "`aivh import DATA_DIR --apply-label-changes` records them as label rows by import"
+                + ("; a replaced file whose train.csv label is unchanged is reported at this import only"
+                   if once else ""))
+
+    def group_changes_line(self) -> str | None:
+        """One line on groups edited in train.csv since the last import, or None."""
+        if not self.group_changes:
+            return None
+        n = len(self.group_changes)
+        examples = "; ".join(f"{c['file_name']}: {c['recorded_group'] or '(none)'} -> {c['csv_group'] or '(none)'}"
+                             for c in self.group_changes[:EXAMPLES])
+        if self.group_changes_applied:
+            return f"{n} group(s) changed in train.csv recorded (later splits and audits use them), e.g. {examples}"
+        return (f"{n} group(s) in train.csv differ from the recorded ones, e.g. {examples}: not recorded, "
+                "splits keep the recorded groups; `aivh import DATA_DIR --apply-group-changes` records them")
+
+
+def _label_example(c: dict) -> str:
+    text = f"{c['file_name']}: {c['imported_label']} -> {c['csv_label']}"
+    if c["content_changed"]:
+        text += " (file replaced"
+        if c["current_label"] != c["imported_label"]:
+            text += f"; current label {c['current_label']}, given to the old picture"
+        return text + ")"
+    if c["current_label"] != c["imported_label"]:
+        text += f" (current label {c['current_label']})"
+    return text
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A Kaggle-layout folder's CSVs, read and checked: all that import needs before the store."""
+    root: Path
+    rows: list[Row]
+    rejects: list[Reject]
+
+
+def read_folder(data_dir: str | Path) -> Folder:
+    """The folder's rows and text rejects; FileNotFoundError or CsvError (one line) when it is no
+    Kaggle folder, so a command can check its argument before opening (or creating) a store."""
+    root = Path(data_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    rows, rejects = read_kaggle_csvs(root)  # raises CsvError before anything is written
+    return Folder(root, rows, rejects)
 
 
 def _probe_all(root: Path, names: list[str], *, progress: bool, probe=None,
@@ -76,14 +148,15 @@ def _probe_all(root: Path, names: list[str], *, progress: bool, probe=None,
         return list(tqdm(pool.map(partial(probe, root), names, chunksize=256), **bar))
 
 
-def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: str | None = None,
-                   *, progress: bool = True) -> ImportResult:
-    root = Path(data_dir).expanduser().resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a folder")
+def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path | Folder, name: str | None = None,
+                   *, progress: bool = True, apply_label_changes: bool = False,
+                   apply_group_changes: bool = False) -> ImportResult:
+    """Import (or import again) a Kaggle folder, in one transaction. Labels and groups edited in
+    train.csv since the last import are reported, and recorded only when asked (`apply_*`)."""
+    folder = data_dir if isinstance(data_dir, Folder) else read_folder(data_dir)
+    root, rows = folder.root, folder.rows
     name = name or root.name
-    rows, rejects = read_kaggle_csvs(root)  # raises CsvError before anything is written
-    total = len(rows) + len(rejects)
+    total = len(rows) + len(folder.rejects)
     with sessions.begin() as s:
         ds = _dataset(s, name, root)
         known = queries.existing_paths(s, ds.id)
@@ -92,8 +165,9 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
         todo = [r for r in rows if r.file_name not in known or known[r.file_name][1] != "ok"
                 or r.file_name in changed]
         infos = _probe_all(root, [r.file_name for r in todo], progress=progress)
-        result = ImportResult(name, rejects=rejects)
+        result = ImportResult(name, rejects=list(folder.rejects))
         new_images, new_rows, recovered, replaced = [], [], [], []
+        readable_again = 0
         stored_sha1 = queries.image_sha1s(s, ds.id) if changed else {}
         changed_sha1 = {n: stored_sha1.get(n) for n in changed}
         for row, info in zip(todo, infos):
@@ -102,7 +176,7 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
             old = known.get(row.file_name)
             values = _image_values(ds.id, row, info)
             if old is None:
-                new_images.append(values)
+                new_images.append({**values, "csv_group": row.group})
                 new_rows.append(row)
             elif row.file_name in changed:  # replaced since the last import: record what is there now
                 recovered.append({"id": old[0], **values})
@@ -112,6 +186,7 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
                     replaced.append(old[0])
             elif not isinstance(info, str):
                 recovered.append({"id": old[0], **values})
+                readable_again += 1  # missing or unreadable last time, there now
         _insert(s, new_images, new_rows)
         filled = _fill_meta(s, root, ds.id, {r.file_name for r in todo}, progress=progress)
         if recovered:  # a file missing last time is there now, or one replaced since
@@ -119,13 +194,67 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path, name: 
         # what any run predicted for a replaced file was another picture's: gone, so export and
         # the pages ask for a new prediction instead of using it
         result.predictions_dropped = predictions.drop_for_images(s, replaced)
-        result.added, result.metadata_filled = len(new_images), filled
+        _label_changes(s, ds.id, rows, known, set(result.changed), result, apply=apply_label_changes)
+        _group_changes(s, ds.id, rows, known, result, apply=apply_group_changes)
+        result.added = readable_again + sum(v["status"] == "ok" for v in new_images)
+        result.metadata_filled = filled
         result.rejects.sort(key=lambda r: (r.csv != TRAIN_CSV, r.line))
         for split in ("train", "test"):
             setattr(result, split, queries.count_images(s, ds.id, split))
         _report_duplicates(s, ds.id, result)
         result.summary = _summary(result, total)
     return result
+
+
+def _label_changes(s: Session, dataset_id: int, rows: list[Row], known: dict[str, tuple[int, str]],
+                   replaced: set[str], result: ImportResult, *, apply: bool) -> None:
+    """The stored training images whose label in train.csv is not the one last recorded from it
+    (an edited CSV), or whose file was replaced and whose current label is not train.csv's (a
+    reviewer's label of the old picture); with `apply`, train.csv's label recorded as a label
+    row by import (db.labelling.relabel) for each, in the import's transaction."""
+    stored = [(r, known[r.file_name][0]) for r in rows if r.label is not None and r.file_name in known]
+    if not stored:
+        return
+    recorded, current = labelling.csv_labels(s, dataset_id), labelling.current_labels(s, dataset_id)
+    for row, i in stored:
+        imported = recorded.get(i)
+        if imported is None:  # no label from train.csv yet (not a training image before)
+            continue
+        now = current.get(i)
+        content = row.file_name in replaced
+        if row.label != imported or (content and now is not None and row.label != now):
+            result.label_changes.append({"file_name": row.file_name, "csv_label": row.label,
+                                         "imported_label": imported, "current_label": now,
+                                         "content_changed": content, "image_id": i})
+    if apply:
+        for c in result.label_changes:
+            why = "file replaced" if c["content_changed"] else "edited"
+            labelling.relabel(s, c["image_id"], c["csv_label"], author="import", source="import",
+                              note=f"train.csv {why}: {c['imported_label']} -> {c['csv_label']}")
+        result.label_changes_applied = bool(result.label_changes)
+
+
+def _group_changes(s: Session, dataset_id: int, rows: list[Row], known: dict[str, tuple[int, str]],
+                   result: ImportResult, *, apply: bool) -> None:
+    """Groups of stored images: recorded where none was (rows imported before migration 0006:
+    `groups_filled`), compared with train.csv's elsewhere; a changed one is recorded with `apply`."""
+    stored = queries.image_groups(s, dataset_id)
+    fill, moved = {}, {}
+    for r in rows:
+        if r.file_name not in known:
+            continue
+        was = stored.get(r.file_name)
+        if was is None:
+            fill[known[r.file_name][0]] = r.group
+        elif was != r.group:
+            moved[known[r.file_name][0]] = r.group
+            result.group_changes.append({"file_name": r.file_name, "csv_group": r.group,
+                                         "recorded_group": was})
+    queries.set_groups(s, fill)
+    result.groups_filled = len(fill)
+    if apply and moved:
+        queries.set_groups(s, moved)
+        result.group_changes_applied = True
 
 
 def _fill_meta(s: Session, root: Path, dataset_id: int, probed: set[str], *, progress: bool) -> int:

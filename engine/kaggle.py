@@ -18,6 +18,7 @@ class Row:
     index: int  # 0-based data row: the order export keeps
     file_name: str
     label: int | None  # None for test rows
+    group: str = ""  # train.csv's optional `group` column (images kept on one side of every split)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ def _parse_label(text: str) -> int | None:
     return int(value) if value in (0.0, 1.0) else None
 
 
-def _read_rows(path: Path, *, need: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+def _read_rows(path: Path, *, need: tuple[str, ...],
+               optional: tuple[str, ...] = ()) -> list[tuple[int, dict[str, str]]]:
     if not path.is_file():
         raise CsvError(f"{path}: file not found (the Kaggle layout has train.csv and test.csv)")
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -53,7 +55,7 @@ def _read_rows(path: Path, *, need: tuple[str, ...]) -> list[tuple[int, dict[str
             missing = [c for c in need if c not in header]
             if missing:
                 raise CsvError(f"{path}: missing column {', '.join(missing)} (header is {','.join(header)})")
-            cols = {c: header.index(c) for c in need}
+            cols = {c: header.index(c) for c in (*need, *optional) if c in header}
             rows = []
             for values in reader:
                 if any(v.strip() for v in values):
@@ -71,15 +73,15 @@ def read_kaggle_csvs(root: Path) -> tuple[list[Row], list[Reject]]:
     Raises CsvError before yielding anything if either CSV or a needed column is missing,
     so a broken folder writes nothing.
     """
-    train = list(_read_rows(root / TRAIN_CSV, need=("file_name", "label")))
+    train = list(_read_rows(root / TRAIN_CSV, need=("file_name", "label"), optional=("group",)))
     test = list(_read_rows(root / TEST_CSV, need=("id",)))
     rows: list[Row] = []
     rejects: list[Reject] = []
     seen: dict[str, str] = {}
-    sources = [(TRAIN_CSV, line, r["file_name"], r["label"]) for line, r in train]
-    sources += [(TEST_CSV, line, r["id"], None) for line, r in test]
+    sources = [(TRAIN_CSV, line, r["file_name"], r["label"], r.get("group", "")) for line, r in train]
+    sources += [(TEST_CSV, line, r["id"], None, "") for line, r in test]
     counters = {TRAIN_CSV: 0, TEST_CSV: 0}
-    for name, line, file_name, label_text in sources:
+    for name, line, file_name, label_text, group in sources:
         file_name = file_name.strip()
         index = counters[name]
         counters[name] += 1
@@ -95,7 +97,7 @@ def read_kaggle_csvs(root: Path) -> tuple[list[Row], list[Reject]]:
             rejects.append(Reject(name, line, file_name, reason))
             continue
         seen[file_name] = f"{name}:{line}"
-        rows.append(Row(name, line, index, file_name, label))
+        rows.append(Row(name, line, index, file_name, label, group.strip()))
     return rows, rejects
 
 
@@ -112,17 +114,21 @@ def path_problem(root: Path, file_name: str) -> str | None:
     return None
 
 
-def read_groups(root: Path) -> dict[str, str]:
-    """file_name -> group from train.csv's optional `group` column (images that must stay on one
-    side of every split, e.g. a photo and its generated twin); empty when there is no such column."""
-    path = Path(root) / "train.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, None) or []]
-        if "group" not in header or "file_name" not in header:
-            return {}
-        name, group = header.index("file_name"), header.index("group")
-        return {row[name].strip(): row[group].strip() for row in reader
-                if len(row) > max(name, group) and row[group].strip()}
+def read_groups(root: Path) -> dict[str, str] | None:
+    """file_name -> group ("" for none) from train.csv's optional `group` column, as import reads
+    it; every name maps to "" when there is no such column; None when train.csv cannot be read.
+    Only for stores whose rows were imported before the group was recorded with each image
+    (engine.duplicates.split_groups fills them in once): a split uses the recorded groups."""
+    path = Path(root) / TRAIN_CSV
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, None) or []]
+            if "file_name" not in header:
+                return None
+            name = header.index("file_name")
+            group = header.index("group") if "group" in header else None
+            return {row[name].strip(): (row[group].strip() if group is not None and len(row) > group else "")
+                    for row in reader if len(row) > name}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None

@@ -65,7 +65,8 @@ def test_torchrun_launch_makes_one_run_written_by_rank_0(workspace, tmp_path):
     assert log.count(" started on ") == 1 and log.count("epoch 3/3") == 1
 
 
-def test_torchrun_failure_on_rank_0_is_one_clear_error_on_every_rank(workspace):
+def test_torchrun_failure_on_rank_0_is_one_clear_error_on_every_rank(workspace, sessions):
+    # `sessions` makes the store: without one, every rank stops at "no store" before the run starts
     proc = aivh("train", "--dataset", "nosuch", "--device", "cpu", env_home=workspace,
                 launcher=TORCHRUN, check=False, timeout=300)
     assert proc.returncode != 0

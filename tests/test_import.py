@@ -133,9 +133,10 @@ def test_a_file_missing_at_first_import_is_picked_up_later(sessions, tiny_datase
     moved.rename(moved.with_suffix(".bak"))
     first = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     assert first.train == 7 and [r.reason for r in first.rejects] == ["missing file"]
+    assert first.added == 7 + 3  # the missing file is rejected, not new
     moved.with_suffix(".bak").rename(moved)
     second = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
-    assert (second.train, second.added, second.rejects) == (8, 0, [])
+    assert (second.train, second.added, second.rejects) == (8, 1, [])  # readable now: new this time
     with sessions() as s:
         labels = labelling.current_labels(s, queries.get_dataset(s, "tiny").id)
         assert len(labels) == 8  # its label was kept from the first import

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from engine.cli import data, neighbours, outputs, review, runs, serve, sweeps
-from engine.cli.shared import json_parent, training_parent
+from engine.cli.shared import check_store, json_parent, training_parent
 from engine.errors import Reported, UsageError, say
 
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     known = (UsageError, LookupError, FileNotFoundError, ValueError, PermissionError,
              RuntimeError)
     try:
+        check_store(args)
         args.func(args)
     except Reported:
         return 1

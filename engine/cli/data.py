@@ -11,9 +11,12 @@ from engine.errors import UsageError
 
 
 def cmd_import(args) -> None:
-    from engine.ingest import import_dataset
+    from engine.ingest import import_dataset, read_folder
 
-    result = import_dataset(session_factory(), args.data_dir, args.name, progress=not args.json)
+    folder = read_folder(args.data_dir)  # a folder that is no Kaggle layout stops here: no store made
+    result = import_dataset(session_factory(), folder, args.name, progress=not args.json,
+                            apply_label_changes=args.apply_label_changes,
+                            apply_group_changes=args.apply_group_changes)
     for r in result.rejects[:3] if result.summary else result.rejects:  # the summary speaks for the rest
         print(f"rejected {r}", file=sys.stderr)
     for name in result.changed:
@@ -21,7 +24,8 @@ def cmd_import(args) -> None:
     if result.predictions_dropped:
         print(f"{result.predictions_dropped} prediction(s) of the changed files dropped (made from their "
               "old content): predict again", file=sys.stderr)
-    for line in (result.duplicates_line(), result.summary):
+    for line in (result.label_changes_line(), result.group_changes_line(), result.duplicates_line(),
+                 result.summary):
         if line:
             print(line, file=sys.stderr)
     emit(args, result.to_json(),
@@ -84,6 +88,12 @@ def _import_parser(sub, common) -> None:
     c = sub.add_parser("import", parents=[common], help="import a Kaggle-layout folder")
     c.add_argument("data_dir")
     c.add_argument("--name", help="dataset name (default: the folder's name)")
+    c.add_argument("--apply-label-changes", action="store_true",
+                   help="record the labels edited in train.csv since the last import (and train.csv's label "
+                        "of a replaced file) as label rows by import; without it they are only reported")
+    c.add_argument("--apply-group-changes", action="store_true",
+                   help="record the groups edited in train.csv since the last import, so later splits and "
+                        "audits use them; without it they are only reported and splits keep the recorded ones")
     c.set_defaults(func=cmd_import)
 
 

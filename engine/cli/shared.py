@@ -18,6 +18,25 @@ def emit(args, payload: dict | list, text: str) -> None:
         print(text)
 
 
+# Which commands may start a store in a workspace that has none: import (and demo, which imports
+# into its own workspace) make one, serve opens the dashboard on an empty one; bench uses none.
+# Every other command only uses a store: without one it stops at one line and makes nothing.
+CREATES_STORE = ("import", "demo", "serve")
+NEEDS_NO_STORE = ("bench",)
+
+
+def check_store(args) -> None:
+    """The store rule, checked once before any command runs (engine.cli.main): a command that
+    only uses a store raises db.store.NoStore (one line) in a workspace without one, before
+    anything (folder, aivh.db, lock file) is created. Commands check their own arguments
+    before they open a store, so a failing one leaves a new workspace empty as well."""
+    if args.command in CREATES_STORE or args.command in NEEDS_NO_STORE:
+        return
+    from db.store import require_store
+
+    require_store()
+
+
 def json_parent() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object as the last line")
