@@ -31,7 +31,8 @@ def _label_rows(dataset_id: int, pick=func.max, as_of: int | None = None, among=
 
 
 # Label sources: "import" (train.csv's label: the first row of every training image, and a later
-# row when `aivh import --apply-label-changes` records an edit of train.csv), "review" (a reviewer's relabel), "undo" (restores
+# row when `aivh import --apply-label-changes` records an edit of train.csv), "review" (a
+# reviewer's relabel), "undo" (restores
 # the label before an undone review; its note names it) and "unlabel" (undoes an image's first
 # review when it had no label before, a test image: its label column repeats the undone one
 # and means nothing; the image has no current label).

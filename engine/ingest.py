@@ -95,10 +95,12 @@ class ImportResult:
         if not self.group_changes:
             return None
         n = len(self.group_changes)
-        examples = "; ".join(f"{c['file_name']}: {c['recorded_group'] or '(none)'} -> {c['csv_group'] or '(none)'}"
-                             for c in self.group_changes[:EXAMPLES])
+        examples = "; ".join(
+            f"{c['file_name']}: {c['recorded_group'] or '(none)'} -> {c['csv_group'] or '(none)'}"
+            for c in self.group_changes[:EXAMPLES])
         if self.group_changes_applied:
-            return f"{n} group(s) changed in train.csv recorded (later splits and audits use them), e.g. {examples}"
+            return (f"{n} group(s) changed in train.csv recorded (later splits and audits use them), "
+                    f"e.g. {examples}")
         return (f"{n} group(s) in train.csv differ from the recorded ones, e.g. {examples}: not recorded, "
                 "splits keep the recorded groups; `aivh import DATA_DIR --apply-group-changes` records them")
 

@@ -1,9 +1,12 @@
 """Which images a run trains and validates on, and which fold an audit holds each image out in.
 
-One rule for both: byte-identical copies (same content hash) form a group that always lands on
-one side; a group's class is the most common import label among its copies (the lower on a
-tie); within a class, groups are ordered by the smallest stable hash of their members' keys
-(`stable_rank`). Import labels never change, so a relabel never moves an image.
+One rule for both: byte-identical copies (same content hash), and whatever else
+engine.duplicates.split_groups joins (the train.csv group recorded at import, near copies on
+request), form a group that always lands on one side; a group's class is the most common import
+label among its copies (the lower on a tie); within a class, groups are ordered by the smallest
+stable hash of their members' keys (`stable_rank`). The import label is an image's first label
+row, which never changes (a relabel, or an edit of train.csv recorded by a re-import, is a later
+row), so no relabel moves an image; every input is read from the store, never from the live CSV.
 """
 from __future__ import annotations
 
@@ -50,9 +53,10 @@ def ordered_classes(groups: list[list[int]], keys: dict[int, str], strata: dict[
 def split_images(keys: dict[int, str], strata: dict[int, int], *, val_fraction: float,
                  seed: int, limit: int | None = None,
                  content: dict[int, str | None] | None = None) -> tuple[list[int], list[int]]:
-    """(train ids, val ids): a pure function of stable keys, the seed and the import labels.
+    """(train ids, val ids): a pure function of stable keys, the seed, the import labels and the groups.
 
-    Images with the same content hash (`content`: id -> sha1 of the file's bytes) form one
+    Images with the same content key (`content`: id -> sha1 of the file's bytes, or the group key
+    of split_groups) form one
     group that lands whole on one side: a copy under another name never trains while its twin
     validates. Per class, groups are taken in stable-hash order (module docstring) until
     `val_fraction` of the class's images are validation. Without duplicates this is exactly the

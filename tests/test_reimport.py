@@ -35,7 +35,8 @@ def _flip(names):
 
 def _history(sessions):
     with sessions() as s:
-        return [tuple(r) for r in s.execute(select(Label.image_id, Label.label, Label.source).order_by(Label.id))]
+        rows = s.execute(select(Label.image_id, Label.label, Label.source).order_by(Label.id))
+        return [tuple(r) for r in rows]
 
 
 def _labels(sessions, name):
@@ -78,7 +79,7 @@ def test_an_edited_label_is_reported_and_recorded_only_when_asked(sessions, tiny
     assert quiet.label_changes == [] and quiet.label_changes_line() is None
 
 
-def test_a_reviewed_label_is_not_a_train_csv_edit_and_an_import_change_blocks_its_undo(sessions, tiny_dataset):
+def test_a_reviewed_label_is_no_train_csv_edit_and_an_import_change_blocks_its_undo(sessions, tiny_dataset):
     import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     name = f"train_data/{2:032x}.jpg"
     with sessions.begin() as s:
@@ -88,7 +89,8 @@ def test_a_reviewed_label_is_not_a_train_csv_edit_and_an_import_change_blocks_it
     assert import_dataset(sessions, tiny_dataset, "tiny", progress=False).label_changes == []
     _rewrite_train(tiny_dataset, _flip([name]))  # train.csv now agrees with ann: still an edit of the CSV
     applied = import_dataset(sessions, tiny_dataset, "tiny", progress=False, apply_label_changes=True)
-    assert [(c["imported_label"], c["csv_label"], c["current_label"]) for c in applied.label_changes] == [(0, 1, 1)]
+    assert [(c["imported_label"], c["csv_label"], c["current_label"])
+            for c in applied.label_changes] == [(0, 1, 1)]
     with sessions.begin() as s, pytest.raises(labelling.UndoRefused, match="import relabelled it"):
         labelling.undo_last_review(s, image_id, author="ann")
 
@@ -108,7 +110,8 @@ def test_a_replaced_file_whose_label_differs_is_reported(sessions, tiny_dataset)
     got = {c["file_name"]: c for c in again.label_changes}
     assert set(got) == {edited, reviewed} and all(c["content_changed"] for c in got.values())
     assert (got[edited]["imported_label"], got[edited]["csv_label"]) == (1, 0)
-    assert (got[reviewed]["csv_label"], got[reviewed]["current_label"]) == (1, 0)  # csv unchanged, review stale
+    # train.csv unchanged, the reviewer's label is of the old picture
+    assert (got[reviewed]["csv_label"], got[reviewed]["current_label"]) == (1, 0)
     assert "file replaced" in again.label_changes_line()
     assert "reported at this import only" in again.label_changes_line()
     applied = import_dataset(sessions, tiny_dataset, "tiny", progress=False, apply_label_changes=True)

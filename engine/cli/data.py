@@ -93,7 +93,7 @@ def _import_parser(sub, common) -> None:
                         "of a replaced file) as label rows by import; without it they are only reported")
     c.add_argument("--apply-group-changes", action="store_true",
                    help="record the groups edited in train.csv since the last import, so later splits and "
-                        "audits use them; without it they are only reported and splits keep the recorded ones")
+                        "audits use them; without it they are only reported (splits keep the recorded ones)")
     c.set_defaults(func=cmd_import)
 
 
