@@ -217,12 +217,16 @@ def _label_changes(s: Session, dataset_id: int, rows: list[Row], known: dict[str
     stored = [(r, known[r.file_name][0]) for r in rows if r.label is not None and r.file_name in known]
     if not stored:
         return
-    recorded, current = labelling.csv_labels(s, dataset_id), labelling.current_labels(s, dataset_id)
-    for row, i in stored:
-        imported = recorded.get(i)
-        if imported is None:  # no label from train.csv yet (not a training image before)
-            continue
-        now = current.get(i)
+    recorded = labelling.csv_labels(s, dataset_id)
+    # no image has an import row only when it was not a training image: skipped
+    candidates = [(r, i) for r, i in stored if i in recorded
+                  and (r.label != recorded[i] or r.file_name in replaced)]
+    if not candidates:
+        return
+    among = [i for _, i in candidates] if len(candidates) <= 1000 else None  # else: one query for all
+    current = labelling.current_labels(s, dataset_id, among=among)
+    for row, i in candidates:
+        imported, now = recorded[i], current.get(i)
         content = row.file_name in replaced
         if row.label != imported or (content and now is not None and row.label != now):
             result.label_changes.append({"file_name": row.file_name, "csv_label": row.label,
