@@ -20,7 +20,7 @@ def side_ui(root: str, r, who: str, key: str) -> None:
         c1, c2 = st.columns(2)
         for col, value in ((c1, 1), (c2, 0)):
             if col.button(LABELS[value], key=f"dup_{key}_{value}", disabled=label == value,
-                          use_container_width=True):
+                          width="stretch"):
                 store.relabel(int(r["image_id"]), value, author=who, note="from Duplicates")
                 st.toast(f"{r['rel_path']} labelled {LABELS[value]}")
                 st.rerun()
