@@ -21,6 +21,13 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on
 
 # chosen on planted copies in cifake-mini (docs/benchmarks.md, "Neighbours")
 COSINE_MIN = 0.90  # Lite0 probe features at 64 px on cifake-mini: no unrelated pair above 0.87
+# A cosine means something only against the run's own spread: an undertrained model maps every
+# image to nearly one vector (a bird and a horse at distance 0.0027, 348 of 400 images in one
+# cluster at 0.90). An embedding pair counts only when its distance is also at most RELATIVE_MAX
+# of the run's median nearest-neighbour distance (docs/benchmarks.md, "Thresholds"); under
+# SEPARATE_MIN the images' nearest neighbours are all alike and no pair is made by embedding.
+RELATIVE_MAX = 0.25
+SEPARATE_MIN = 1e-3
 NEIGHBOURS = 10  # nearest neighbours searched per image by embedding
 EXACT_MAX = 20_000  # up to this many images the embedding search is exact; above, faiss IVF
 NPROBE = 8  # IVF lists searched per query (of 4 sqrt(N)): 8 and 16 found the same planted pairs, 8 in 38 s
@@ -126,13 +133,50 @@ def embedding_pairs(vectors: np.ndarray, min_cosine: float = COSINE_MIN, k: int 
     if len(vectors) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     sims, idx = knn(vectors, k)
-    rows = np.repeat(np.arange(len(vectors)), sims.shape[1])
-    sims, idx = sims.ravel(), idx.ravel()
-    keep = (idx >= 0) & (sims >= min_cosine)
-    a, b, c = rows[keep], idx[keep].astype(np.int64), sims[keep]
+    return _once(sims, idx, sims >= min_cosine)
+
+
+def _once(sims: np.ndarray, idx: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine), i < j, each pair once, of the (row, neighbour) hits marked `near`."""
+    n = len(sims)
+    rows = np.repeat(np.arange(n), sims.shape[1])
+    keep = ((idx >= 0) & near).ravel()
+    a, b, c = rows[keep], idx.ravel()[keep].astype(np.int64), sims.ravel()[keep]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    _, first = np.unique(lo * len(vectors) + hi, return_index=True)
+    _, first = np.unique(lo * n + hi, return_index=True)
     return lo[first], hi[first], c[first]
+
+
+def copy_pairs(vectors: np.ndarray, min_cosine: float = COSINE_MIN, k: int = NEIGHBOURS, *,
+               relative: float = RELATIVE_MAX, separate_min: float = SEPARATE_MIN,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(i, j, cosine) of the pairs `aivh duplicates --run` calls copies, and how the threshold was
+    set: within 1 - min_cosine AND within `relative` of the median image's distance to its nearest
+    neighbour (the run's own scale); none when that median is under separate_min (the embeddings
+    do not separate images). The dict: asked and used cosine distances, the median nearest-
+    neighbour distance, and a sentence when the run's scale tightened or refused the threshold."""
+    empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    asked = round(1.0 - float(min_cosine), 6)
+    info = {"asked_max_distance": asked, "max_distance": asked, "nn_median_distance": None, "note": None}
+    if len(vectors) < 2:
+        return (*empty, info)
+    sims, idx = knn(vectors, k)
+    nearest_d = 1.0 - sims[:, 0][idx[:, 0] >= 0].astype(np.float64)
+    typical = float(np.median(nearest_d)) if len(nearest_d) else 0.0
+    info["nn_median_distance"] = round(typical, 6)
+    if typical < separate_min:
+        info["max_distance"] = None
+        info["note"] = (f"the embeddings do not separate images: the median image's nearest neighbour is at "
+                        f"cosine distance {typical:.2g} (under {separate_min:g}), so nearness says nothing "
+                        "about copies and no pair is made by embedding (an undertrained model maps every "
+                        "image to nearly one vector: a trained run's or a probe's embeddings separate them)")
+        return (*empty, info)
+    limit = min(asked, relative * typical)
+    info["max_distance"] = round(limit, 6)
+    if limit < asked:
+        info["note"] = (f"embedding pairs within cosine distance {limit:.2g}: {relative:g} of the run's median "
+                        f"nearest-neighbour distance ({typical:.2g}), tighter than --min-cosine's {asked:g}")
+    return (*_once(sims, idx, 1.0 - sims.astype(np.float64) <= limit), info)
 
 
 def nearest(emb: embeddings.Embeddings, image_id: int, k: int = 12) -> list[tuple[int, float]]:

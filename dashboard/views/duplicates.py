@@ -57,9 +57,21 @@ counts = report["counts"]
 cols = st.columns(len(counts))
 for col, (kind, n) in zip(cols, counts.items()):
     col.metric(kind, f"{n:,}")
+thresholds = report["thresholds"]
+if run_id is None:
+    by_embedding = ""
+elif thresholds["embedding_max_distance"] is None:
+    by_embedding = ", no pairs by embedding"
+else:
+    by_embedding = (f", embedding cosine at least {thresholds['min_cosine']} and cosine distance within "
+                    f"{thresholds['embedding_max_distance']:.4g} (the run's median nearest neighbour: "
+                    f"{thresholds['nn_median_distance']:.4g})")
 st.caption(f"{len(report['pairs']):,} pairs in {report['clusters']:,} clusters of {report['images']:,} images · "
-           f"perceptual hash within {report['thresholds']['phash_max_bits']} bits"
-           + (f", embedding cosine at least {report['thresholds']['min_cosine']}" if run_id else ""))
+           f"perceptual hash within {thresholds['phash_max_bits']} bits" + by_embedding)
+for note in report["notes"]:
+    st.info(note[0].upper() + note[1:])
+for warning in report["warnings"]:
+    st.warning(warning[0].upper() + warning[1:])
 if not report["pairs"]:
     st.success("No exact or near copies found.")
     st.stop()
