@@ -5,9 +5,9 @@ Three ways two images are copies, strongest first:
   exact      the same bytes (sha1, recorded at import)
   phash      perceptual hashes (imagehash.phash, 64 bits of the 32x32 DCT) within PHASH_MAX bits:
              survives re-encoding and resizing; hashed in worker processes, stored at first use
-  embedding  cosine similarity of the run's pooled features of at least COSINE_MIN and far below
-             the run's own median nearest-neighbour distance; none when its embeddings do not
-             separate images (with --run; engine/neighbours.py: copy_pairs)
+  embedding  cosine similarity of the run's pooled features of at least COSINE_MIN, and far nearer
+             than either image's other neighbours; none when the run's embeddings do not separate
+             images (with --run; engine/neighbours.py: copy_pairs)
 Pairs are joined into clusters (scipy's connected components) and each pair gets one kind:
 label-conflict (an exact or phash copy whose current labels differ), train-val (a leak: one
 side trained, the other validated, with --run), train-train, train-test, test-test. Hash pairs
@@ -241,7 +241,9 @@ def find_duplicates(sessions, dataset: str, run_id: int | None = None, *, max_bi
             "largest_cluster": largest, "warnings": warnings, "notes": notes,
             "thresholds": {"phash_max_bits": max_bits, "min_cosine": min_cosine if run_id is not None else None,
                            "embedding_max_distance": scale.get("max_distance"),
-                           "nn_median_distance": scale.get("nn_median_distance")},
+                           "embedding_relative": scale.get("relative"), "embedding_rank": scale.get("rank"),
+                           "nn_median_distance": scale.get("nn_median_distance"),
+                           "embedding_left_out": scale.get("left_out")},
             "seconds": round(time.perf_counter() - t0, 2), "hash_seconds": round(t_hash, 2),
             "neighbour_seconds": round(t_nn, 2)}
 

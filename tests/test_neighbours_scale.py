@@ -51,8 +51,9 @@ def test_collapsed_embeddings_make_no_giant_cluster(sessions, sample, spread, ra
     assert len(out["notes"]) == 1 and out["notes"][0].startswith(f"run {run_id}: ")
     if out["thresholds"]["embedding_max_distance"] is None:  # refused: said why
         assert "do not separate images" in out["notes"][0] and out["matches"]["embedding"] == 0
-    else:  # tightened to the run's scale: said how
-        assert out["thresholds"]["embedding_max_distance"] < 0.1 and "median nearest-neighbour" in out["notes"][0]
+    else:  # pairs within --min-cosine left out on the run's scale: said how many
+        left_out = out["thresholds"]["embedding_left_out"]
+        assert left_out >= len(ids) and f"{left_out:,} pairs within --min-cosine" in out["notes"][0]
 
 
 def test_planted_copies_among_spread_embeddings_are_still_found(sessions, sample):
@@ -70,7 +71,8 @@ def test_planted_copies_among_spread_embeddings_are_still_found(sessions, sample
     planted = {tuple(sorted((ids[a], ids[b]))) for a, b in zip(twins[:20], twins[20:])}
     assert found == planted
     assert out["notes"] == [] and out["warnings"] == [] and out["largest_cluster"] == 2
-    assert out["thresholds"]["embedding_max_distance"] == pytest.approx(0.1)  # --min-cosine's, untouched
+    assert out["thresholds"]["embedding_max_distance"] == pytest.approx(0.1)  # --min-cosine's
+    assert out["thresholds"]["embedding_left_out"] == 0
 
 
 def test_a_cluster_swallowing_most_images_is_warned_on_the_cli_json_and_page(sessions, tmp_path):

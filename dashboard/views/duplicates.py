@@ -63,9 +63,10 @@ if run_id is None:
 elif thresholds["embedding_max_distance"] is None:
     by_embedding = ", no pairs by embedding"
 else:
-    by_embedding = (f", embedding cosine at least {thresholds['min_cosine']} and cosine distance within "
-                    f"{thresholds['embedding_max_distance']:.4g} (the run's median nearest neighbour: "
-                    f"{thresholds['nn_median_distance']:.4g})")
+    by_embedding = (f", embedding cosine at least {thresholds['min_cosine']} and a distance under "
+                    f"{thresholds['embedding_relative']:g} of both images' distance to their "
+                    f"{thresholds['embedding_rank']}th nearest other image (the run's median nearest-neighbour "
+                    f"distance: {thresholds['nn_median_distance']:.2g})")
 st.caption(f"{len(report['pairs']):,} pairs in {report['clusters']:,} clusters of {report['images']:,} images · "
            f"perceptual hash within {thresholds['phash_max_bits']} bits" + by_embedding)
 for note in report["notes"]:
