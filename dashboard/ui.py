@@ -138,3 +138,17 @@ def review_selection(run_id: int) -> dict | None:
 
 def clear_review_selection() -> None:
     st.session_state.pop(SELECTION, None)
+
+
+def epoch_axis(fig, last: int | None = None) -> None:
+    """Whole-number ticks on an x axis of epochs (plotly's own ticks fall on 0.5 for a short
+    run): every epoch up to 10, then every ceil(last / 10)th; last: the figure's largest x when
+    not given."""
+    import math
+    from numbers import Real
+
+    if last is None:
+        xs = [x for trace in fig.data for x in (trace.x if trace.x is not None else ())
+              if isinstance(x, Real)]
+        last = int(max(xs, default=1))
+    fig.update_xaxes(tick0=0, dtick=max(1, math.ceil(max(int(last), 1) / 10)), tickformat="d")

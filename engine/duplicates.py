@@ -5,12 +5,15 @@ Three ways two images are copies, strongest first:
   exact      the same bytes (sha1, recorded at import)
   phash      perceptual hashes (imagehash.phash, 64 bits of the 32x32 DCT) within PHASH_MAX bits:
              survives re-encoding and resizing; hashed in worker processes, stored at first use
-  embedding  cosine similarity of the run's pooled features of at least COSINE_MIN (with --run;
-             engine/neighbours.py)
+  embedding  cosine similarity of the run's pooled features of at least COSINE_MIN, and far nearer
+             than either image's other neighbours; none when the run's embeddings do not separate
+             images (with --run; engine/neighbours.py: copy_pairs)
 Pairs are joined into clusters (scipy's connected components) and each pair gets one kind:
 label-conflict (an exact or phash copy whose current labels differ), train-val (a leak: one
 side trained, the other validated, with --run), train-train, train-test, test-test. Hash pairs
-come from faiss's binary index: every pair within the threshold, not only the nearest few.
+come from faiss's binary index: every pair within the threshold, not only the nearest few. A
+cluster holding more than GIANT_SHARE of the images is said in `warnings`: copies come in small
+groups, so such a cluster means the thresholds link unrelated images.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import numpy as np
 
 from engine import embeddings
 from engine.choices import GROUPINGS
-from engine.neighbours import COSINE_MIN, embedding_pairs
+from engine.neighbours import COSINE_MIN, copy_pairs
 
 log = logging.getLogger("aivh.duplicates")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on which CPU build loaded
@@ -39,6 +42,7 @@ MIN_DETAIL_BITS = 24
 FAILED = ""  # stored for an image that could not be hashed: not retried until re-import changes it
 MATCHES = ("exact", "phash", "embedding")
 KINDS = ("label-conflict", "train-val", "train-train", "train-test", "test-test")
+GIANT_SHARE = 0.5  # a cluster of more than this share of the images is not a group of copies
 
 
 # ---------------------------------------------------------------- perceptual hashes
@@ -221,19 +225,41 @@ def find_duplicates(sessions, dataset: str, run_id: int | None = None, *, max_bi
     t_hash = time.perf_counter() - t0
 
     found = _copies(ids, sha1, hashes, max_bits)
-    t_nn = 0.0
+    t_nn, scale, notes = 0.0, {}, []
     if run_id is not None:
         t1 = time.perf_counter()
-        _add_embedding_pairs(found, ids, emb, min_cosine)
+        scale = _add_embedding_pairs(found, ids, emb, min_cosine)
         t_nn = time.perf_counter() - t1
+        if scale["note"]:
+            notes.append(f"run {run_id}: {scale['note']}")
     pairs, sizes = _pairs(found, ids, paths, splits, labels, roles)
+    largest = max(sizes, default=0)
+    warnings = [giant_cluster_warning(pairs, largest, len(ids))] if largest > GIANT_SHARE * len(ids) else []
     return {"dataset": dataset, "run": run_id, "images": len(ids), "hashed": len(hashes),
             "pairs": pairs, "counts": {k: sum(p["kind"] == k for p in pairs) for k in KINDS},
             "matches": {m: sum(p["match"] == m for p in pairs) for m in MATCHES}, "clusters": len(sizes),
-            "largest_cluster": max(sizes, default=0),
-            "thresholds": {"phash_max_bits": max_bits, "min_cosine": min_cosine if run_id is not None else None},
+            "largest_cluster": largest, "warnings": warnings, "notes": notes,
+            "thresholds": {"phash_max_bits": max_bits, "min_cosine": min_cosine if run_id is not None else None,
+                           "embedding_max_distance": scale.get("max_distance"),
+                           "embedding_relative": scale.get("relative"), "embedding_rank": scale.get("rank"),
+                           "nn_median_distance": scale.get("nn_median_distance"),
+                           "embedding_left_out": scale.get("left_out")},
             "seconds": round(time.perf_counter() - t0, 2), "hash_seconds": round(t_hash, 2),
             "neighbour_seconds": round(t_nn, 2)}
+
+
+def giant_cluster_warning(pairs: list[dict], largest: int, images: int) -> str:
+    """The sentence for a cluster that swallows most of the dataset (cluster 1, the largest): how
+    many of each match joined it, and which threshold to tighten."""
+    joined = {m: sum(p["cluster"] == 1 and p["match"] == m for p in pairs) for m in MATCHES}
+    how = ", ".join(f"{n:,} {m}" for m, n in joined.items() if n)
+    head = f"one cluster holds {largest:,} of {images:,} images ({largest / images:.0%}), joined by {how} pairs"
+    if not joined["embedding"] and not joined["phash"]:
+        return f"{head}: byte-identical files, most of the dataset is one picture"
+    hint = ("tighten --min-cosine, or use the embeddings of a run that separates images" if joined["embedding"]
+            else "lower --max-bits")
+    return (f"{head}: copies come in small groups, so these are not all copies of one another and the "
+            f"thresholds link unrelated images ({hint})")
 
 
 Found = dict[tuple[int, int], tuple[str, float]]  # (position a, position b), a < b -> (match, distance)
@@ -253,14 +279,16 @@ def _copies(ids: list[int], sha1: list[str | None], hashes: dict[int, str], max_
     return found
 
 
-def _add_embedding_pairs(found: Found, ids: list[int], emb: embeddings.Embeddings, min_cosine: float) -> None:
-    """Pairs by embedding (distance 1 - cosine) that no stronger match found already."""
+def _add_embedding_pairs(found: Found, ids: list[int], emb: embeddings.Embeddings, min_cosine: float) -> dict:
+    """Pairs by embedding (distance 1 - cosine) that no stronger match found already; returns how
+    the threshold was set on the run's own scale (neighbours.copy_pairs)."""
     pos_of = {i: p for p, i in enumerate(ids)}
     rows = [r for r, i in enumerate(emb.image_id.tolist()) if i in pos_of]
-    a, b, c = embedding_pairs(emb.vectors[rows], min_cosine)
+    a, b, c, scale = copy_pairs(emb.vectors[rows], min_cosine)
     for x, y, cos in zip(a.tolist(), b.tolist(), c.tolist()):
         pair = tuple(sorted((pos_of[int(emb.image_id[rows[x]])], pos_of[int(emb.image_id[rows[y]])])))
         found.setdefault(pair, ("embedding", round(1.0 - float(cos), 6)))
+    return scale
 
 
 def _pairs(found: Found, ids, paths, splits, labels: dict[int, int], roles: dict[int, str],

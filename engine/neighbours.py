@@ -21,6 +21,17 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on
 
 # chosen on planted copies in cifake-mini (docs/benchmarks.md, "Neighbours")
 COSINE_MIN = 0.90  # Lite0 probe features at 64 px on cifake-mini: no unrelated pair above 0.87
+# A cosine means something only against the run's own spread: an undertrained model crowds
+# unrelated images together (a bird and a horse at distance 0.0027, 348 of 400 images in one
+# cluster at 0.90). So an embedding pair (i, j) counts only when its distance is also at most
+# RELATIVE_MAX of both images' distance to their LOCAL_RANK-th nearest other image (not counting
+# each other): copies come in small groups that stand out from their neighbourhood, a crowd of
+# unrelated images does not (Lowe's ratio test, as in matching image features). Under
+# SEPARATE_MIN the median image's nearest neighbour is as good as identical and no pair is made
+# by embedding. Measured in docs/benchmarks.md ("Thresholds").
+RELATIVE_MAX = 0.25
+LOCAL_RANK = 5
+SEPARATE_MIN = 1e-3
 NEIGHBOURS = 10  # nearest neighbours searched per image by embedding
 EXACT_MAX = 20_000  # up to this many images the embedding search is exact; above, faiss IVF
 NPROBE = 8  # IVF lists searched per query (of 4 sqrt(N)): 8 and 16 found the same planted pairs, 8 in 38 s
@@ -126,13 +137,65 @@ def embedding_pairs(vectors: np.ndarray, min_cosine: float = COSINE_MIN, k: int 
     if len(vectors) < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     sims, idx = knn(vectors, k)
-    rows = np.repeat(np.arange(len(vectors)), sims.shape[1])
-    sims, idx = sims.ravel(), idx.ravel()
-    keep = (idx >= 0) & (sims >= min_cosine)
-    a, b, c = rows[keep], idx[keep].astype(np.int64), sims[keep]
+    return _once(sims, idx, sims >= min_cosine)
+
+
+def _once(sims: np.ndarray, idx: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine), i < j, each pair once, of the (row, neighbour) hits marked `near`."""
+    n = len(sims)
+    rows = np.repeat(np.arange(n), sims.shape[1])
+    keep = ((idx >= 0) & near).ravel()
+    a, b, c = rows[keep], idx.ravel()[keep].astype(np.int64), sims.ravel()[keep]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    _, first = np.unique(lo * len(vectors) + hi, return_index=True)
+    _, first = np.unique(lo * n + hi, return_index=True)
     return lo[first], hi[first], c[first]
+
+
+def copy_pairs(vectors: np.ndarray, min_cosine: float = COSINE_MIN, k: int = NEIGHBOURS, *,
+               relative: float = RELATIVE_MAX, rank: int = LOCAL_RANK, separate_min: float = SEPARATE_MIN,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(i, j, cosine) of the pairs `aivh duplicates --run` calls copies: within 1 - min_cosine AND
+    within `relative` of both images' distance to their rank-th nearest other image (the run's own
+    scale, module constants); none when the median nearest-neighbour distance is under
+    separate_min (the embeddings do not separate images). The dict says how: the asked distance
+    (None when refused), the median nearest-neighbour distance, how many pairs within the asked
+    distance the run's scale left out, and a sentence when it refused or left some out."""
+    empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    asked = round(1.0 - float(min_cosine), 6)
+    info = {"max_distance": asked, "relative": relative, "rank": rank, "nn_median_distance": None,
+            "left_out": 0, "note": None}
+    if len(vectors) < 2:
+        return (*empty, info)
+    sims, idx = knn(vectors, max(k, rank + 1))
+    dist = np.where(idx >= 0, 1.0 - sims.astype(np.float64), np.inf)
+    typical = float(np.median(dist[:, 0]))
+    info["nn_median_distance"] = round(typical, 6)
+    if typical < separate_min:
+        info["max_distance"] = None
+        info["note"] = (f"the embeddings do not separate images: the median image's nearest neighbour is at "
+                        f"cosine distance {typical:.2g} (under {separate_min:g}), so nearness says nothing "
+                        "about copies and no pair is made by embedding (an undertrained model maps every "
+                        "image to nearly one vector: a trained run's or a probe's embeddings separate them)")
+        return (*empty, info)
+    # each row's rank-th other image, not counting a partner among the nearest rank + 1 (a partner
+    # further away fails the test anyway); with fewer neighbours, the farthest found
+    scale = dist[:, min(rank, dist.shape[1] - 1)]
+    partner = np.where(idx >= 0, idx, np.arange(len(idx))[:, None])
+    within = dist <= asked
+    near = within & (dist <= relative * np.minimum(scale[:, None], scale[partner]))
+    a, b, c = _once(sims, idx, near)
+    info["left_out"] = len(_once(sims, idx, within)[0]) - len(a)
+    if info["left_out"]:
+        n = info["left_out"]
+        info["note"] = (f"{n:,} pair{'s' if n != 1 else ''} within --min-cosine's distance {asked:g} left out: "
+                        f"not under {relative:g} of their images' distance to their {_ordinal(rank)} nearest "
+                        f"other image, so near but no nearer than their other neighbours (the run's median "
+                        f"nearest-neighbour distance: {typical:.2g})")
+    return a, b, c, info
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def nearest(emb: embeddings.Embeddings, image_id: int, k: int = 12) -> list[tuple[int, float]]:

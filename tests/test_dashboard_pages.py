@@ -62,7 +62,7 @@ def test_evaluate_test_split_sets_threshold_from_a_target_rate(run_id):
     next(b for b in at.button if b.label.startswith("Set threshold")).click().run()
     assert not at.exception
     called = next(m for m in at.metric if m.label.startswith("Test images called AI"))
-    assert called.value == "20 of 100"
+    assert called.value == "20 of 100 (20.0%)"
 
 
 def test_review_relabel_and_undo_add_history_rows(run_id, sessions):

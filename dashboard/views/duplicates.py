@@ -20,7 +20,7 @@ def side_ui(root: str, r, who: str, key: str) -> None:
         c1, c2 = st.columns(2)
         for col, value in ((c1, 1), (c2, 0)):
             if col.button(LABELS[value], key=f"dup_{key}_{value}", disabled=label == value,
-                          use_container_width=True):
+                          width="stretch"):
                 store.relabel(int(r["image_id"]), value, author=who, note="from Duplicates")
                 st.toast(f"{r['rel_path']} labelled {LABELS[value]}")
                 st.rerun()
@@ -57,9 +57,22 @@ counts = report["counts"]
 cols = st.columns(len(counts))
 for col, (kind, n) in zip(cols, counts.items()):
     col.metric(kind, f"{n:,}")
+thresholds = report["thresholds"]
+if run_id is None:
+    by_embedding = ""
+elif thresholds["embedding_max_distance"] is None:
+    by_embedding = ", no pairs by embedding"
+else:
+    by_embedding = (f", embedding cosine at least {thresholds['min_cosine']} and a distance under "
+                    f"{thresholds['embedding_relative']:g} of both images' distance to their "
+                    f"{thresholds['embedding_rank']}th nearest other image (the run's median nearest-neighbour "
+                    f"distance: {thresholds['nn_median_distance']:.2g})")
 st.caption(f"{len(report['pairs']):,} pairs in {report['clusters']:,} clusters of {report['images']:,} images · "
-           f"perceptual hash within {report['thresholds']['phash_max_bits']} bits"
-           + (f", embedding cosine at least {report['thresholds']['min_cosine']}" if run_id else ""))
+           f"perceptual hash within {thresholds['phash_max_bits']} bits" + by_embedding)
+for note in report["notes"]:
+    st.info(note[0].upper() + note[1:])
+for warning in report["warnings"]:
+    st.warning(warning[0].upper() + warning[1:])
 if not report["pairs"]:
     st.success("No exact or near copies found.")
     st.stop()

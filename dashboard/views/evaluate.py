@@ -20,8 +20,11 @@ def sweep_of(y: np.ndarray, p: np.ndarray) -> metrics.Sweep:
 
 def _fig(title: str, x: str, y: str, height: int = 320) -> go.Figure:
     fig = go.Figure()
+    # the legend right of the plot, where no axis title or line label is (a horizontal legend
+    # goes under the plot, over the x axis' title; above it, over the lines' labels)
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=height,
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend={"orientation": "h"})
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"})
     return fig
 
 
@@ -129,8 +132,9 @@ def curves_ui(y, p, t) -> None:
 
 def test_rate_ui(p, t, run) -> None:
     """The test set is shifted: show how much each threshold calls AI, and set t by a rate."""
-    st.metric("Test images called AI at this threshold", f"{(p >= t).sum():,} of {p.size:,}",
-              f"{(p >= t).mean():.1%}", delta_color="off")
+    # a count, not a change: no delta (st.metric draws one as an arrow going up or down)
+    st.metric("Test images called AI at this threshold",
+              f"{(p >= t).sum():,} of {p.size:,} ({(p >= t).mean():.1%})")
     grid, share = metrics.called_rate_curve(p)
     fig = _fig("Share of test images called AI by threshold", "threshold", "share called AI")
     fig.add_scatter(x=grid, y=share, mode="lines", name="called AI")

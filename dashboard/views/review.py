@@ -73,7 +73,7 @@ def grid_ui(page: pd.DataFrame, root: str, caption=prediction_caption) -> None:
         for col, (_, r) in zip(cols, chunk.iterrows()):
             with col:
                 show_image(root, r["rel_path"], sha1s.get(int(r["image_id"])), 192, caption(r))
-                if st.button("Open", key=f"open_{r['image_id']}", use_container_width=True):
+                if st.button("Open", key=f"open_{r['image_id']}", width="stretch"):
                     st.session_state["selected_image"] = int(r["image_id"])
 
 
@@ -125,6 +125,18 @@ DECODE_NOTE = ("The map is computed here, on the CPU, from the file as Pillow de
                "the probability below can differ a little from the stored one.")
 
 
+def settings_text(s) -> str:
+    """A saliency.Settings as a reader says it: the method and what shapes its map."""
+    method = s.method.replace("_", " ")
+    if s.method == "integrated_gradients":
+        return f"{method}, {s.steps} steps from a {s.baseline} baseline"
+    if s.method == "smoothgrad":
+        return f"{method}, {s.samples} noisy copies (noise {s.noise:g})"
+    if s.method == "occlusion":
+        return f"{method}, " + (f"a {s.window} px window" if s.window else "a window an eighth of the image wide")
+    return method
+
+
 def saliency_ui(run_id: int, rel_path: str, stored_prob: float | None = None) -> None:
     from engine import saliency
 
@@ -153,9 +165,9 @@ def saliency_ui(run_id: int, rel_path: str, stored_prob: float | None = None) ->
         h, w = picture.shape[:2]
         left, right = st.columns([1, 2])
         left.image(saliency.overlay(picture, heat, opacity, inside), caption=f"{method} over the image",
-                   use_container_width=True)
+                   width="stretch")
         right.image(np.concatenate([picture, saliency.panels(att, opacity)[:, 2 * w:]], axis=1),
-                    caption="the image | attribution", use_container_width=True)
+                    caption="the image | attribution", width="stretch")
         seen = ("the whole image, squashed to a square" if inside.all()
                 else "the centre square only (the dimmed rest was not seen)")
         mass = saliency.mass_summary(att.map)
@@ -163,7 +175,7 @@ def saliency_ui(run_id: int, rel_path: str, stored_prob: float | None = None) ->
                    f"{att.image.shape[1]}x{att.image.shape[0]} px, and the map is resized back onto it.")
         st.caption(f"p(AI) = {att.prob:.4f}"
                    + (f" (stored prediction: {stored_prob:.4f})" if stored_prob is not None else "")
-                   + f" · {settings} · centre of mass at {mass.get('center')} (x, y as fractions of what "
+                   + f" · {settings_text(settings)} · centre of mass at {mass.get('center')} (x, y as fractions of what "
                    "the model saw)"
                    + (f" · IG convergence delta {att.delta:.2e}" if att.delta is not None else ""))
 

@@ -56,6 +56,7 @@ def curves_ui(run_ids: list[int]) -> None:
     for i, (key, title) in enumerate(CURVES.items()):
         fig = px.line(df, x="epoch", y=key, color="run", markers=True, title=title)
         fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+        ui.epoch_axis(fig, int(df["epoch"].max()))
         cols[i % 2].plotly_chart(fig, key=f"curve_{key}")
 
 

@@ -7,6 +7,8 @@ from dashboard import store, ui
 from dashboard.sections import robustness_ui, slices_ui
 from engine.thresholds import default_threshold
 
+OPEN_TEST_LIKE = 200  # the most test-like training images the page opens in Review
+
 
 def shortcuts_ui(dataset_id: int, run_id: int | None = None) -> None:
     report = store.shortcut_report(dataset_id)
@@ -25,12 +27,23 @@ def shortcuts_ui(dataset_id: int, run_id: int | None = None) -> None:
         st.metric("training vs test images, file properties (AUC)", f"{shift['auc']:.3f}")
         st.write(shift["sentence"] + " With a run's pooled features: `aivh shift --run RUN`.")
         st.dataframe(pd.DataFrame(shift["features"]), hide_index=True)
-        if run_id is not None and shift["most_test_like"] and st.button(
-                "Open the run's 200 most test-like training images in Review"):
-            # of the images the run predicted (its validation ones, unless it predicted more)
-            frame = store.selection_frame(dataset_id, run_id, shift["most_test_like"])
-            ids = frame.loc[frame["prob"].notna(), "image_id"].head(200).tolist()
-            ui.open_in_review(ids, "most test-like training images (file properties)", run_id=run_id)
+        if run_id is not None and shift["most_test_like"]:
+            open_test_like_ui(dataset_id, run_id, shift["most_test_like"])
+
+
+def open_test_like_ui(dataset_id: int, run_id: int, most_test_like: list[int]) -> None:
+    """Open the most test-like training images in Review: all of them, in that order, and the
+    button says how many, and how many have the run's prediction (its validation images, unless
+    `aivh predict` did more); the others show "no prediction"."""
+    frame = store.selection_frame(dataset_id, run_id, most_test_like[:OPEN_TEST_LIKE])
+    ids = frame["image_id"].tolist()
+    predicted = int(frame["prob"].notna().sum())
+    if st.button(f"Open the {len(ids):,} most test-like training images in Review "
+                 f"({predicted:,} with run #{run_id}'s prediction)"):
+        ui.open_in_review(ids, "most test-like training images (file properties)", run_id=run_id)
+    if predicted < len(ids):
+        st.caption(f"{len(ids) - predicted:,} of them have no prediction by run #{run_id} and show none: "
+                   f"`aivh predict --run {run_id} --split train` adds them.")
 
 
 st.title("Shift")

@@ -21,7 +21,7 @@ def launch_ui(names: dict[int, str]) -> None:
         metric = c1.selectbox("Metric (maximised)", SWEEP_METRICS)
         pruner = c2.selectbox("Pruner", PRUNERS)
         fixed = {"epochs": int(epochs), "workers": int(workers), **({"img_size": int(img_size)} if img_size else {})}
-        space = st.text_input("Space (NAME=LOW:HIGH[:log] or NAME=A|B|C, comma-separated)",
+        space = st.text_input("Space (`NAME=LOW:HIGH[:log]` or `NAME=A|B|C`, comma-separated)",
                               value=store.default_space(fixed),
                               help="a name fixed above is not swept: leave it out of the space")
         if st.form_submit_button("Start sweep", type="primary"):
@@ -55,6 +55,8 @@ def watch_ui(sweep_id: int) -> None:
     if shown:
         for tab, key in zip(st.tabs([titles[k] for k in shown]), shown):
             figs[key].update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+            if key == "intermediate":  # its steps are epochs
+                ui.epoch_axis(figs[key])
             tab.plotly_chart(figs[key], key=f"sweep_{sweep_id}_{key}")
     trials = store.sweep_trials(sweep_id)
     if trials.empty:
@@ -68,9 +70,9 @@ def best_ui(r: dict) -> None:
     if r["best_run"] is None:
         return
     c1, c2, _ = st.columns([1, 1, 3])
-    if c1.button(f"Open best run (#{r['best_run']})", icon=":material/analytics:"):
+    if c1.button(f"Open best run (#{r['best_run']})", icon="📊"):
         st.switch_page("views/evaluate.py", query_params={"run": str(r["best_run"])})
-    if c2.button(f"Export best run (#{r['best_run']})", icon=":material/download:"):
+    if c2.button(f"Export best run (#{r['best_run']})", icon="📤"):
         st.switch_page("views/export.py", query_params={"run": str(r["best_run"])})
 
 

@@ -35,6 +35,7 @@ def cmd_duplicates(args) -> None:
              f"clusters (largest {result['largest_cluster']}); by match: "
              + ", ".join(f"{k} {v}" for k, v in result["matches"].items())]
     lines += [f"  {k:<15} {v}" for k, v in result["counts"].items()]
+    lines += [f"note: {n}" for n in result["notes"]] + [f"warning: {w}" for w in result["warnings"]]
     shown = result["pairs"][:args.show]
     lines += [f"  {p['kind']:<15} {p['match']:<9} {p['distance']:<8g} {p['a']}  {p['b']}" for p in shown]
     if len(result["pairs"]) > len(shown):
@@ -69,6 +70,7 @@ def _duplicates_parser(sub, common) -> None:
     c.add_argument("--max-bits", type=int, default=PHASH_MAX,
                    help="perceptual-hash distance of a near copy, bits of 64 (%(default)s)")
     c.add_argument("--min-cosine", type=float, default=COSINE_MIN,
-                   help="embedding similarity of a near copy (%(default)s)")
+                   help="embedding similarity of a near copy, at least (%(default)s); the run's own scale "
+                        "can tighten it (a pair must also be far nearer than the run's typical neighbour)")
     c.add_argument("--show", type=int, default=20, help="pairs printed without --json (%(default)s)")
     c.set_defaults(func=cmd_duplicates)
