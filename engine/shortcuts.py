@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from db import labelling, queries
 from db.models import Dataset
+from engine.folds import codes, group_folds
 
 # name -> kind: "num" (numbers; None is missing), "cat" (categories), "bool"
 FEATURES = {"width": "num", "height": "num", "aspect_ratio": "num", "bytes": "num",
@@ -103,20 +104,7 @@ def image_groups(s: Session, dataset_id: int, ids: list[int]) -> np.ndarray:
     by_content = {content[i]: grouped[i] for i in train_ids}
     keys = [grouped[i] if i in grouped else by_content.get(content.get(i, f"id:{i}"), content.get(i, f"id:{i}"))
             for i in ids]
-    return np.unique(np.array(keys, dtype=object).astype(str), return_inverse=True)[1]
-
-
-def _folds(y: np.ndarray, groups: np.ndarray | None, folds: int, seed: int):
-    """Stratified folds that hold each group out whole (no groups: each row its own), shuffled
-    with the seed; at most as many folds as the rarer class has groups."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    per_class = [np.unique(groups[y == c]).size for c in (0, 1)]
-    folds = int(min(folds, *per_class))
-    if folds < 2:
-        raise ValueError("each class needs at least 2 images (not copies of one another) to cross-validate")
-    return StratifiedGroupKFold(folds, shuffle=True, random_state=seed), groups
+    return codes(keys)
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None,
@@ -131,7 +119,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = Non
     cat = categorical if categorical is not None and categorical.any() else None
     model = HistGradientBoostingClassifier(max_iter=60, learning_rate=0.1, early_stopping=False,
                                            categorical_features=cat, random_state=seed)
-    cv, groups = _folds(y, groups, folds, seed)
+    cv, groups = group_folds(y, groups, folds, seed)
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a fold where a category is constant
         return cross_val_predict(model, x, y, groups=groups, cv=cv, method="predict_proba")[:, 1]
@@ -170,7 +158,7 @@ def feature_alone(col: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None =
     if np.unique(bins).size < 2:
         return 0.5
     p = np.empty(len(y))
-    cv, groups = _folds(y, groups, folds, seed)
+    cv, groups = group_folds(y, groups, folds, seed)
     for fit, held in cv.split(col.reshape(-1, 1), y, groups):
         n = np.bincount(bins[fit], minlength=bins.max() + 1)
         k = np.bincount(bins[fit], weights=y[fit], minlength=bins.max() + 1)

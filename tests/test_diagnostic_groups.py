@@ -60,3 +60,55 @@ def test_copies_do_not_make_noise_look_like_a_shortcut_or_a_shift(sessions, tmp_
     assert found["metadata_auc"] <= NOISE_MAX and found["features"][0]["auc"] <= NOISE_MAX, found
     assert found["verdict"] != "shortcut"
     assert shift.auc <= NOISE_MAX and shift.features[0]["auc"] <= NOISE_MAX, shift.features
+
+
+# --- the probe's choice of C ----------------------------------------------------------------
+
+def _copied_noise(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """60 noise feature vectors (64 dims, labels alternating), each present 4 times with a
+    little jitter: nothing to learn but the copies themselves."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(60, 64))
+    x = np.repeat(base, 4, axis=0) + rng.normal(0, 0.05, (240, 64))
+    return x, np.repeat(np.arange(60) % 2, 4), np.repeat(np.arange(60), 4)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_probe_chooses_c_on_folds_that_hold_copies_out_together(seed):
+    """Measured over seeds 0-5 (2026-11-28): with the copies grouped C 0.001-0.01 (the strongest
+    regularisation: there is nothing to learn); with each row its own group, as before, C
+    10-100 (a copy in the held-out fold rewards memorising its twin)."""
+    from engine.probe import fit_head
+
+    x, y, groups = _copied_noise(seed)
+    assert fit_head(x, y, seed, groups)[2] <= 0.03
+    assert fit_head(x, y, seed)[2] >= 3  # the same folds without groups: the leak the groups close
+
+
+def test_a_probe_run_chooses_c_with_the_splits_groups(sessions, tmp_path, monkeypatch):
+    """The probe's training images reach fit_head with their groups: byte copies (the same
+    features) share one, distinct images do not."""
+    from engine import probe
+    from engine.config import TrainConfig
+
+    root = _every_file_twice(planted(tmp_path / "p", 0, plant=False, per_class=12, tests=2))
+    import_dataset(sessions, root, "p", progress=False)
+    seen = {}
+    real = probe.fit_head
+
+    def spy(x, y, seed, groups=None):
+        seen.update(x=x, groups=groups)
+        return real(x, y, seed, *([] if groups is None else [groups]))
+    monkeypatch.setattr(probe, "fit_head", spy)
+    with sessions.begin() as s:
+        cfg = TrainConfig.from_dict({"arch": "tf_efficientnet_lite0", "pretrained": "imagenet", "probe": True,
+                                     "img_size": 64, "device": "cpu", "workers": 0, "batch_size": 64,
+                                     "val_fraction": 0.25})
+        run_id = probe.create_probe(s, queries.get_dataset(s, "p"), cfg).id
+    assert probe.execute_probe(run_id, sessions=sessions, progress=False).status == "succeeded"
+    x, groups = seen["x"], seen["groups"]
+    assert groups is not None and len(groups) == len(x)
+    same_features = {tuple(row) for row in x.round(5)}
+    assert len(set(groups.tolist())) == len(same_features) < len(x)
+    for g in set(groups.tolist()):  # a group is exactly one image's copies
+        assert len({tuple(row) for row in x[groups == g].round(5)}) == 1
