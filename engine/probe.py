@@ -156,7 +156,8 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
             cfg = TrainConfig.from_dict(run.config).validate()
             data, train_ids, val_ids = jobs.train_data(s, run)
             # C is chosen on folds that keep together what the split keeps together
-            grouped, _how = split_groups(s, run.dataset_id, data.root, train_ids, group=cfg.group, progress=False)
+            grouped, _how = split_groups(s, run.dataset_id, data.root, train_ids, group=cfg.group,
+                                         progress=False)
             # a file without a recorded sha1 is keyed by its path: within this dataset only
             keys = {i: k if not k.startswith("path:") else f"dataset {run.dataset_id} {k}"
                     for i, k in queries.content_keys(s, run.dataset_id, None).items()}

@@ -102,8 +102,8 @@ def image_groups(s: Session, dataset_id: int, ids: list[int]) -> np.ndarray:
     train_ids = [i for i in ids if i in training]
     grouped, _how = split_groups(s, dataset_id, Path(ds.root), train_ids, group=None, progress=False)
     by_content = {content[i]: grouped[i] for i in train_ids}
-    keys = [grouped[i] if i in grouped else by_content.get(content.get(i, f"id:{i}"), content.get(i, f"id:{i}"))
-            for i in ids]
+    own = {i: content.get(i, f"id:{i}") for i in ids}
+    keys = [grouped[i] if i in grouped else by_content.get(own[i], own[i]) for i in ids]
     return codes(keys)
 
 
@@ -170,7 +170,8 @@ def feature_alone(col: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None =
 def feature_aucs(table: MetaTable, y: np.ndarray, *, groups: np.ndarray | None = None, folds: int = 5,
                  seed: int = 0) -> list[dict]:
     """[{name, auc}] of each feature alone (feature_alone), highest first."""
-    out = [{"name": name, "auc": round(feature_alone(table.x[:, j], y, groups=groups, folds=folds, seed=seed), 4)}
+    out = [{"name": name,
+            "auc": round(feature_alone(table.x[:, j], y, groups=groups, folds=folds, seed=seed), 4)}
            for j, name in enumerate(table.names)]
     return sorted(out, key=lambda f: -f["auc"])
 
@@ -309,9 +310,9 @@ def run_features(sessions, run_id: int, *, device: str = "auto", batch_size: int
     # the cache names a feature space by architecture and weights: these weights are the checkpoint's
     cfg = dataclasses.replace(TrainConfig.from_dict(config), weights_source=f"checkpoint {sha1}")
     dev = resolve_device(device)
-    feats, _computed = cached_features(model.to(dev).eval(), cfg, Path(ds.root), [table.paths[n] for n in rows],
-                                       [keys[i] for i in ids], device=dev, batch_size=batch_size,
-                                       stamps=stamps, progress=progress)
+    feats, _computed = cached_features(model.to(dev).eval(), cfg, Path(ds.root),
+                                       [table.paths[n] for n in rows], [keys[i] for i in ids], device=dev,
+                                       batch_size=batch_size, stamps=stamps, progress=progress)
     return ds.id, RunFeatures(run_id, ids, feats, len(table.ids) - len(rows))
 
 

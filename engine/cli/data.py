@@ -56,7 +56,8 @@ def cmd_evalset(args) -> None:
                                          pooled=pooled)
             what, extra = "most test-like labelled training images", {"shift_auc": shift.auc}
             if shift.metadata_auc is not None:
-                extra.update(metadata_auc=shift.metadata_auc, pooled_auc=shift.pooled_auc, excluded=shift.excluded)
+                extra.update(metadata_auc=shift.metadata_auc, pooled_auc=shift.pooled_auc,
+                             excluded=shift.excluded)
         images = len(evaluation.eval_set_image_ids(s, es.id))
     emit(args, {"eval_set": args.name, "images": images, "id": es.id, **extra},
           f"froze {images} {what} as evaluation set {args.name!r}")

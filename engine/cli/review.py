@@ -89,8 +89,9 @@ def _shift_parser(sub, common) -> None:
     c = sub.add_parser("shift", parents=[common],
                        help="adversarial validation: how well training and test images can be told apart")
     c.add_argument("--dataset", required=True)
-    c.add_argument("--run", type=int, help="add this run's pooled features to the file properties (over the images it "
-                   "never trained on)")
+    c.add_argument("--run", type=int,
+                   help="add this run's pooled features to the file properties (over the images it never "
+                        "trained on)")
     c.add_argument("--out", help="write every training image's test-likeness to this CSV")
     c.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     c.add_argument("--seed", type=int, default=0)
