@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,9 @@ from engine.backbones import head
 from engine.checkpoints import save_atomic
 from engine.config import TrainConfig
 from engine.device import resolve_device
+from engine.duplicates import split_groups
 from engine.errors import Cancelled, WeightsError
+from engine.folds import codes, group_folds
 from engine.infer import embed
 from engine.liveness import Heartbeat
 from engine.loader import make_loader
@@ -47,7 +48,7 @@ from engine.recording import StoreCallbacks
 from engine.train import _epoch_result
 
 log = logging.getLogger("aivh.probe")
-CS = np.logspace(-3, 2, 11)  # inverse regularisation strengths tried by 5-fold cross-validation
+CS = np.logspace(-3, 2, 11)  # inverse regularisation strengths tried by 5-fold cross-validation (fit_head)
 
 
 def create_probe(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
@@ -101,24 +102,30 @@ def cached_features(model, cfg: TrainConfig, root: Path, paths: list[str], keys:
     return out, len(todo)
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
-    """Standardised logistic regression with C chosen by 5-fold cross-validation on log loss,
-    returned in the raw feature space: (weights, bias, C), logit = x @ weights + bias."""
-    from sklearn.linear_model import LogisticRegressionCV
+def fit_head(x: np.ndarray, y: np.ndarray, seed: int, groups: np.ndarray | None = None,
+             ) -> tuple[np.ndarray, float, float]:
+    """Standardised logistic regression with C chosen by 5-fold cross-validation on log loss
+    (the scaler fitted inside each fold; folds stratified, shuffled with the seed, each group of
+    `groups` held out whole, as engine.shortcuts' folds), refitted on all rows and returned in the
+    raw feature space: (weights, bias, C), logit = x @ weights + bias."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    folds = int(min(5, np.bincount(y, minlength=2).min()))
-    if folds < 2:
-        raise ValueError("a probe needs at least 2 decodable training images of each class")
-    scaler = StandardScaler().fit(x)
-    with warnings.catch_warnings():  # scikit-learn 1.8's notice of its attributes' coming change
-        warnings.simplefilter("ignore", FutureWarning)
-        lr = LogisticRegressionCV(Cs=CS, cv=folds, scoring="neg_log_loss", max_iter=5000,
-                                  random_state=seed).fit(scaler.transform(x), y)
+    try:
+        cv, groups = group_folds(y, groups, 5, seed)
+    except ValueError:
+        raise ValueError("a probe needs at least 2 decodable training images of each class "
+                         "(not copies of one another)") from None
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    search = GridSearchCV(pipe, {"logisticregression__C": CS}, scoring="neg_log_loss", cv=cv)
+    search.fit(x, y, groups=groups)
+    scaler, lr = search.best_estimator_[0], search.best_estimator_[-1]
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     w = lr.coef_[0] / scale
     b = float(lr.intercept_[0] - np.sum(lr.coef_[0] * scaler.mean_ / scale))
-    return w.astype(np.float32), b, float(np.atleast_1d(lr.C_)[0])
+    return w.astype(np.float32), b, float(search.best_params_["logisticregression__C"])
 
 
 def _bce(y: np.ndarray, p: np.ndarray) -> float:
@@ -148,6 +155,9 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
                 raise Cancelled()
             cfg = TrainConfig.from_dict(run.config).validate()
             data, train_ids, val_ids = jobs.train_data(s, run)
+            # C is chosen on folds that keep together what the split keeps together
+            grouped, _how = split_groups(s, run.dataset_id, data.root, train_ids, group=cfg.group,
+                                         progress=False)
             # a file without a recorded sha1 is keyed by its path: within this dataset only
             keys = {i: k if not k.startswith("path:") else f"dataset {run.dataset_id} {k}"
                     for i, k in queries.content_keys(s, run.dataset_id, None).items()}
@@ -164,7 +174,8 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         x_train, x_val = feats[:len(train_ids)], feats[len(train_ids):]
         y_train, y_val = np.asarray(data.train_labels), np.asarray(data.val_labels)
         ok = ~np.isnan(x_train).any(axis=1)
-        w, b, c = fit_head(x_train[ok], y_train[ok], cfg.seed)
+        w, b, c = fit_head(x_train[ok], y_train[ok], cfg.seed,
+                           codes([grouped[i] for i, keep in zip(train_ids, ok) if keep]))
         train_p = expit(x_train[ok] @ w + b)
         val_p = np.full(len(val_ids), np.nan)
         good = ~np.isnan(x_val).any(axis=1)

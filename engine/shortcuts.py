@@ -8,9 +8,13 @@ learn without looking at generation traces ("Fake or JPEG?", Grommelt et al. 202
 `aivh shift` (adversarial validation): a classifier told to tell training images from test
 images, on the same properties and, with a run, on that run's pooled features. Its
 cross-validated AUC is 0.5 when the two are alike; its out-of-fold score of each training image
-says how test-like it is, and `aivh evalset --like-test N` freezes the N most test-like.
+says how test-like it is, and `aivh evalset --like-test N` freezes the N most test-like. With a
+run, only the images it never trained on take part (a model's features tell the images it was
+trained on from the others, which is not shift); the run's features are scored together and
+alone, not dimension by dimension (the best of D dimensions looks like a finding on noise).
 
-Every AUC here is of out-of-fold predictions (stratified k-fold, seeded): all features together
+Every AUC here is of out-of-fold predictions (stratified group k-fold, shuffled with the seed;
+copies held out together, as the split keeps them: image_groups): all features together
 by scikit-learn's HistGradientBoostingClassifier (it handles missing values, a PNG's JPEG
 quality, and categories itself), each feature alone by its bins' class rates (feature_alone).
 Either way the direction is learned, so 0.5 is useless and 1 perfect whichever way round a
@@ -28,13 +32,13 @@ from sqlalchemy.orm import Session
 
 from db import labelling, queries
 from db.models import Dataset
+from engine.folds import codes, group_folds
 
 # name -> kind: "num" (numbers; None is missing), "cat" (categories), "bool"
 FEATURES = {"width": "num", "height": "num", "aspect_ratio": "num", "bytes": "num",
             "bytes_per_pixel": "num", "format": "cat", "mode": "cat", "jpeg_quality": "num",
             "subsampling": "cat", "progressive": "bool", "exif": "bool", "icc": "bool"}
 SHORTCUT_AUC, WEAK_AUC = 0.75, 0.6  # the sentence's words: predictable, somewhat, not
-TOP_POOLED = 10  # pooled-feature dimensions listed by `shift --run`
 
 
 @dataclass
@@ -85,20 +89,29 @@ def _codes(column) -> np.ndarray:
     return np.array([np.nan if v is None else float(index[v]) for v in column])
 
 
-def _folds(y: np.ndarray, folds: int, seed: int):
-    from sklearn.model_selection import StratifiedKFold
+def image_groups(s: Session, dataset_id: int, ids: list[int]) -> np.ndarray:
+    """A group number per image of `ids`, as the split keeps them together: training images by
+    engine.duplicates.split_groups (byte-identical copies, train.csv's `group` column); any other
+    image joins the group of a training image it is a byte copy of, else its own copies' group.
+    Cross-validation holds a group out whole, so a copy never scores its twin."""
+    from engine.duplicates import split_groups
 
-    folds = int(min(folds, np.bincount(y.astype(int), minlength=2).min()))
-    if folds < 2:
-        raise ValueError("each class needs at least 2 images to cross-validate")
-    return StratifiedKFold(folds, shuffle=True, random_state=seed)
+    ds = s.get(Dataset, dataset_id)
+    content = queries.content_keys(s, dataset_id, None)
+    training = queries.content_keys(s, dataset_id, "train")
+    train_ids = [i for i in ids if i in training]
+    grouped, _how = split_groups(s, dataset_id, Path(ds.root), train_ids, group=None, progress=False)
+    by_content = {content[i]: grouped[i] for i in train_ids}
+    own = {i: content.get(i, f"id:{i}") for i in ids}
+    keys = [grouped[i] if i in grouped else by_content.get(own[i], own[i]) for i in ids]
+    return codes(keys)
 
 
-def out_of_fold(x: np.ndarray, y: np.ndarray, *, categorical: np.ndarray | None = None, folds: int = 5,
-                seed: int = 0) -> np.ndarray:
+def out_of_fold(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None,
+                categorical: np.ndarray | None = None, folds: int = 5, seed: int = 0) -> np.ndarray:
     """Out-of-fold probability of class 1 from gradient boosting: every row scored by a model
-    that never saw it. One thread: the booster's OpenMP threads, on a busy 2-core machine,
-    made 300 rows take minutes (2026-11-27)."""
+    that saw neither it nor any row of its group (image_groups). One thread: the booster's
+    OpenMP threads, on a busy 2-core machine, made 300 rows take minutes (2026-11-27)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import cross_val_predict
     from threadpoolctl import threadpool_limits
@@ -106,9 +119,10 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, *, categorical: np.ndarray | None 
     cat = categorical if categorical is not None and categorical.any() else None
     model = HistGradientBoostingClassifier(max_iter=60, learning_rate=0.1, early_stopping=False,
                                            categorical_features=cat, random_state=seed)
+    cv, groups = group_folds(y, groups, folds, seed)
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a fold where a category is constant
-        return cross_val_predict(model, x, y, cv=_folds(y, folds, seed), method="predict_proba")[:, 1]
+        return cross_val_predict(model, x, y, groups=groups, cv=cv, method="predict_proba")[:, 1]
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -135,15 +149,17 @@ def _bins(col: np.ndarray) -> np.ndarray:
     return bins + 1  # 0: missing
 
 
-def feature_alone(col: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> float:
-    """AUC of one feature alone: out of fold, each row scored by its bin's class-1 rate among
-    the other folds' rows (smoothed towards the overall rate by one row), so a feature that
-    works either way round, or only in a middle band, scores as it predicts."""
+def feature_alone(col: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, folds: int = 5,
+                  seed: int = 0) -> float:
+    """AUC of one feature alone: out of fold (groups held out whole), each row scored by its
+    bin's class-1 rate among the other folds' rows (smoothed towards the overall rate by one
+    row), so a feature that works either way round, or only in a middle band, scores as it predicts."""
     bins = _bins(col)
     if np.unique(bins).size < 2:
         return 0.5
     p = np.empty(len(y))
-    for fit, held in _folds(y, folds, seed).split(col.reshape(-1, 1), y):
+    cv, groups = group_folds(y, groups, folds, seed)
+    for fit, held in cv.split(col.reshape(-1, 1), y, groups):
         n = np.bincount(bins[fit], minlength=bins.max() + 1)
         k = np.bincount(bins[fit], weights=y[fit], minlength=bins.max() + 1)
         prior = y[fit].mean()
@@ -151,9 +167,11 @@ def feature_alone(col: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int =
     return _auc(y, p)
 
 
-def feature_aucs(table: MetaTable, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> list[dict]:
+def feature_aucs(table: MetaTable, y: np.ndarray, *, groups: np.ndarray | None = None, folds: int = 5,
+                 seed: int = 0) -> list[dict]:
     """[{name, auc}] of each feature alone (feature_alone), highest first."""
-    out = [{"name": name, "auc": round(feature_alone(table.x[:, j], y, folds=folds, seed=seed), 4)}
+    out = [{"name": name,
+            "auc": round(feature_alone(table.x[:, j], y, groups=groups, folds=folds, seed=seed), 4)}
            for j, name in enumerate(table.names)]
     return sorted(out, key=lambda f: -f["auc"])
 
@@ -171,8 +189,10 @@ def audit_shortcuts(s: Session, dataset: str, *, folds: int = 5, seed: int = 0) 
     """How well file properties predict the training label: each alone and all together."""
     ds = queries.get_dataset(s, dataset)
     table, y = _labelled(s, ds.id)
-    together = _auc(y, out_of_fold(table.x, y, categorical=table.categorical, folds=folds, seed=seed))
-    features = feature_aucs(table, y, folds=folds, seed=seed)
+    groups = image_groups(s, ds.id, table.ids)
+    together = _auc(y, out_of_fold(table.x, y, groups=groups, categorical=table.categorical, folds=folds,
+                                   seed=seed))
+    features = feature_aucs(table, y, groups=groups, folds=folds, seed=seed)
     worst = max(together, features[0]["auc"])  # one feature alone can say it as loudly as all together
     verdict = "shortcut" if worst >= SHORTCUT_AUC else "weak" if worst >= WEAK_AUC else "none"
     return {"dataset": dataset, "images": len(y), "ai": int(y.sum()), "metadata_auc": round(together, 4),
@@ -192,64 +212,82 @@ def shortcut_sentence(auc: float, top: dict, verdict: str) -> str:
 
 
 @dataclass
+class RunFeatures:
+    """A run's pooled features of the dataset's images it never trained on (run_features)."""
+
+    run_id: int
+    ids: list[int]  # image ids, in meta_table's order
+    feats: np.ndarray  # (len(ids), D)
+    excluded: int  # images left out: the run's training images and their byte-identical copies
+
+
+@dataclass
 class Shift:
     """Adversarial validation: train (0) against test (1)."""
 
     auc: float
-    features: list[dict]
+    features: list[dict]  # each file property alone, out of fold
     train_ids: list[int]
     train_paths: list[str]
     test_likeness: np.ndarray  # out-of-fold P(test) of each training image
     test_images: int
-    metadata_auc: float | None = None  # with pooled features: the metadata's alone
+    metadata_auc: float | None = None  # with a run's features: the file properties' alone
+    pooled_auc: float | None = None  # with a run's features: theirs alone
+    excluded: int = 0  # with a run's features: images it trained on (or copies of them), left out
 
     def most_test_like(self, n: int) -> list[int]:
         """Positions in train_ids, most test-like first (ties by image id)."""
         return sorted(range(len(self.train_ids)), key=lambda i: (-self.test_likeness[i], self.train_ids[i]))[:n]
 
 
-def measure_shift(s: Session, dataset_id: int, *, pooled: np.ndarray | None = None, folds: int = 5,
+def measure_shift(s: Session, dataset_id: int, *, pooled: RunFeatures | None = None, folds: int = 5,
                   seed: int = 0) -> Shift:
-    """pooled: (N, D) features of meta_table(s, dataset_id)'s images in its order (a run's), or None."""
+    """Train against test on file properties and, with `pooled` (run_features), on the run's
+    features too, over the images the run never trained on only: a model's features tell the
+    images it was trained on from the others, which is not shift. Every AUC out of fold, copies
+    held out together (image_groups)."""
     table = meta_table(s, dataset_id)
+    if pooled is not None:
+        keep = set(pooled.ids)
+        rows = [n for n, i in enumerate(table.ids) if i in keep]
+        if [table.ids[n] for n in rows] != pooled.ids:
+            raise ValueError(f"the dataset's images changed while the run's features were computed "
+                             f"({len(pooled.ids)} then {len(rows)}): run the command again")
+        table = MetaTable(pooled.ids, [table.paths[n] for n in rows], [table.splits[n] for n in rows],
+                          table.x[rows])
     y = np.array([sp == "test" for sp in table.splits], dtype=int)
     if y.sum() == 0 or y.sum() == len(y):
-        raise ValueError("shift needs both training and test images")
-    p_meta = out_of_fold(table.x, y, categorical=table.categorical, folds=folds, seed=seed)
-    features = feature_aucs(table, y, folds=folds, seed=seed)
-    p, meta_auc = p_meta, None
+        raise ValueError("shift needs both training and test images" + (
+            f" the run never trained on ({pooled.excluded} it trained on left out)" if pooled else ""))
+    groups = image_groups(s, dataset_id, table.ids)
+    p_meta = out_of_fold(table.x, y, groups=groups, categorical=table.categorical, folds=folds, seed=seed)
+    features = feature_aucs(table, y, groups=groups, folds=folds, seed=seed)
+    p, meta_auc, pooled_auc = p_meta, None, None
     if pooled is not None:
-        if len(pooled) != len(table.ids):
-            raise ValueError(f"the dataset's images changed while the run's features were computed "
-                             f"({len(pooled)} then {len(table.ids)}): run the command again")
-        meta_auc = _auc(y, p_meta)
-        x = np.column_stack([table.x, pooled])
-        cat = np.concatenate([table.categorical, np.zeros(pooled.shape[1], bool)])
-        p = out_of_fold(x, y, categorical=cat, folds=folds, seed=seed)
-        features = sorted(features + _pooled_aucs(pooled, y), key=lambda f: -f["auc"])
+        meta_auc = round(_auc(y, p_meta), 4)
+        pooled_auc = round(_auc(y, out_of_fold(pooled.feats, y, groups=groups, folds=folds, seed=seed)), 4)
+        x = np.column_stack([table.x, pooled.feats])
+        cat = np.concatenate([table.categorical, np.zeros(pooled.feats.shape[1], bool)])
+        p = out_of_fold(x, y, groups=groups, categorical=cat, folds=folds, seed=seed)
     train = np.flatnonzero(y == 0)
     return Shift(round(_auc(y, p), 4), features, [table.ids[i] for i in train],
-                 [table.paths[i] for i in train], p[train], int(y.sum()),
-                 None if meta_auc is None else round(meta_auc, 4))
+                 [table.paths[i] for i in train], p[train], int(y.sum()), meta_auc, pooled_auc,
+                 0 if pooled is None else pooled.excluded)
 
 
-def _pooled_aucs(pooled: np.ndarray, y: np.ndarray) -> list[dict]:
-    """The TOP_POOLED pooled dimensions whose values alone separate train from test most
-    (rank AUC, oriented: max(auc, 1 - auc); a missing row counts as the lowest value)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.nan_to_num(pooled, nan=-np.inf), axis=0)
-    n1, n0 = int(y.sum()), int(len(y) - y.sum())
-    auc = (ranks[y == 1].sum(axis=0) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    auc = np.maximum(auc, 1 - auc)
-    top = np.argsort(-auc)[:TOP_POOLED]
-    return [{"name": f"pooled[{j}]", "auc": round(float(auc[j]), 4)} for j in top]
+def trained_on(s: Session, run_id: int) -> set[int]:
+    """The images a run trained on and every byte-identical copy of them, in any split."""
+    run = queries.get_run(s, run_id)
+    content = queries.content_keys(s, run.dataset_id, None)
+    seen = {content[i] for i in queries.run_image_ids(s, run_id, "train") if i in content}
+    return {i for i, k in content.items() if k in seen}
 
 
 def run_features(sessions, run_id: int, *, device: str = "auto", batch_size: int = 64,
-                 progress: bool = True) -> tuple[int, np.ndarray]:
-    """(dataset id, (N, D) pooled features of the run's checkpoint) for meta_table's images,
-    computed once per image and cached under the checkpoint's sha1 (engine.probe.cached_features)."""
+                 progress: bool = True) -> tuple[int, RunFeatures]:
+    """(dataset id, the run checkpoint's pooled features of meta_table's images the run never
+    trained on: trained_on's left out), computed once per image and cached under the
+    checkpoint's sha1 (engine.probe.cached_features)."""
     import dataclasses
 
     from engine.checkpoints import load_checkpoint
@@ -263,36 +301,47 @@ def run_features(sessions, run_id: int, *, device: str = "auto", batch_size: int
             raise ValueError(f"run {run_id} has no checkpoint yet (status {run.status})")
         ds = s.get(Dataset, run.dataset_id)
         table = meta_table(s, ds.id)
+        seen = trained_on(s, run_id)
         keys = queries.content_keys(s, ds.id, None)
         stamps = queries.image_stamps(s, ds.id)
+    rows = [n for n, i in enumerate(table.ids) if i not in seen]
+    ids = [table.ids[n] for n in rows]
     model, config, _epoch, sha1 = load_checkpoint(Path(run.checkpoint))
     # the cache names a feature space by architecture and weights: these weights are the checkpoint's
     cfg = dataclasses.replace(TrainConfig.from_dict(config), weights_source=f"checkpoint {sha1}")
     dev = resolve_device(device)
-    feats, _computed = cached_features(model.to(dev).eval(), cfg, Path(ds.root), table.paths,
-                                       [keys[i] for i in table.ids], device=dev, batch_size=batch_size,
-                                       stamps=stamps, progress=progress)
-    return ds.id, feats
+    feats, _computed = cached_features(model.to(dev).eval(), cfg, Path(ds.root),
+                                       [table.paths[n] for n in rows], [keys[i] for i in ids], device=dev,
+                                       batch_size=batch_size, stamps=stamps, progress=progress)
+    return ds.id, RunFeatures(run_id, ids, feats, len(table.ids) - len(rows))
 
 
 def shift_report(shift: Shift, dataset: str, labels: dict[int, int], *, run: int | None = None) -> dict:
     top = shift.most_test_like(10)
     return {"dataset": dataset, "run": run, "auc": shift.auc, "metadata_auc": shift.metadata_auc,
-            "features": shift.features, "train": len(shift.train_ids), "test": shift.test_images,
+            "pooled_auc": shift.pooled_auc, "features": shift.features, "train": len(shift.train_ids),
+            "test": shift.test_images, "excluded": shift.excluded,
             "most_test_like": [{"file_name": shift.train_paths[i], "label": labels.get(shift.train_ids[i]),
                                 "test_likeness": round(float(shift.test_likeness[i]), 4)} for i in top],
             "sentence": shift_sentence(shift)}
 
 
-def shift_sentence(shift: Shift) -> str:
+def _loudest(shift: Shift) -> tuple[str, float]:
+    """What tells the two apart best alone: a file property, or the run's features."""
     top = shift.features[0]
+    if shift.pooled_auc is not None and shift.pooled_auc > top["auc"]:
+        return "the run's features", shift.pooled_auc
+    return top["name"], top["auc"]
+
+
+def shift_sentence(shift: Shift) -> str:
+    name, auc = _loudest(shift)
     if shift.auc >= SHORTCUT_AUC:
-        return (f"Test images are easy to tell from training images (AUC {shift.auc:.2f}; {top['name']} "
-                f"alone {top['auc']:.2f}): validation scores will not carry over; choose the threshold "
+        return (f"Test images are easy to tell from training images (AUC {shift.auc:.2f}; {name} "
+                f"alone {auc:.2f}): validation scores will not carry over; choose the threshold "
                 "on test-like images (`aivh evalset --like-test N`).")
     if shift.auc >= WEAK_AUC:
-        return (f"Test images differ somewhat from training images (AUC {shift.auc:.2f}; most in "
-                f"{top['name']}).")
+        return f"Test images differ somewhat from training images (AUC {shift.auc:.2f}; most in {name})."
     return f"Test images look like training images to this classifier (AUC {shift.auc:.2f}): no shift found."
 
 
@@ -310,10 +359,10 @@ def write_likeness(path: Path, shift: Shift, labels: dict[int, int]) -> Path:
 
 
 def freeze_test_like(s: Session, dataset: str, n: int, name: str, *, author: str | None = None,
-                     seed: int = 0, pooled: np.ndarray | None = None):
+                     seed: int = 0, pooled: RunFeatures | None = None):
     """The n most test-like labelled training images frozen as an evaluation set: by file
     properties, and with `pooled` (run_features of a run on this dataset) by both, as
-    `aivh shift --run` ranks them."""
+    `aivh shift --run` ranks them, among the images that run never trained on."""
     from db import evaluation
 
     if n < 1:

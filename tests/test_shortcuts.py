@@ -252,11 +252,11 @@ def test_cli_shortcuts_shift_and_an_evalset_of_the_most_test_like(workspace, tmp
 
 # --- robustness -----------------------------------------------------------------------------
 
-def _noise_or_smooth(root: Path, per_class: int = 30) -> Path:
+def _noise_or_smooth(root: Path, per_class: int = 30, seed: int = 3) -> Path:
     """AI-generated (1): faint grain (sigma 6) over a gradient; human-made (0): the gradient alone,
     at the run's own size (64 px, so its resize keeps the grain). A strong JPEG re-encode washes
     the grain out, so a detector of it moves with the quality."""
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     train = []
     for i in range(2 * per_class):
         yy, xx = np.mgrid[0:64, 0:64]
@@ -287,16 +287,20 @@ def test_robustness_rows_show_a_perturbation_that_washes_out_what_the_run_detect
     assert list(rows) == ["none", "jpeg95", "jpeg75", "jpeg50", "downscale0.5", "upscale2", "crop0.8", "png"]
     assert all(set(r) >= {"perturbation", "f1", "auc", "called_ai"} for r in out["rows"])
     assert out["images"] == 30
+    # Deterministic on the CPU for one drawing; over drawings and probe seeds 0-9 (2026-11-28,
+    # 30 validation images each): none F1 0.968-1.0, AUC 0.947-1.0, called AI 0.50-0.53;
+    # jpeg50 F1 0.11-0.80 (0.17-0.89 under none's), AUC 0.38-0.84, mean change 0.21-0.56, 6-17
+    # calls changed, called AI from 0.13 above none's to 0.43 below it (so no direction is
+    # asserted); mean change jpeg95 0.00-0.08 < jpeg75 0.15-0.49 < jpeg50 on every seed. This
+    # drawing (seed 3, probe seed 0): none F1 1.0, AUC 1.0; jpeg50 F1 0.42, AUC 0.57, mean
+    # change 0.37, 11 calls changed. The bounds leave 0.05 or more (3 calls) beyond the spread.
     none = rows["none"]
-    assert none["auc"] >= 0.95 and none["f1"] >= 0.9, none  # the probe sees the grain
+    assert none["auc"] >= 0.9 and none["f1"] >= 0.9, none  # the probe sees the grain
     # a PNG round trip is lossless: the very same scores
     assert rows["png"]["mean_abs_change"] < 1e-5 and rows["png"]["called_ai"] == none["called_ai"]
-    # JPEG at quality 50 washes the grain out. Measured once (deterministic on the CPU, 2026-11-27):
-    # none F1 1.0, AUC 1.0, called AI 0.5; jpeg50 F1 0.33, AUC 0.53, called AI 0.10, mean change
-    # 0.42; mean change jpeg95 0.011 < jpeg75 0.29 < jpeg50 0.42
-    q50 = rows["jpeg50"]
-    assert q50["f1"] <= none["f1"] - 0.3 and q50["called_ai"] <= none["called_ai"] - 0.2, rows
-    assert q50["mean_abs_change"] > 0.2, q50
+    q50 = rows["jpeg50"]  # JPEG at quality 50 washes the grain out
+    assert q50["f1"] <= none["f1"] - 0.1 and q50["flipped"] >= 3, rows
+    assert q50["mean_abs_change"] > 0.15, q50
     assert rows["jpeg95"]["mean_abs_change"] < rows["jpeg75"]["mean_abs_change"] < q50["mean_abs_change"]
     from engine.robustness import stored
 
@@ -338,8 +342,11 @@ def _tinted(root: Path, seed: int) -> Path:
 
 
 def test_evalset_like_test_with_a_runs_features_finds_what_file_properties_cannot(workspace, tmp_path):
-    """Measured over seeds 0-3 (2026-11-27): with the probe's features 9-10 of the 10 planted
-    images frozen, shift AUC 0.84-0.95; file properties alone AUC 0.40-0.64, at most 4 found."""
+    """With a run, only the images it never trained on are ranked (its 30 training images left
+    out). Measured over seeds 0-3 (2026-11-28): 6 planted images among those never trained on,
+    all 6 frozen with the probe's features on every seed, shift AUC 0.83-0.94 (the features
+    alone 0.83-0.94, the file properties of the same images 0.46-0.63); by file properties
+    alone (every training image) AUC 0.41-0.63 and 1-3 planted images frozen."""
     aivh("import", str(_tinted(tmp_path / "t", seed=0)), "--name", "t", env_home=workspace)
     probe = _last_json(aivh("probe", "--dataset", "t", "--img-size", "64", "--device", "cpu", "--workers", "0",
                             "--val-fraction", "0.5", "--json", env_home=workspace))
@@ -354,9 +361,14 @@ def test_evalset_like_test_with_a_runs_features_finds_what_file_properties_canno
 
     meta_out, by_meta = frozen("by-file-properties")
     run_out, by_run = frozen("by-features", "--shift-run", str(probe["run"]))
+    with store.session_factory()() as s:
+        trained = {queries.get_image(s, i).rel_path for i in queries.run_image_ids(s, probe["run"], "train")}
+    assert len(trained) == 30 and run_out["excluded"] == 30 and not by_run & trained
     assert meta_out["shift_auc"] < 0.75 and "metadata_auc" not in meta_out
-    assert run_out["shift_auc"] >= 0.75 and run_out["metadata_auc"] == meta_out["shift_auc"]
-    assert len(by_run & planted) >= 8 and len(by_run & planted) > len(by_meta & planted), (by_run, by_meta)
+    assert run_out["shift_auc"] >= 0.75 and run_out["metadata_auc"] < 0.75 and run_out["pooled_auc"] >= 0.75
+    unseen = planted - trained
+    assert len(by_run & unseen) >= len(unseen) - 1 and len(by_run & planted) > len(by_meta & planted), \
+        (by_run, by_meta)
     alone = aivh("evalset", "--shift-run", str(probe["run"]), "--name", "x", env_home=workspace, check=False)
     assert alone.returncode == 1 and alone.stderr.startswith("aivh: error: give --run")
     other = aivh("evalset", "--like-test", "5", "--dataset", "t", "--shift-run", "999", "--name", "y",

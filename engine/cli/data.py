@@ -60,7 +60,8 @@ def cmd_evalset(args) -> None:
                                          pooled=pooled)
             what, extra = "most test-like labelled training images", {"shift_auc": shift.auc}
             if shift.metadata_auc is not None:
-                extra["metadata_auc"] = shift.metadata_auc
+                extra.update(metadata_auc=shift.metadata_auc, pooled_auc=shift.pooled_auc,
+                             excluded=shift.excluded)
         images = len(evaluation.eval_set_image_ids(s, es.id))
     emit(args, {"eval_set": args.name, "images": images, "id": es.id, **extra},
           f"froze {images} {what} as evaluation set {args.name!r}")
@@ -106,7 +107,8 @@ def _evalset_parser(sub, common) -> None:
     c.add_argument("--dataset", help="with --like-test")
     c.add_argument("--shift-run", type=int, metavar="RUN",
                    help="with --like-test: rank by file properties and this run's pooled features "
-                        "(as `aivh shift --run RUN`), not by file properties alone")
+                        "(as `aivh shift --run RUN`: among the images it never trained on), not by file "
+                        "properties alone")
     c.add_argument("--device", default="auto", help="with --shift-run: where the features are computed")
     c.add_argument("--name", required=True)
     c.add_argument("--author")

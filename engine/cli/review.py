@@ -41,9 +41,15 @@ def cmd_shift(args) -> None:
     if args.out:
         result["path"] = str(shortcuts.write_likeness(Path(args.out), shift, labels))
         print(f"wrote every training image's test-likeness to {args.out}", file=sys.stderr)
-    meta = f" (file properties alone: AUC {shift.metadata_auc:.3f})" if shift.metadata_auc is not None else ""
+    meta = ""
+    if shift.metadata_auc is not None:
+        meta = (f" (file properties alone: AUC {shift.metadata_auc:.3f}; the run's features alone: AUC "
+                f"{shift.pooled_auc:.3f})")
+    left_out = (f"; {shift.excluded} images the run trained on (or copies of them) left out"
+                if args.run is not None else "")
     emit(args, result, f"{result['sentence']}\ntrain vs test: AUC {shift.auc:.3f}{meta}, {result['train']} "
-          f"training and {result['test']} test images\nshifting most:\n{_table(result['features'])}")
+          f"training and {result['test']} test images{left_out}\nfile properties shifting most:\n"
+          f"{_table(result['features'])}")
 
 
 def cmd_robustness(args) -> None:
@@ -83,7 +89,9 @@ def _shift_parser(sub, common) -> None:
     c = sub.add_parser("shift", parents=[common],
                        help="adversarial validation: how well training and test images can be told apart")
     c.add_argument("--dataset", required=True)
-    c.add_argument("--run", type=int, help="add this run's pooled features to the file properties")
+    c.add_argument("--run", type=int,
+                   help="add this run's pooled features to the file properties (over the images it never "
+                        "trained on)")
     c.add_argument("--out", help="write every training image's test-likeness to this CSV")
     c.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     c.add_argument("--seed", type=int, default=0)
