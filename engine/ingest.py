@@ -61,7 +61,7 @@ class ImportResult:
             "rejects": [{"csv": r.csv, "line": r.line, "file_name": r.file_name, "reason": r.reason}
                         for r in self.rejects],
             "changed": self.changed, "duplicate_groups": self.duplicate_groups,
-            "label_conflicts": self.label_conflicts, "summary": self.summary,
+            "label_conflicts": self.label_conflicts,
             "metadata_filled": self.metadata_filled, "predictions_dropped": self.predictions_dropped,
             "label_changes": len(self.label_changes), "label_change_examples": self.label_changes[:EXAMPLES],
             "label_changes_applied": self.label_changes_applied,
