@@ -201,7 +201,7 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path | Folde
         ahead = folder.probed or {}
         unprobed = [r.file_name for r in todo if r.file_name not in ahead]
         probed = dict(zip(unprobed, _probe_all(root, unprobed, progress=progress)))
-        infos = [ahead.get(r.file_name) or probed[r.file_name] for r in todo]
+        infos = [ahead[r.file_name] if r.file_name in ahead else probed[r.file_name] for r in todo]
         result = ImportResult(name, rejects=list(folder.rejects))
         new_images, new_rows, recovered, gone, replaced = [], [], [], [], []
         readable_again = 0
