@@ -62,6 +62,16 @@ def csv_labels(s: Session, dataset_id: int) -> dict[int, int]:
     return _labels_by(s, _label_rows(dataset_id, func.max, source="import"))
 
 
+def labelled_before_replaced(s: Session, dataset_id: int) -> set[int]:
+    """The images whose file an import found replaced (Image.replaced_at_label) and whose newest
+    label row is not newer than that: their current label was given to the old picture."""
+    newest = _label_rows(dataset_id, func.max)
+    q = (select(Image.id).join(newest, newest.c.image_id == Image.id)
+         .where(Image.dataset_id == dataset_id, Image.replaced_at_label.is_not(None),
+                newest.c.lid <= Image.replaced_at_label))
+    return set(s.scalars(q))
+
+
 def newest_label_id(s: Session, dataset_id: int) -> int | None:
     q = select(func.max(Label.id)).join(Image, Image.id == Label.image_id)
     return s.scalar(q.where(Image.dataset_id == dataset_id))

@@ -95,11 +95,18 @@ class Image(Base):
     # decoded pixels, computed at first use by `aivh duplicates` or a grouped split; NULL: not yet
     phash: Mapped[str | None] = mapped_column(String(16))
     # added in migration 0006: train.csv's `group` column for this image as import recorded it
-    # ("" for none, and for test images): what a split keeps on one side, so a split never reads
-    # the live CSV. NULL: imported before 0006, filled in by the next import or the first split
-    # (engine.duplicates.split_groups). A changed group in train.csv is reported at re-import and
-    # recorded only with `aivh import --apply-group-changes`.
-    csv_group: Mapped[str | None] = mapped_column(Text)
+    # ("" for none, and for test images, and for a row written by anything but import): what a
+    # split keeps on one side, so a split never reads the live CSV. NULL: imported before 0006;
+    # a split refuses such a dataset (engine.duplicates.split_groups) until the next import
+    # records them. A changed group in train.csv is reported at re-import and recorded only with
+    # `aivh import --apply-group-changes`.
+    csv_group: Mapped[str | None] = mapped_column(Text, default="")
+    # added in migration 0007: the newest label row id of this image when an import last found its
+    # file replaced (other bytes). While the image's newest label row is not newer, its current
+    # label was given to the old picture: each import reports it where train.csv says otherwise,
+    # until `--apply-label-changes` records train.csv's label or someone labels the image again.
+    # NULL: never found replaced (or no label then).
+    replaced_at_label: Mapped[int | None] = mapped_column(Integer)
 
 
 class Label(Base):

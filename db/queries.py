@@ -85,12 +85,20 @@ def csv_groups(s: Session, dataset_id: int, split: str | None = "train") -> dict
     return {i: group for i, group in s.execute(q)}
 
 
-def images_without_group(s: Session, dataset_id: int) -> list[tuple[int, str, str]]:
-    """(id, rel_path, split) of the images whose train.csv group was never recorded (imported
-    before migration 0006)."""
-    q = select(Image.id, Image.rel_path, Image.split).where(Image.dataset_id == dataset_id,
-                                                            Image.csv_group.is_(None))
-    return [tuple(r) for r in s.execute(q)]
+def without_group(s: Session, image_ids) -> int:
+    """How many of `image_ids` have no train.csv group recorded (imported before migration 0006)."""
+    ids = list(image_ids)
+    q = select(func.count()).select_from(Image).where(Image.csv_group.is_(None))
+    return sum(s.scalar(q.where(Image.id.in_(ids[k:k + 10_000]))) for k in range(0, len(ids), 10_000))
+
+
+def mark_replaced(s: Session, image_ids: list[int]) -> None:
+    """Record, for images whose file an import found replaced, their newest label row id now
+    (Image.replaced_at_label): a label row not newer than it was given to the old picture."""
+    if image_ids:
+        newest = select(func.max(Label.id)).where(Label.image_id == Image.id).scalar_subquery()
+        s.execute(update(Image).where(Image.id.in_(image_ids)).values(replaced_at_label=newest)
+                  .execution_options(synchronize_session=False))
 
 
 def set_groups(s: Session, values: dict[int, str]) -> None:

@@ -323,7 +323,8 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
     """image id -> group key for `ids` (training images), and what was done, for the run's config.
 
     Always: byte-identical copies (sha1) and the train.csv `group` recorded with each image at
-    import (never the live CSV: an edit counts once a re-import records it). With group
+    import (never the live CSV: an edit counts once a re-import records it; images imported
+    before groups were recorded make it refuse, naming the import that records them). With group
     "near-duplicates": also perceptual-hash near copies (PHASH_MAX bits). Groups are joined
     transitively (connected components); each gets the smallest member's content key, so the
     split's stable-hash rule is unchanged for images without copies."""
@@ -332,6 +333,7 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
     if group not in (None, *GROUPINGS):
         raise ValueError(f"unknown grouping {group!r}: {' or '.join(GROUPINGS)}")
     ids = sorted(ids)
+    _refuse_unrecorded_groups(s, dataset_id, root, ids)
     keys = queries.content_keys(s, dataset_id, "train")
     pos = {i: p for p, i in enumerate(ids)}
     edges: list[tuple[int, int]] = []
@@ -342,7 +344,6 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
             edges.append((by_key[k], pos[i]))
         else:
             by_key[k] = pos[i]
-    unrecorded = _record_missing_groups(s, dataset_id, root)
     csv_groups = queries.csv_groups(s, dataset_id)
     by_group: dict[str, int] = {}
     for i in ids:
@@ -353,8 +354,6 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
             else:
                 by_group[g] = pos[i]
     how = {"by": ["sha1"] + (["csv group"] if csv_groups else [])}
-    if unrecorded:
-        how["csv_group_unrecorded"] = unrecorded
     if group == "near-duplicates":
         hashes = ensure_phashes(s, dataset_id, root, progress=progress)
         hashed = [i for i in ids if i in hashes]
@@ -374,24 +373,15 @@ def split_groups(s, dataset_id: int, root: Path, ids, *, group: str | None,
     return out, how
 
 
-def _record_missing_groups(s, dataset_id: int, root: Path) -> int:
-    """Images imported before groups were recorded (migration 0006) get theirs from train.csv
-    now, once, in the caller's transaction (as a re-import would); later splits use the stored
-    value. Returns how many training images still have none (train.csv unreadable): said in a
-    warning and in the run's grouping."""
+def _refuse_unrecorded_groups(s, dataset_id: int, root: Path, ids: list[int]) -> None:
+    """ValueError (one line) when some of `ids` were imported before aivh recorded train.csv's
+    group column (migration 0006): a split never reads the live CSV, so they wait for the next
+    import to record theirs."""
     from db import queries
-    from engine.kaggle import read_groups
+    from db.models import Dataset
 
-    missing = queries.images_without_group(s, dataset_id)
-    if not missing:
-        return 0
-    found = read_groups(root)
-    if found is None:
-        left = sum(split == "train" for _, _, split in missing)
-        if left:
-            log.warning("%d training images were imported before aivh recorded train.csv's group column "
-                        "and %s cannot be read now: they are split without it; run `aivh import` again",
-                        left, Path(root) / "train.csv")
-        return left
-    queries.set_groups(s, {i: found.get(path, "") if split == "train" else "" for i, path, split in missing})
-    return 0
+    n = queries.without_group(s, ids)
+    if n:
+        name = s.get(Dataset, dataset_id).name
+        raise ValueError(f"groups not recorded for {n} image(s) of dataset {name!r} imported before aivh "
+                         f"recorded train.csv's group column: run `aivh import {root} --name {name}` again")

@@ -1,10 +1,11 @@
 """`aivh import`: a Kaggle-layout folder into the store, in one transaction."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from db import labelling, predictions, queries
 from db.models import Dataset, Image, Label
-from engine.images import FileMeta, ImageInfo, probe_image, probe_meta
+from engine.images import FileMeta, ImageInfo, probe_image, probe_meta, resolve_inside
 from engine.kaggle import TRAIN_CSV, Reject, Row, read_kaggle_csvs
 
 SERIAL_BELOW = 2000  # rows: below this, starting worker processes costs more than it saves
@@ -31,17 +32,21 @@ class ImportResult:
     test: int = 0
     added: int = 0  # readable images new this time (new rows, or rows whose file was missing or unreadable)
     rejects: list[Reject] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)  # files replaced since the last import, re-probed
+    # files replaced since the last import (other bytes than recorded), re-probed; a file only
+    # touched (new modification time, same bytes) is re-stamped, and a missing one is a reject
+    changed: list[str] = field(default_factory=list)
     duplicate_groups: int = 0  # sets of byte-identical readable images (same sha1) in the dataset
     # the groups among them whose training copies carry different current labels:
     # [{"sha1", "files": [{"file_name", "split", "label"}]}]
     label_conflicts: list[dict] = field(default_factory=list)
-    summary: str | None = None  # one line when every row was rejected (and alike: what to do)
+    summary: str | None = None  # when every row was rejected: the one line NothingImported says
     metadata_filled: int = 0  # stored images whose header properties were read this time (pre-0004 rows)
     predictions_dropped: int = 0  # every run's predictions of the changed files (another picture's)
-    # training images whose train.csv label is not the one the store last recorded from it (or, for
-    # a replaced file, not its current label either): [{"file_name", "csv_label", "imported_label",
-    # "current_label", "content_changed"}]; recorded as label rows by import only when applied
+    # training images whose train.csv label is not the one the store last recorded from it, or whose
+    # current label was given before its file was replaced and is not train.csv's:
+    # [{"file_name", "image_id", "csv_label", "imported_label", "current_label", "content_changed"}]
+    # (content_changed: the current label was given to the picture the file held before);
+    # recorded as label rows by import only when applied
     label_changes: list[dict] = field(default_factory=list)
     label_changes_applied: bool = False
     # images whose train.csv group is not the recorded one: [{"file_name", "csv_group", "recorded_group"}]
@@ -56,7 +61,7 @@ class ImportResult:
             "rejects": [{"csv": r.csv, "line": r.line, "file_name": r.file_name, "reason": r.reason}
                         for r in self.rejects],
             "changed": self.changed, "duplicate_groups": self.duplicate_groups,
-            "label_conflicts": self.label_conflicts, "summary": self.summary,
+            "label_conflicts": self.label_conflicts,
             "metadata_filled": self.metadata_filled, "predictions_dropped": self.predictions_dropped,
             "label_changes": len(self.label_changes), "label_change_examples": self.label_changes[:EXAMPLES],
             "label_changes_applied": self.label_changes_applied,
@@ -84,11 +89,11 @@ class ImportResult:
         examples = "; ".join(_label_example(c) for c in self.label_changes[:EXAMPLES])
         if self.label_changes_applied:
             return f"{n} label(s) changed in train.csv recorded as label rows by import, e.g. {examples}"
-        once = any(c["content_changed"] and c["csv_label"] == c["imported_label"] for c in self.label_changes)
+        stale = any(c["content_changed"] for c in self.label_changes)
         return (f"{n} label(s) in train.csv differ from the store's, e.g. {examples}: not recorded; "
                 "`aivh import DATA_DIR --apply-label-changes` records them as label rows by import"
-                + ("; a replaced file whose train.csv label is unchanged is reported at this import only"
-                   if once else ""))
+                + ("; a label given to a replaced file's old picture is reported at every import until "
+                   "then, or until someone labels the image again" if stale else ""))
 
     def group_changes_line(self) -> str | None:
         """One line on groups edited in train.csv since the last import, or None."""
@@ -117,12 +122,22 @@ def _label_example(c: dict) -> str:
     return text
 
 
+class NothingImported(ValueError):
+    """Every row was rejected: one line (the shared reason, an example row, what to do); the
+    import wrote nothing. `result` holds the rejects."""
+
+    def __init__(self, result: ImportResult):
+        super().__init__(result.summary)
+        self.result = result
+
+
 @dataclass(frozen=True)
 class Folder:
     """A Kaggle-layout folder's CSVs, read and checked: all that import needs before the store."""
     root: Path
     rows: list[Row]
     rejects: list[Reject]
+    probed: dict[str, ImageInfo | str] | None = None  # file name -> probe_image's answer, when read ahead
 
 
 def read_folder(data_dir: str | Path) -> Folder:
@@ -133,6 +148,21 @@ def read_folder(data_dir: str | Path) -> Folder:
         raise FileNotFoundError(f"{root}: not a folder")
     rows, rejects = read_kaggle_csvs(root)  # raises CsvError before anything is written
     return Folder(root, rows, rejects)
+
+
+def probe_folder(folder: Folder, *, progress: bool = True) -> Folder:
+    """Every file probed ahead of the store (a first import, where each is probed anyway):
+    NothingImported when no row is readable, so a failing first import creates no store."""
+    infos = _probe_all(folder.root, [r.file_name for r in folder.rows], progress=progress)
+    probed = dict(zip((r.file_name for r in folder.rows), infos))
+    if not any(not isinstance(info, str) for info in infos):
+        result = ImportResult(folder.root.name, rejects=sorted(
+            [*folder.rejects, *(Reject(r.csv, r.line, r.file_name, probed[r.file_name]) for r in folder.rows)],
+            key=lambda r: (r.csv != TRAIN_CSV, r.line)))
+        result.summary = _summary(result, len(folder.rows) + len(folder.rejects))
+        if result.summary:
+            raise NothingImported(result)
+    return replace(folder, probed=probed)
 
 
 def _probe_all(root: Path, names: list[str], *, progress: bool, probe=None,
@@ -154,7 +184,9 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path | Folde
                    *, progress: bool = True, apply_label_changes: bool = False,
                    apply_group_changes: bool = False) -> ImportResult:
     """Import (or import again) a Kaggle folder, in one transaction. Labels and groups edited in
-    train.csv since the last import are reported, and recorded only when asked (`apply_*`)."""
+    train.csv since the last import are reported, and recorded only when asked (`apply_*`).
+    NothingImported (and nothing written) when every row is rejected and the dataset holds no
+    readable image."""
     folder = data_dir if isinstance(data_dir, Folder) else read_folder(data_dir)
     root, rows = folder.root, folder.rows
     name = name or root.name
@@ -166,12 +198,14 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path | Folde
                                    queries.image_stamps(s, ds.id))
         todo = [r for r in rows if r.file_name not in known or known[r.file_name][1] != "ok"
                 or r.file_name in changed]
-        infos = _probe_all(root, [r.file_name for r in todo], progress=progress)
+        ahead = folder.probed or {}
+        unprobed = [r.file_name for r in todo if r.file_name not in ahead]
+        probed = dict(zip(unprobed, _probe_all(root, unprobed, progress=progress)))
+        infos = [ahead[r.file_name] if r.file_name in ahead else probed[r.file_name] for r in todo]
         result = ImportResult(name, rejects=list(folder.rejects))
-        new_images, new_rows, recovered, replaced = [], [], [], []
+        new_images, new_rows, recovered, gone, replaced = [], [], [], [], []
         readable_again = 0
-        stored_sha1 = queries.image_sha1s(s, ds.id) if changed else {}
-        changed_sha1 = {n: stored_sha1.get(n) for n in changed}
+        stored_sha1 = queries.image_sha1s(s, ds.id) if any(r.file_name in known for r in todo) else {}
         for row, info in zip(todo, infos):
             if isinstance(info, str):
                 result.rejects.append(Reject(row.csv, row.line, row.file_name, info))
@@ -180,23 +214,31 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path | Folde
             if old is None:
                 new_images.append({**values, "csv_group": row.group})
                 new_rows.append(row)
-            elif row.file_name in changed:  # replaced since the last import: record what is there now
+                continue
+            # a stored image: replaced only when its bytes are there and are not the recorded ones
+            # (a touched file, same bytes, is re-stamped; a missing one is a reject, not replaced)
+            was, now = stored_sha1.get(row.file_name), _content_sha1(root, row.file_name, info)
+            if was is not None and now is not None and now != was:
+                result.changed.append(row.file_name)
+                replaced.append(old[0])
+            if not isinstance(info, str):
                 recovered.append({"id": old[0], **values})
-                if (changed[row.file_name] or isinstance(info, str)
-                        or info.sha1 != changed_sha1[row.file_name]):
-                    result.changed.append(row.file_name)
-                    replaced.append(old[0])
-            elif not isinstance(info, str):
-                recovered.append({"id": old[0], **values})
-                readable_again += 1  # missing or unreadable last time, there now
+                readable_again += old[1] != "ok"  # missing or unreadable last time, there now
+            elif now is None:  # gone or unreadable now: marked so, its recorded content kept
+                gone.append({"id": old[0], "status": "unreadable"})
+            else:  # other bytes that are no image: what is there now
+                recovered.append({"id": old[0], **values, "sha1": now})
         _insert(s, new_images, new_rows)
         filled = _fill_meta(s, root, ds.id, {r.file_name for r in todo}, progress=progress)
-        if recovered:  # a file missing last time is there now, or one replaced since
-            s.execute(update(Image), recovered)
+        for batch in (recovered, gone):  # a file there again or replaced since; one gone
+            if batch:
+                s.execute(update(Image), batch)
         # what any run predicted for a replaced file was another picture's: gone, so export and
-        # the pages ask for a new prediction instead of using it
+        # the pages ask for a new prediction instead of using it; and the labels given so far were
+        # given to the old picture (db.queries.mark_replaced)
         result.predictions_dropped = predictions.drop_for_images(s, replaced)
-        _label_changes(s, ds.id, rows, known, set(result.changed), result, apply=apply_label_changes)
+        queries.mark_replaced(s, replaced)
+        _label_changes(s, ds.id, rows, known, result, apply=apply_label_changes)
         _group_changes(s, ds.id, rows, known, result, apply=apply_group_changes)
         result.added = readable_again + sum(v["status"] == "ok" for v in new_images)
         result.metadata_filled = filled
@@ -205,38 +247,57 @@ def import_dataset(sessions: sessionmaker[Session], data_dir: str | Path | Folde
             setattr(result, split, queries.count_images(s, ds.id, split))
         _report_duplicates(s, ds.id, result)
         result.summary = _summary(result, total)
+        if result.summary:  # every row rejected and nothing readable: an error, the transaction undone
+            raise NothingImported(result)
     return result
 
 
+def _content_sha1(root: Path, name: str, info: ImageInfo | str) -> str | None:
+    """sha1 of the file's bytes now (probed, or read here for a file that is no image); None when
+    it cannot be read (missing, a folder, outside DATA_DIR) or is empty."""
+    if not isinstance(info, str):
+        return info.sha1
+    try:
+        data = resolve_inside(root, name).read_bytes()
+    except (OSError, PermissionError):
+        return None
+    return hashlib.sha1(data).hexdigest() if data else None
+
+
 def _label_changes(s: Session, dataset_id: int, rows: list[Row], known: dict[str, tuple[int, str]],
-                   replaced: set[str], result: ImportResult, *, apply: bool) -> None:
+                   result: ImportResult, *, apply: bool) -> None:
     """The stored training images whose label in train.csv is not the one last recorded from it
-    (an edited CSV), or whose file was replaced and whose current label is not train.csv's (a
-    reviewer's label of the old picture); with `apply`, train.csv's label recorded as a label
-    row by import (db.labelling.relabel) for each, in the import's transaction."""
+    (an edited CSV), or whose current label was given before their file was replaced (at this
+    import or an earlier one: db.labelling.labelled_before_replaced) and is not train.csv's (a
+    label of the old picture); with `apply`, train.csv's label recorded as a label row by import
+    (db.labelling.relabel) for each, in the import's transaction."""
     stored = [(r, known[r.file_name][0]) for r in rows if r.label is not None and r.file_name in known]
     if not stored:
         return
     recorded = labelling.csv_labels(s, dataset_id)
+    stale = labelling.labelled_before_replaced(s, dataset_id)
     # no image has an import row only when it was not a training image: skipped
-    candidates = [(r, i) for r, i in stored if i in recorded
-                  and (r.label != recorded[i] or r.file_name in replaced)]
+    candidates = [(r, i) for r, i in stored if i in recorded and (r.label != recorded[i] or i in stale)]
     if not candidates:
         return
     among = [i for _, i in candidates] if len(candidates) <= 1000 else None  # else: one query for all
     current = labelling.current_labels(s, dataset_id, among=among)
     for row, i in candidates:
         imported, now = recorded[i], current.get(i)
-        content = row.file_name in replaced
+        content = i in stale
         if row.label != imported or (content and now is not None and row.label != now):
-            result.label_changes.append({"file_name": row.file_name, "csv_label": row.label,
+            result.label_changes.append({"file_name": row.file_name, "image_id": i, "csv_label": row.label,
                                          "imported_label": imported, "current_label": now,
-                                         "content_changed": content, "image_id": i})
+                                         "content_changed": content})
     if apply:
         for c in result.label_changes:
-            why = "file replaced" if c["content_changed"] else "edited"
-            labelling.relabel(s, c["image_id"], c["csv_label"], author="import", source="import",
-                              note=f"train.csv {why}: {c['imported_label']} -> {c['csv_label']}")
+            if c["csv_label"] != c["imported_label"]:
+                note = f"train.csv edited: {c['imported_label']} -> {c['csv_label']}"
+            else:
+                note = f"file replaced: label {c['current_label']} was given to the old picture"
+            if c["content_changed"] and c["csv_label"] != c["imported_label"]:
+                note += f"; file replaced (label {c['current_label']} was given to the old picture)"
+            labelling.relabel(s, c["image_id"], c["csv_label"], author="import", source="import", note=note)
         result.label_changes_applied = bool(result.label_changes)
 
 
@@ -277,24 +338,22 @@ def _fill_meta(s: Session, root: Path, dataset_id: int, probed: set[str], *, pro
     return len(filled)
 
 
-def _changed_on_disk(root: Path, rows: list[Row], stamps: dict[str, tuple]) -> dict[str, bool]:
-    """file name -> whether it visibly changed, for the stored readable images whose size or
-    modification time on disk is not the one recorded (one stat each, no read): those are
-    probed again. A store from before mtimes were recorded is probed once to record them
-    (False: not reported as changed unless its content differs)."""
-    out: dict[str, bool] = {}
+def _changed_on_disk(root: Path, rows: list[Row], stamps: dict[str, tuple]) -> set[str]:
+    """The stored readable images whose size or modification time on disk is not the one
+    recorded, or that are gone (one stat each, no read): those are probed again, and the
+    probe's sha1 says whether the content changed. A store from before mtimes were recorded is
+    probed once to record them."""
+    out: set[str] = set()
     base = str(root)
     for r in rows:
         size, mtime_ns = stamps.get(r.file_name, (None, None))
         try:
             st = os.stat(os.path.join(base, r.file_name))  # not pathlib: 80,000 of these
         except OSError:
-            out[r.file_name] = True  # gone or unreadable now: the probe says which
+            out.add(r.file_name)  # gone or unreadable now: the probe says which
             continue
-        if st.st_size != size or (mtime_ns is not None and st.st_mtime_ns != mtime_ns):
-            out[r.file_name] = True
-        elif mtime_ns is None:
-            out[r.file_name] = False
+        if st.st_size != size or mtime_ns is None or st.st_mtime_ns != mtime_ns:
+            out.add(r.file_name)
     return out
 
 
@@ -327,18 +386,22 @@ def _kind(reason: str) -> str:
 
 
 def _summary(result: ImportResult, rows: int) -> str | None:
-    """One line when no row at all was imported: the shared reason and what to do about it."""
+    """One line when no row at all was imported: the shared reason, the first row rejected, and
+    what to do about it."""
     if not result.rejects or len(result.rejects) < rows or result.train or result.test:
         return None
     kinds = {_kind(r.reason) for r in result.rejects}
+    first = result.rejects[0]
     if len(kinds) > 1:
-        return (f"nothing imported: all {rows} rows were rejected, for {len(kinds)} different reasons "
-                "(listed above)")
+        second = next(r for r in result.rejects if _kind(r.reason) != _kind(first.reason))
+        return (f"nothing imported: all {rows} rows were rejected, for {len(kinds)} different reasons, "
+                f"e.g. {first}; {second}")
     kind = kinds.pop()
     advice = _ADVICE.get(kind)
     if advice is None:
-        return f"nothing imported: all {rows} rows were rejected: {result.rejects[0].reason}"
-    return f"nothing imported: all {rows} rows were rejected ({kind}): {advice}"
+        return f"nothing imported: all {rows} rows were rejected, e.g. {first}"
+    return f"nothing imported: all {rows} rows were rejected ({kind}, e.g. {first.csv}:{first.line}: " \
+           f"{first.file_name}): {advice}"
 
 
 def _dataset(s: Session, name: str, root: Path) -> Dataset:

@@ -112,23 +112,3 @@ def path_problem(root: Path, file_name: str) -> str | None:
     if ".." in Path(file_name.replace("\\", "/")).parts:
         return "path escapes DATA_DIR"
     return None
-
-
-def read_groups(root: Path) -> dict[str, str] | None:
-    """file_name -> group ("" for none) from train.csv's optional `group` column, as import reads
-    it; every name maps to "" when there is no such column; None when train.csv cannot be read.
-    Only for stores whose rows were imported before the group was recorded with each image
-    (engine.duplicates.split_groups fills them in once): a split uses the recorded groups."""
-    path = Path(root) / TRAIN_CSV
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, None) or []]
-            if "file_name" not in header:
-                return None
-            name = header.index("file_name")
-            group = header.index("group") if "group" in header else None
-            return {row[name].strip(): (row[group].strip() if group is not None and len(row) > group else "")
-                    for row in reader if len(row) > name}
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None

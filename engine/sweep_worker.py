@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 
+from db.store import require_store
 from engine.sweep import work
 
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
+        require_store()  # a worker only uses a store: none there, one line and nothing created
         work(args.sweep, progress=False, index=args.index)
     except Exception as e:  # noqa: BLE001 - the process entry point reports any failure
         print(f"aivh: error: {e}", file=sys.stderr)

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from db import queries
-from db.store import session_factory
+from db.store import require_store, session_factory
 from engine.jobs import execute
 from engine.probe import execute_probe
 
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     try:
+        require_store()  # a worker only uses a store: none there, one line and nothing created
         with session_factory()() as s:
             is_probe = bool(queries.get_run(s, args.run_id).config.get("probe"))
         if is_probe:

@@ -95,12 +95,16 @@ def test_a_reviewed_label_is_no_train_csv_edit_and_an_import_change_blocks_its_u
         labelling.undo_last_review(s, image_id, author="ann")
 
 
-def test_a_replaced_file_whose_label_differs_is_reported(sessions, tiny_dataset):
+def _relabel(sessions, name, label, author="ann"):
+    with sessions.begin() as s:
+        ds = queries.get_dataset(s, "tiny")
+        return labelling.relabel(s, queries.image_by_path(s, ds.id, name).id, label, author=author).id
+
+
+def test_a_replaced_file_whose_label_differs_is_reported_until_applied(sessions, tiny_dataset):
     import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     edited, reviewed = f"train_data/{3:032x}.jpg", f"train_data/{5:032x}.jpg"
-    with sessions.begin() as s:  # a reviewer's label of the old picture of `reviewed`
-        ds = queries.get_dataset(s, "tiny")
-        labelling.relabel(s, queries.image_by_path(s, ds.id, reviewed).id, 0, author="ann")
+    _relabel(sessions, reviewed, 0)  # a reviewer's label of the old picture of `reviewed`
     draw_jpeg(tiny_dataset / edited, 1003)  # other pictures under the same names
     draw_jpeg(tiny_dataset / reviewed, 1005)
     _rewrite_train(tiny_dataset, _flip([edited]))  # the new picture of `edited` has the other label
@@ -108,17 +112,99 @@ def test_a_replaced_file_whose_label_differs_is_reported(sessions, tiny_dataset)
     again = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     assert sorted(again.changed) == [edited, reviewed]
     got = {c["file_name"]: c for c in again.label_changes}
-    assert set(got) == {edited, reviewed} and all(c["content_changed"] for c in got.values())
+    assert set(got) == {edited, reviewed}
     assert (got[edited]["imported_label"], got[edited]["csv_label"]) == (1, 0)
     # train.csv unchanged, the reviewer's label is of the old picture
-    assert (got[reviewed]["csv_label"], got[reviewed]["current_label"]) == (1, 0)
-    assert "file replaced" in again.label_changes_line()
-    assert "reported at this import only" in again.label_changes_line()
+    assert (got[reviewed]["csv_label"], got[reviewed]["current_label"], got[reviewed]["content_changed"]) == \
+        (1, 0, True)
+    assert "given to the old picture" in again.label_changes_line()
+    assert "until then, or until someone labels the image again" in again.label_changes_line()
+    # the new content is recorded now, and the report stays until it is acted on
+    later = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    assert later.changed == [] and later.label_changes == again.label_changes
+    history = _history(sessions)
     applied = import_dataset(sessions, tiny_dataset, "tiny", progress=False, apply_label_changes=True)
-    # the new content is recorded now: the edited CSV label is still reported (and recorded), the
-    # reviewer's label of the old picture was reported once, at the import that found it replaced
-    assert [c["file_name"] for c in applied.label_changes] == [edited]
-    assert _labels(sessions, "tiny")[edited] == 0
+    assert sorted(c["file_name"] for c in applied.label_changes) == [edited, reviewed]
+    assert _labels(sessions, "tiny")[edited] == 0 and _labels(sessions, "tiny")[reviewed] == 1
+    with sessions() as s:
+        notes = [n for (n,) in s.execute(select(Label.note).where(Label.id > len(history)).order_by(Label.id))]
+    assert notes == ["train.csv edited: 1 -> 0; file replaced (label 1 was given to the old picture)",
+                     "file replaced: label 0 was given to the old picture"]
+    assert import_dataset(sessions, tiny_dataset, "tiny", progress=False).label_changes == []
+
+
+def test_a_label_given_after_the_replacement_ends_the_report(sessions, tiny_dataset):
+    import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    name = f"train_data/{5:032x}.jpg"
+    _relabel(sessions, name, 0)
+    draw_jpeg(tiny_dataset / name, 1005)
+    assert [c["file_name"] for c in import_dataset(sessions, tiny_dataset, "tiny", progress=False).label_changes] \
+        == [name]
+    _relabel(sessions, name, 0, author="bob")  # bob looked at the new picture: 0 it is
+    quiet = import_dataset(sessions, tiny_dataset, "tiny", progress=False, apply_label_changes=True)
+    assert quiet.label_changes == [] and _labels(sessions, "tiny")[name] == 0
+
+
+# --- item: only other bytes are a replaced file ---------------------------------------------
+
+def _predict_all(sessions):
+    from db.models import Run
+
+    with sessions.begin() as s:
+        ds_id = queries.get_dataset(s, "tiny").id
+        run = Run(dataset_id=ds_id, status="succeeded", config={})
+        s.add(run)
+        s.flush()
+        ids = [im.id for im in queries.images(s, ds_id)]
+        queries.upsert_predictions(s, run.id, [(i, 0.5) for i in ids], epoch=1, checkpoint_sha1="c" * 40)
+        return len(ids)
+
+
+def _predictions(sessions) -> int:
+    from db.models import Prediction
+
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(Prediction))
+
+
+def test_a_touched_file_is_not_replaced_and_keeps_its_labels_and_predictions(sessions, tiny_dataset):
+    import os
+
+    import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    name = f"train_data/{5:032x}.jpg"  # train.csv says 1
+    _relabel(sessions, name, 0)
+    n = _predict_all(sessions)
+    path = tiny_dataset / name
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # touched: same bytes
+    again = import_dataset(sessions, tiny_dataset, "tiny", progress=False, apply_label_changes=True)
+    assert (again.changed, again.label_changes, again.predictions_dropped) == ([], [], 0)
+    assert _labels(sessions, "tiny")[name] == 0 and _predictions(sessions) == n
+    with sessions() as s:  # re-stamped: the loaders take it again, the next import does not probe it
+        im = queries.image_by_path(s, queries.get_dataset(s, "tiny").id, name)
+        assert (im.mtime_ns, im.status, im.replaced_at_label) == (path.stat().st_mtime_ns, "ok", None)
+
+
+def test_a_file_missing_for_a_while_is_a_reject_not_a_replacement(sessions, tiny_dataset):
+    import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    name, other = f"train_data/{5:032x}.jpg", f"train_data/{6:032x}.jpg"
+    _relabel(sessions, name, 0)
+    _relabel(sessions, other, 1)
+    n = _predict_all(sessions)
+    path = tiny_dataset / name
+    path.rename(path.with_suffix(".bak"))
+    (tiny_dataset / other).rename((tiny_dataset / other).with_suffix(".bak"))
+    gone = import_dataset(sessions, tiny_dataset, "tiny", progress=False, apply_label_changes=True)
+    assert [(r.file_name, r.reason) for r in gone.rejects] == [(name, "missing file"), (other, "missing file")]
+    assert (gone.changed, gone.label_changes, gone.predictions_dropped, gone.train) == ([], [], 0, 6)
+    assert _predictions(sessions) == n
+    path.with_suffix(".bak").rename(path)  # back as it was
+    draw_jpeg(tiny_dataset / other, 1006)  # back with another picture: that one is replaced
+    (tiny_dataset / other).with_suffix(".bak").unlink()
+    back = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    assert (back.changed, back.added, back.rejects, back.train, back.predictions_dropped) == ([other], 2, [], 8, 1)
+    assert [(c["file_name"], c["content_changed"]) for c in back.label_changes] == [(other, True)]
+    assert _labels(sessions, "tiny")[name] == 0 and _predictions(sessions) == n - 1
 
 
 def test_a_replaced_file_with_a_stale_label_is_recorded_when_applied_at_once(sessions, tiny_dataset):
@@ -228,26 +314,23 @@ def test_an_edited_group_is_reported_and_used_only_once_recorded(sessions, tmp_p
     assert import_dataset(sessions, root, "g", progress=False).group_changes == []
 
 
-def test_rows_imported_before_groups_were_recorded_get_them_at_the_next_import_or_split(sessions, tmp_path):
+def test_a_split_refuses_rows_whose_groups_were_never_recorded_until_an_import_records_them(sessions, tmp_path):
     root = tmp_path / "g"
-    names = _twins(root)
+    _twins(root)
     import_dataset(sessions, root, "g", progress=False)
     with sessions.begin() as s:  # as a store from before migration 0006 holds them
         s.execute(update(Image).values(csv_group=None))
+    with pytest.raises(ValueError) as refused:  # never read from the live CSV
+        _split_sides(sessions, "g", root)
+    assert str(refused.value) == (
+        f"groups not recorded for 40 image(s) of dataset 'g' imported before aivh recorded train.csv's "
+        f"group column: run `aivh import {root.resolve()} --name g` again")
+    with sessions() as s:
+        assert s.scalar(select(func.count()).where(Image.csv_group.is_(None))) == 40  # nothing written
     filled = import_dataset(sessions, root, "g", progress=False)
     assert filled.groups_filled == 40 and filled.group_changes == []  # nothing to compare with: recorded
-    with sessions.begin() as s:
-        s.execute(update(Image).values(csv_group=None))
-    how, sides, by_path = _split_sides(sessions, "g", root)  # the first split records them
-    assert how["groups"] == 20 and "csv_group_unrecorded" not in how
-    with sessions() as s:
-        assert s.scalar(select(func.count()).where(Image.csv_group.is_(None))) == 0
     (root / "train.csv").unlink()  # recorded: the split no longer needs the file
     assert _split_sides(sessions, "g", root)[0]["groups"] == 20
-    with sessions.begin() as s:  # never recorded and train.csv gone: said, not silent
-        s.execute(update(Image).values(csv_group=None))
-    how, _, _ = _split_sides(sessions, "g", root)
-    assert how["groups"] == 0 and how["csv_group_unrecorded"] == 40
 
 
 def test_migration_0006_adds_the_group_column_null_and_the_next_import_fills_it(store_url, tmp_path):
@@ -271,18 +354,6 @@ def test_migration_0006_adds_the_group_column_null_and_the_next_import_fills_it(
     with sessions() as s:
         assert {p: g for p, g in s.execute(select(Image.rel_path, Image.csv_group))} == {
             f"train_data/{i:03d}.jpg": f"twin{i // 2}" for i in range(4)}
-
-
-# --- item: a missing file is not counted as new ---------------------------------------------
-
-def test_a_missing_file_is_rejected_not_counted_as_new(sessions, tiny_dataset):
-    moved = tiny_dataset / "train_data" / f"{3:032x}.jpg"
-    moved.rename(moved.with_suffix(".bak"))
-    first = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
-    assert (first.train, first.test, first.added, len(first.rejects)) == (7, 3, 10, 1)
-    moved.with_suffix(".bak").rename(moved)
-    second = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
-    assert (second.train, second.added, second.rejects) == (8, 1, [])  # readable now: new this time
 
 
 # --- item: failing commands leave a new workspace empty -------------------------------------
@@ -315,3 +386,76 @@ def test_import_creates_the_store_and_then_reading_commands_use_it(workspace, ti
     assert cli.main(["runs", "--json"]) == 0
     assert cli.main(["export", "--run", "999", "--out", str(tiny_dataset / "s.csv")]) == 1
     assert "no run 999" in capsys.readouterr().err
+
+
+# --- item: an import where every row fails is an error ----------------------------------------
+
+def _all_missing(root):
+    return write_kaggle(root, [("train_data/a.jpg", 0), ("train_data/b.jpg", 1)], ["test_data_v2/t.jpg"])
+
+
+def test_an_import_where_every_row_fails_is_an_error_and_creates_nothing(workspace, tmp_path, capsys):
+    from engine import cli
+
+    root = _all_missing(tmp_path / "empty")
+    assert cli.main(["import", str(root), "--json"]) == 1  # --json: no progress bar on stderr
+    err = capsys.readouterr().err.strip()
+    assert err == ("aivh: error: nothing imported: all 3 rows were rejected (missing file, e.g. train.csv:2: "
+                   "train_data/a.jpg): check that the image folders sit in DATA_DIR beside train.csv and "
+                   "that the CSV's paths are relative to DATA_DIR")
+    assert not workspace.exists()  # no store made
+
+
+def test_an_import_where_every_row_fails_writes_nothing_into_a_store(sessions, tiny_dataset, tmp_path):
+    from db.models import Dataset
+    from engine.ingest import NothingImported
+
+    import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    with sessions() as s:
+        before = (s.scalar(select(func.count()).select_from(Dataset)),
+                  s.scalar(select(func.count()).select_from(Image)), len(_history(sessions)))
+    with pytest.raises(NothingImported) as refused:
+        import_dataset(sessions, _all_missing(tmp_path / "empty"), "empty", progress=False)
+    assert "\n" not in str(refused.value) and len(refused.value.result.rejects) == 3
+    with sessions() as s:
+        assert (s.scalar(select(func.count()).select_from(Dataset)),
+                s.scalar(select(func.count()).select_from(Image)), len(_history(sessions))) == before
+
+
+# --- item: the workers, and which commands may start a store -------------------------------
+
+@pytest.mark.parametrize("module, argv", [("engine.worker", ["--run-id", "1"]),
+                                          ("engine.sweep_worker", ["--sweep", "1"])])
+def test_a_worker_in_a_new_workspace_creates_nothing(workspace, capsys, module, argv):
+    import importlib
+
+    assert importlib.import_module(module).main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"aivh: error: no store at {workspace / 'aivh.db'}: run `aivh import DATA_DIR` first"
+    assert not workspace.exists()
+
+
+def test_serve_and_demo_may_start_a_store_and_other_commands_may_not(workspace, monkeypatch):
+    from engine import cli
+    from engine.cli import serve
+    from engine.cli.shared import check_store
+
+    called = []
+    monkeypatch.setattr(serve, "cmd_serve", lambda args: called.append(args.command))
+    monkeypatch.setattr(serve, "cmd_demo", lambda args: called.append(args.command))
+    assert cli.main(["serve"]) == 0 and cli.main(["demo", "--no-serve"]) == 0  # main's check let them through
+    assert called == ["serve", "demo"] and not workspace.exists()
+    parser = cli.build_parser()
+    for argv in (["serve"], ["demo"], ["import", "x"], ["bench"]):
+        check_store(parser.parse_args(argv))
+    for argv in (["runs"], ["predict", "--run", "1"], ["duplicates", "--dataset", "d"]):
+        with pytest.raises(store.NoStore):
+            check_store(parser.parse_args(argv))
+    assert not workspace.exists()
+
+
+def test_no_store_is_said_on_each_backend_until_one_is_made(store_url):
+    with pytest.raises(store.NoStore, match="run `aivh import DATA_DIR` first"):
+        store.require_store(store_url)  # SQLite: no aivh.db; PostgreSQL: a new, empty database
+    store.session_factory(store_url)
+    store.require_store(store_url)

@@ -403,20 +403,24 @@ def test_an_import_whose_every_row_fails_alike_says_so_in_one_line(workspace, tm
     (root / "test_data_v2").symlink_to(elsewhere / "test_data_v2")
     write_kaggle(root, train, ["test_data_v2/t.jpg"])
     from db import store
+    from engine.ingest import NothingImported
 
-    result = import_dataset(store.session_factory(), root, "linked", progress=False)
+    with pytest.raises(NothingImported) as refused:  # an error: nothing written
+        import_dataset(store.session_factory(), root, "linked", progress=False)
+    assert str(refused.value) == refused.value.result.summary
+    result = refused.value.result
     assert len(result.rejects) == 6 and result.train == result.test == 0
     assert result.summary and "\n" not in result.summary
     assert "all 6" in result.summary and "symlink" in result.summary and "DATA_DIR" in result.summary
     assert "copy" in result.summary  # what to do
-    assert result.to_json()["summary"] == result.summary
+    assert "summary" not in result.to_json()  # said as the error, never in a successful import's JSON
     assert all("symlink" in r.reason for r in result.rejects)
 
 
 def test_an_import_with_mixed_fates_has_no_summary(sessions, tiny_dataset):
     (tiny_dataset / "train_data" / f"{3:032x}.jpg").unlink()
     result = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
-    assert result.summary is None and result.to_json()["summary"] is None
+    assert result.summary is None
 
 
 def test_cli_prints_the_summary_and_the_duplicates(workspace, dup_dataset):

@@ -69,10 +69,11 @@ def test_cli_says_once_why_every_row_failed(workspace, tmp_path):
     root.mkdir()
     (root / "train_data").symlink_to(elsewhere / "train_data")
     write_kaggle(root, [(f"train_data/{i}.jpg", i % 2) for i in range(30)], [])
-    proc = aivh("import", str(root), env_home=workspace)
+    proc = aivh("import", str(root), "--json", env_home=workspace, check=False)
     lines = proc.stderr.strip().splitlines()
-    assert len([x for x in lines if x.startswith("rejected ")]) == 3  # examples, not 30 alike lines
-    assert "nothing imported: all 30 rows" in lines[-1] and "copy" in lines[-1]
+    assert proc.returncode == 1 and len(lines) == 1  # one line, not 30 alike ones; nothing written
+    assert lines[0].startswith("aivh: error: nothing imported: all 30 rows") and "copy" in lines[0]
+    assert "train.csv:2: train_data/0.jpg" in lines[0] and not workspace.exists()
 
 
 def test_review_page_shows_why_an_undo_is_refused(sessions):

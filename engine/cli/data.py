@@ -11,21 +11,23 @@ from engine.errors import UsageError
 
 
 def cmd_import(args) -> None:
-    from engine.ingest import import_dataset, read_folder
+    from db.store import store_exists
+    from engine.ingest import import_dataset, probe_folder, read_folder
 
     folder = read_folder(args.data_dir)  # a folder that is no Kaggle layout stops here: no store made
+    if not store_exists():  # a first import: a folder with no readable image stops here too
+        folder = probe_folder(folder, progress=not args.json)
     result = import_dataset(session_factory(), folder, args.name, progress=not args.json,
                             apply_label_changes=args.apply_label_changes,
                             apply_group_changes=args.apply_group_changes)
-    for r in result.rejects[:3] if result.summary else result.rejects:  # the summary speaks for the rest
+    for r in result.rejects:
         print(f"rejected {r}", file=sys.stderr)
     for name in result.changed:
-        print(f"changed since the last import, probed again: {name}", file=sys.stderr)
+        print(f"changed since the last import (other bytes), probed again: {name}", file=sys.stderr)
     if result.predictions_dropped:
-        print(f"{result.predictions_dropped} prediction(s) of the changed files dropped (made from their "
+        print(f"{result.predictions_dropped} prediction(s) of the replaced files dropped (made from their "
               "old content): predict again", file=sys.stderr)
-    for line in (result.label_changes_line(), result.group_changes_line(), result.duplicates_line(),
-                 result.summary):
+    for line in (result.label_changes_line(), result.group_changes_line(), result.duplicates_line()):
         if line:
             print(line, file=sys.stderr)
     emit(args, result.to_json(),
