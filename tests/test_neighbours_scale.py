@@ -254,3 +254,27 @@ def test_the_cli_lists_left_out_pairs_and_takes_an_embedding_ratio(sessions, sam
     assert out["thresholds"]["embedding_ratio"] == 5.0 and out["thresholds"]["embedding_ratio_source"] == "given"
     bad = aivh("duplicates", "--dataset", "sample", "--embedding-ratio", "0", env_home=home, check=False)
     assert bad.returncode != 0 and "--embedding-ratio 0.0: give a ratio above 0" in bad.stderr
+
+
+def test_the_page_says_the_rule_in_words_and_lists_the_left_out_pairs(sessions, sample):
+    from dashboard.ui import ordinal
+    from engine import embeddings
+    from engine.duplicates import ensure_phashes
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 32, 101, 111)] == \
+        ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "32nd", "101st", "111th"]
+    run_id, ids = sample
+    embeddings.save(run_id, ids, with_group(40))
+    with sessions.begin() as s:
+        ds = queries.get_dataset(s, "sample")
+        ensure_phashes(s, ds.id, Path(ds.root), progress=False)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "duplicates.py"), default_timeout=60)
+    at.query_params["run"] = str(run_id)
+    at.run()
+    assert not at.exception
+    caption = next(c.value for c in at.caption if "embedding cosine" in c.value)
+    assert "under 0.5 of both images' distance to their 32nd nearest other image (set for embeddings of " \
+           "intrinsic dimension about" in caption, caption
+    left = next(e for e in at.expander if e.label.startswith("Pairs by embedding left out"))
+    assert left.label.endswith(", the 50 nearest to the rule shown)")
+    assert len(left.dataframe[0].value) == 50
