@@ -30,7 +30,7 @@ RATIO_MAX = 0.5  # the ratio (Euclidean on unit vectors) never looser than this
 SEPARATE_MIN = 0.01  # median scale under this (25x float16 rounding): the embeddings do not separate images
 SCALE_MIN_IMAGES = 10  # fewer images: no neighbourhood to take a scale from, --min-cosine alone
 LEFT_OUT_SHOWN = 50  # left-out pairs listed in the report (all counted)
-NEIGHBOURS = 10  # nearest neighbours searched per image by embedding
+NEIGHBOURS = 10  # nearest neighbours searched per image by embedding_pairs (copy_pairs: SCALE_RANK)
 EXACT_MAX = 20_000  # up to this many images the embedding search is exact; above, faiss IVF
 NPROBE = 8  # IVF lists searched per query (of 4 sqrt(N)): 8 and 16 found the same planted pairs, 8 in 38 s
 

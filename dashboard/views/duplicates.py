@@ -79,9 +79,12 @@ for warning in report["warnings"]:
     st.warning(warning[0].upper() + warning[1:])
 if report["embedding_left_out"]:
     left, shown = thresholds["embedding_left_out"], len(report["embedding_left_out"])
-    with st.expander(f"Pairs by embedding left out ({left:,}{f', the {shown} nearest to the rule shown' if left > shown else ''})"):
-        st.dataframe(pd.DataFrame(report["embedding_left_out"])[["a", "b", "distance", "ratio"]], hide_index=True,
-                     width="stretch")
+    some = f", the {shown} nearest to the rule shown" if left > shown else ""
+    with st.expander(f"Pairs by embedding left out ({left:,}{some})"):
+        st.caption("Within the embedding cosine, but not under the ratio: `aivh duplicates --embedding-ratio R` "
+                   "keeps those whose ratio is under R.")
+        st.dataframe(pd.DataFrame(report["embedding_left_out"])[["a", "b", "distance", "ratio"]],
+                     hide_index=True, width="stretch")
 if not report["pairs"]:
     st.success("No exact or near copies found.")
     st.stop()
