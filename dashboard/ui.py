@@ -140,6 +140,11 @@ def clear_review_selection() -> None:
     st.session_state.pop(SELECTION, None)
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st, 32nd."""
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def epoch_axis(fig, last: int | None = None) -> None:
     """Whole-number ticks on an x axis of epochs (plotly's own ticks fall on 0.5 for a short
     run): every epoch up to 10, then every ceil(last / 10)th; last: the figure's largest x when

@@ -6,8 +6,11 @@ Three ways two images are copies, strongest first:
   phash      perceptual hashes (imagehash.phash, 64 bits of the 32x32 DCT) within PHASH_MAX bits:
              survives re-encoding and resizing; hashed in worker processes, stored at first use
   embedding  cosine similarity of the run's pooled features of at least COSINE_MIN, and far nearer
-             than either image's other neighbours; none when the run's embeddings do not separate
-             images (with --run; engine/neighbours.py: copy_pairs)
+             than either image's 32nd nearest other image, by a ratio set from the embeddings'
+             intrinsic dimension; none when the run's embeddings do not separate images (with
+             --run; engine/neighbours.py: copy_pairs). The pairs within COSINE_MIN that ratio
+             left out are listed (`embedding_left_out`, the first LEFT_OUT_SHOWN), less those
+             already joined by an exact or hash copy
 Pairs are joined into clusters (scipy's connected components) and each pair gets one kind:
 label-conflict (an exact or phash copy whose current labels differ), train-val (a leak: one
 side trained, the other validated, with --run), train-train, train-test, test-test. Hash pairs
@@ -26,7 +29,7 @@ import numpy as np
 
 from engine import embeddings
 from engine.choices import GROUPINGS
-from engine.neighbours import COSINE_MIN, copy_pairs
+from engine.neighbours import COSINE_MIN, LEFT_OUT_SHOWN, copy_pairs
 
 log = logging.getLogger("aivh.duplicates")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on which CPU build loaded
@@ -195,8 +198,10 @@ def pair_kind(split_a: str, split_b: str, role_a: str | None, role_b: str | None
 
 
 def find_duplicates(sessions, dataset: str, run_id: int | None = None, *, max_bits: int = PHASH_MAX,
-                    min_cosine: float = COSINE_MIN, progress: bool = True, hash_missing: bool = True) -> dict:
+                    min_cosine: float = COSINE_MIN, embedding_ratio: float | None = None, progress: bool = True,
+                    hash_missing: bool = True) -> dict:
     """`aivh duplicates`: pairs of exact and near copies, their clusters and kinds (module docstring).
+    embedding_ratio: the ratio of copy_pairs' rule (None: set from the run's embeddings).
     hash_missing=False (a page rendering): only read the stored hashes, never write; an image
     without one is in no near-copy pair ("hashed" in the result counts those that have one)."""
     from db import labelling, queries
@@ -225,39 +230,47 @@ def find_duplicates(sessions, dataset: str, run_id: int | None = None, *, max_bi
     t_hash = time.perf_counter() - t0
 
     found = _copies(ids, sha1, hashes, max_bits)
-    t_nn, scale, notes = 0.0, {}, []
+    t_nn, scale, notes, left_out = 0.0, {}, [], []
     if run_id is not None:
         t1 = time.perf_counter()
-        scale = _add_embedding_pairs(found, ids, emb, min_cosine)
+        scale = _add_embedding_pairs(found, ids, emb, min_cosine, embedding_ratio)
+        left_out = [{"a": paths[x], "b": paths[y], "a_id": ids[x], "b_id": ids[y], "distance": d, "ratio": r}
+                    for x, y, d, r in scale["left_out_pairs"][:LEFT_OUT_SHOWN]]
         t_nn = time.perf_counter() - t1
         if scale["note"]:
             notes.append(f"run {run_id}: {scale['note']}")
     pairs, sizes = _pairs(found, ids, paths, splits, labels, roles)
     largest = max(sizes, default=0)
-    warnings = [giant_cluster_warning(pairs, largest, len(ids))] if largest > GIANT_SHARE * len(ids) else []
+    warnings = ([giant_cluster_warning(pairs, largest, len(ids), scale.get("ratio"))]
+                if largest > GIANT_SHARE * len(ids) else [])
     return {"dataset": dataset, "run": run_id, "images": len(ids), "hashed": len(hashes),
             "pairs": pairs, "counts": {k: sum(p["kind"] == k for p in pairs) for k in KINDS},
             "matches": {m: sum(p["match"] == m for p in pairs) for m in MATCHES}, "clusters": len(sizes),
-            "largest_cluster": largest, "warnings": warnings, "notes": notes,
+            "largest_cluster": largest, "warnings": warnings, "notes": notes, "embedding_left_out": left_out,
             "thresholds": {"phash_max_bits": max_bits, "min_cosine": min_cosine if run_id is not None else None,
                            "embedding_max_distance": scale.get("max_distance"),
-                           "embedding_relative": scale.get("relative"), "embedding_rank": scale.get("rank"),
-                           "nn_median_distance": scale.get("nn_median_distance"),
+                           "embedding_ratio": scale.get("ratio"), "embedding_ratio_source": scale.get("ratio_source"),
+                           "embedding_rank": scale.get("rank"), "embedding_scale_median": scale.get("scale_median"),
+                           "embedding_dimension": scale.get("dimension"),
                            "embedding_left_out": scale.get("left_out")},
             "seconds": round(time.perf_counter() - t0, 2), "hash_seconds": round(t_hash, 2),
             "neighbour_seconds": round(t_nn, 2)}
 
 
-def giant_cluster_warning(pairs: list[dict], largest: int, images: int) -> str:
+def giant_cluster_warning(pairs: list[dict], largest: int, images: int, ratio: float | None = None) -> str:
     """The sentence for a cluster that swallows most of the dataset (cluster 1, the largest): how
-    many of each match joined it, and which threshold to tighten."""
+    many of each match joined it, and which threshold to tighten (ratio: the embedding rule's,
+    None when --min-cosine alone made the embedding pairs)."""
     joined = {m: sum(p["cluster"] == 1 and p["match"] == m for p in pairs) for m in MATCHES}
     how = ", ".join(f"{n:,} {m}" for m, n in joined.items() if n)
     head = f"one cluster holds {largest:,} of {images:,} images ({largest / images:.0%}), joined by {how} pairs"
     if not joined["embedding"] and not joined["phash"]:
         return f"{head}: byte-identical files, most of the dataset is one picture"
-    hint = ("tighten --min-cosine, or use the embeddings of a run that separates images" if joined["embedding"]
-            else "lower --max-bits")
+    if joined["embedding"]:
+        hint = ("raise --min-cosine" + (f" or lower --embedding-ratio (now {ratio:.2g})" if ratio is not None else "")
+                + ", or use the embeddings of a run that separates images")
+    else:
+        hint = "lower --max-bits"
     return (f"{head}: copies come in small groups, so these are not all copies of one another and the "
             f"thresholds link unrelated images ({hint})")
 
@@ -279,15 +292,30 @@ def _copies(ids: list[int], sha1: list[str | None], hashes: dict[int, str], max_
     return found
 
 
-def _add_embedding_pairs(found: Found, ids: list[int], emb: embeddings.Embeddings, min_cosine: float) -> dict:
+def _add_embedding_pairs(found: Found, ids: list[int], emb: embeddings.Embeddings, min_cosine: float,
+                         ratio: float | None = None) -> dict:
     """Pairs by embedding (distance 1 - cosine) that no stronger match found already; returns how
-    the threshold was set on the run's own scale (neighbours.copy_pairs)."""
+    the threshold was set on the run's own scale (neighbours.copy_pairs), with the pairs it left
+    out as (position a, position b, distance, ratio), less those an exact or hash copy already
+    joins (directly or through their cluster)."""
     pos_of = {i: p for p, i in enumerate(ids)}
     rows = [r for r, i in enumerate(emb.image_id.tolist()) if i in pos_of]
-    a, b, c, scale = copy_pairs(emb.vectors[rows], min_cosine)
+    pos = np.array([pos_of[int(emb.image_id[r])] for r in rows], dtype=np.int64)
+    keys = list(found)
+    joined = clusters(len(ids), np.array([k[0] for k in keys], dtype=np.int64),
+                      np.array([k[1] for k in keys], dtype=np.int64)) if keys else np.arange(len(ids))
+    copied = np.bincount(joined, minlength=len(ids))[joined] > 1
+
+    def known(x: int, y: int) -> bool:  # rows x, y already in one cluster of exact or hash copies
+        px, py = pos[x], pos[y]
+        return bool(copied[px] and joined[px] == joined[py])
+
+    a, b, c, scale = copy_pairs(emb.vectors[rows], min_cosine, ratio=ratio, known=known)
     for x, y, cos in zip(a.tolist(), b.tolist(), c.tolist()):
-        pair = tuple(sorted((pos_of[int(emb.image_id[rows[x]])], pos_of[int(emb.image_id[rows[y]])])))
+        pair = tuple(sorted((int(pos[x]), int(pos[y]))))
         found.setdefault(pair, ("embedding", round(1.0 - float(cos), 6)))
+    scale["left_out_pairs"] = [(*sorted((int(pos[x]), int(pos[y]))), round(1.0 - cos, 6), round(r, 4))
+                               for x, y, cos, r in scale["left_out_pairs"]]
     return scale
 
 

@@ -21,18 +21,16 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on
 
 # chosen on planted copies in cifake-mini (docs/benchmarks.md, "Neighbours")
 COSINE_MIN = 0.90  # Lite0 probe features at 64 px on cifake-mini: no unrelated pair above 0.87
-# A cosine means something only against the run's own spread: an undertrained model crowds
-# unrelated images together (a bird and a horse at distance 0.0027, 348 of 400 images in one
-# cluster at 0.90). So an embedding pair (i, j) counts only when its distance is also at most
-# RELATIVE_MAX of both images' distance to their LOCAL_RANK-th nearest other image (not counting
-# each other): copies come in small groups that stand out from their neighbourhood, a crowd of
-# unrelated images does not (Lowe's ratio test, as in matching image features). Under
-# SEPARATE_MIN the median image's nearest neighbour is as good as identical and no pair is made
-# by embedding. Measured in docs/benchmarks.md ("Thresholds").
-RELATIVE_MAX = 0.25
-LOCAL_RANK = 5
-SEPARATE_MIN = 1e-3
-NEIGHBOURS = 10  # nearest neighbours searched per image by embedding
+# A cosine means something only against the run's own spread (an undertrained model crowds
+# unrelated images together: a bird and a horse at distance 0.0027): copy_pairs' rule, its
+# reasons in its docstring and its figures in docs/benchmarks.md ("Thresholds").
+SCALE_RANK = 32  # each image's scale: its distance to its 32nd nearest other image
+FALSE_PAIRS = 0.01  # unrelated pairs the rule expects to let through in a whole dataset
+RATIO_MAX = 0.5  # the ratio (Euclidean on unit vectors) never looser than this
+SEPARATE_MIN = 0.01  # median scale under this (25x float16 rounding): the embeddings do not separate images
+SCALE_MIN_IMAGES = 10  # fewer images: no neighbourhood to take a scale from, --min-cosine alone
+LEFT_OUT_SHOWN = 50  # left-out pairs listed in the report (all counted)
+NEIGHBOURS = 10  # nearest neighbours searched per image by embedding_pairs (copy_pairs: SCALE_RANK)
 EXACT_MAX = 20_000  # up to this many images the embedding search is exact; above, faiss IVF
 NPROBE = 8  # IVF lists searched per query (of 4 sqrt(N)): 8 and 16 found the same planted pairs, 8 in 38 s
 
@@ -151,47 +149,127 @@ def _once(sims: np.ndarray, idx: np.ndarray, near: np.ndarray) -> tuple[np.ndarr
     return lo[first], hi[first], c[first]
 
 
-def copy_pairs(vectors: np.ndarray, min_cosine: float = COSINE_MIN, k: int = NEIGHBOURS, *,
-               relative: float = RELATIVE_MAX, rank: int = LOCAL_RANK, separate_min: float = SEPARATE_MIN,
+def copy_pairs(vectors: np.ndarray, min_cosine: float = COSINE_MIN, *, ratio: float | None = None,
+               rank: int = SCALE_RANK, known=None,
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(i, j, cosine) of the pairs `aivh duplicates --run` calls copies: within 1 - min_cosine AND
-    within `relative` of both images' distance to their rank-th nearest other image (the run's own
-    scale, module constants); none when the median nearest-neighbour distance is under
-    separate_min (the embeddings do not separate images). The dict says how: the asked distance
-    (None when refused), the median nearest-neighbour distance, how many pairs within the asked
-    distance the run's scale left out, and a sentence when it refused or left some out."""
+    """(i, j, cosine), i < j, of the pairs `aivh duplicates --run` calls copies, and a dict that
+    says how (the thresholds, the pairs left out, a note).
+
+    A pair is a copy when it is within 1 - min_cosine AND its distance is under `ratio` of both
+    images' scale: each image's distance to its rank-th (32nd) nearest other image, Euclidean on
+    unit vectors (sqrt(2 x cosine distance)). Why this scale and this ratio:
+    - copies cannot set it: a group of up to rank - 1 copies of one picture (AI datasets have
+      batches of 4-8 images per prompt) sits inside it, and twins shift it by one neighbour, so a
+      dataset where half the images have a twin keeps its scale. A nearer rank (the 5th) was
+      itself a copy in a group of 7 and left every pair of it out.
+    - how many unrelated images fall under a ratio depends on the embeddings' intrinsic
+      dimension d: about (rank - 1) x ratio^d per image when neighbours spread evenly in d
+      dimensions. An undertrained model puts images on a few directions (d of 3 to 8), where a
+      fixed ratio calls a hundred unrelated pairs copies. So d is estimated from the images'
+      own neighbours rank/2 .. rank - 1 (the maximum-likelihood rule of Levina and Bickel; a
+      median over images, so neither copies nor twins move it) and the ratio is set so the
+      whole dataset expects FALSE_PAIRS unrelated pairs: (2 FALSE_PAIRS / (n (rank - 1)))^(1/d),
+      at most RATIO_MAX. Well-spread embeddings get RATIO_MAX (of 400 images: d of 20 and more).
+    - no pair by embedding when the median scale is under SEPARATE_MIN: then every image is
+      within float16 rounding of its 32nd neighbour and the embeddings do not separate images.
+      Common copies cannot cause this refusal, only a model that maps images to one vector.
+    - under SCALE_MIN_IMAGES images there is no neighbourhood to take a scale from: --min-cosine
+      alone, said.
+    `ratio` given: used instead of the estimated one (`--embedding-ratio`). `known(i, j)`: True
+    for a pair already found as copies another way, not counted or listed as left out. Left out:
+    the pairs within --min-cosine the ratio refused, each with its ratio (the --embedding-ratio
+    that would keep it). Figures: docs/benchmarks.md ("Thresholds")."""
     empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    n = len(vectors)
     asked = round(1.0 - float(min_cosine), 6)
-    info = {"max_distance": asked, "relative": relative, "rank": rank, "nn_median_distance": None,
-            "left_out": 0, "note": None}
-    if len(vectors) < 2:
+    info = {"max_distance": asked, "ratio": ratio, "ratio_source": "given" if ratio is not None else "estimated",
+            "rank": None, "scale_median": None, "dimension": None, "left_out": 0, "left_out_pairs": [],
+            "note": None}
+    if n < 2:
         return (*empty, info)
-    sims, idx = knn(vectors, max(k, rank + 1))
-    dist = np.where(idx >= 0, 1.0 - sims.astype(np.float64), np.inf)
-    typical = float(np.median(dist[:, 0]))
-    info["nn_median_distance"] = round(typical, 6)
-    if typical < separate_min:
-        info["max_distance"] = None
-        info["note"] = (f"the embeddings do not separate images: the median image's nearest neighbour is at "
-                        f"cosine distance {typical:.2g} (under {separate_min:g}), so nearness says nothing "
-                        "about copies and no pair is made by embedding (an undertrained model maps every "
-                        "image to nearly one vector: a trained run's or a probe's embeddings separate them)")
+    k = min(rank, n - 1)
+    sims, idx = knn(vectors, max(k, NEIGHBOURS))
+    cos_dist = np.where(idx >= 0, np.clip(1.0 - sims.astype(np.float64), 0.0, 2.0), np.inf)
+    within = cos_dist <= asked
+    if n < SCALE_MIN_IMAGES:
+        info["ratio"] = None
+        info["note"] = (f"{n} images are too few to take a scale from their neighbours: pairs by embedding "
+                        f"within --min-cosine's distance {asked:g} alone"
+                        + (" (--embedding-ratio not applied)" if ratio is not None else ""))
+        return (*_once(sims, idx, within), info)
+    euclid = np.sqrt(2.0 * cos_dist)
+    scale = euclid[:, k - 1]
+    info["rank"] = k
+    typical = float(np.median(scale))
+    scale = np.where(np.isfinite(scale), scale, typical)  # the approximate index found fewer than k
+    info["scale_median"] = round(typical, 6)
+    if typical < SEPARATE_MIN:
+        info["max_distance"] = info["ratio"] = None
+        info["note"] = (f"the embeddings do not separate images: the median image's {_ordinal(k)} nearest other "
+                        f"image is at distance {typical:.2g} (Euclidean on unit vectors, under {SEPARATE_MIN:g}: "
+                        "float16 rounding), so nearness says nothing about copies and no pair is made by embedding "
+                        "(an undertrained model maps every image to nearly one vector: a trained run's or a "
+                        "probe's embeddings separate them)")
         return (*empty, info)
-    # each row's rank-th other image, not counting a partner among the nearest rank + 1 (a partner
-    # further away fails the test anyway); with fewer neighbours, the farthest found
-    scale = dist[:, min(rank, dist.shape[1] - 1)]
-    partner = np.where(idx >= 0, idx, np.arange(len(idx))[:, None])
-    within = dist <= asked
-    near = within & (dist <= relative * np.minimum(scale[:, None], scale[partner]))
+    dim = intrinsic_dimension(euclid[:, :k])
+    info["dimension"] = None if not np.isfinite(dim) else round(dim, 2)
+    if ratio is None:
+        ratio = RATIO_MAX if not np.isfinite(dim) else \
+            min(RATIO_MAX, (2 * FALSE_PAIRS / (n * (k - 1))) ** (1.0 / max(dim, 1e-9)))
+        info["ratio"] = round(float(ratio), 6)
+    partner = np.where(idx >= 0, idx, np.arange(n)[:, None])
+    pair_scale = np.minimum(scale[:, None], scale[partner])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pair_ratio = np.where(euclid > 0, euclid / pair_scale, 0.0)
+    near = within & (pair_ratio <= ratio)
     a, b, c = _once(sims, idx, near)
-    info["left_out"] = len(_once(sims, idx, within)[0]) - len(a)
-    if info["left_out"]:
-        n = info["left_out"]
-        info["note"] = (f"{n:,} pair{'s' if n != 1 else ''} within --min-cosine's distance {asked:g} left out: "
-                        f"not under {relative:g} of their images' distance to their {_ordinal(rank)} nearest "
-                        f"other image, so near but no nearer than their other neighbours (the run's median "
-                        f"nearest-neighbour distance: {typical:.2g})")
+    la, lb, lc = _once(sims, idx, within & ~near)
+    rows_ratio = {}
+    for x, y in zip(*np.nonzero(within & ~near)):
+        lo, hi = sorted((int(x), int(idx[x, y])))
+        rows_ratio[(lo, hi)] = float(pair_ratio[x, y])
+    kept = set(zip(a.tolist(), b.tolist()))
+    left = [(x, y, cs, rows_ratio[(x, y)]) for x, y, cs in zip(la.tolist(), lb.tolist(), lc.tolist())
+            if (x, y) not in kept and not (known and known(x, y))]
+    left.sort(key=lambda t: t[3])
+    info["left_out"] = len(left)
+    info["left_out_pairs"] = left
+    if left:
+        m = len(left)
+        how = ("the ratio given" if info["ratio_source"] == "given" else
+               f"the ratio set for embeddings of intrinsic dimension about {dim:.1f}" if np.isfinite(dim)
+               else "the loosest ratio allowed")
+        info["note"] = (f"{m:,} pair{'s' if m != 1 else ''} within --min-cosine's distance {asked:g} left out by "
+                        f"embedding: not under {ratio:.2g} of both images' distance to their {_ordinal(k)} nearest "
+                        f"other image ({how}), so near but no nearer than their neighbourhood makes likely; "
+                        f"each listed with its ratio (--json: embedding_left_out), --embedding-ratio keeps those "
+                        f"under it")
     return a, b, c, info
+
+
+def intrinsic_dimension(dist: np.ndarray) -> float:
+    """The median over images of the maximum-likelihood intrinsic dimension (Levina and Bickel,
+    2004) from each image's sorted distances to its k nearest others (N, k), using only its
+    neighbours k/2 .. k - 1 against the k-th: -log of the j-th smallest of k - 1 uniform
+    variables has mean H(k - 1) - H(j - 1), so neighbours spread evenly in d dimensions give
+    log(r_k / r_j) of that mean over d. Copies nearer than the k/2-th neighbour do not enter;
+    images whose k-th neighbour is at distance 0 are left out. inf when the distances do not
+    grow (no dimension to speak of: every image equally far from all)."""
+    n, k = dist.shape
+    if k < 2:
+        return float("inf")
+    js = np.arange(max(1, k // 2), k)  # 1-based ranks j of the neighbours used
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, k + 1))])
+    expected = float(np.sum(harmonic[k - 1] - harmonic[js - 1]))
+    far = dist[:, k - 1]
+    ok = np.isfinite(far) & (far > 0)
+    if not ok.any():
+        return float("inf")
+    with np.errstate(divide="ignore"):
+        logs = np.log(far[ok, None] / dist[ok][:, js - 1]).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        per_image = np.where(logs > 0, expected / logs, np.inf)
+    return float(np.median(per_image))
 
 
 def _ordinal(n: int) -> str:

@@ -43,7 +43,7 @@ def deprecations():
         def emit(self, record):
             seen.append(record.getMessage())
 
-    deprecation_util._shown_warnings.clear()
+    getattr(deprecation_util, "_shown_warnings", set()).clear()  # private; absent in some releases
     logger = logging.getLogger("streamlit.deprecation_util")
     handler = Keep(logging.WARNING)
     logger.addHandler(handler)
@@ -78,7 +78,9 @@ def test_settings_are_said_in_words():
     assert settings_text(Settings("integrated_gradients", steps=16, baseline="blur")) == \
         "integrated gradients, 16 steps from a blur baseline"
     assert settings_text(Settings("smoothgrad")) == "smoothgrad, 16 noisy copies (noise 0.15)"
-    assert settings_text(Settings("occlusion", window=8)) == "occlusion, a 8 px window"
+    assert settings_text(Settings("occlusion", window=8)) == "occlusion, an 8 px window"
+    assert settings_text(Settings("occlusion", window=16)) == "occlusion, a 16 px window"
+    assert settings_text(Settings("occlusion", window=11)) == "occlusion, an 11 px window"
 
 
 def test_evaluate_legends_sit_clear_of_the_axis_titles(run_id):
@@ -95,11 +97,18 @@ def test_evaluate_legends_sit_clear_of_the_axis_titles(run_id):
         assert right or above, (f["layout"].get("title"), legend)
 
 
-def test_epoch_axes_tick_on_whole_epochs(run_id):
+def test_epoch_axes_tick_on_whole_epochs(sessions, run_id):
+    from tests.test_sweep import recorded_sweep
+
     at = page("runs")
     assert not at.exception
     curves = [f for f in figures(at) if f["layout"].get("xaxis", {}).get("title", {}).get("text") == "epoch"]
     assert curves
+    sweep_id, _ = recorded_sweep(sessions, run_id)
+    at = page("sweep")
+    assert not at.exception
+    curves += [json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key == f"sweep_{sweep_id}_intermediate"]
+    assert len(curves) >= 2  # the Runs page's and the Sweep page's intermediate values (its steps are epochs)
     for f in curves:
         axis = f["layout"]["xaxis"]
         assert axis.get("tickformat") == "d" and isinstance(axis.get("dtick"), int) and axis["dtick"] >= 1, axis

@@ -62,17 +62,29 @@ if run_id is None:
     by_embedding = ""
 elif thresholds["embedding_max_distance"] is None:
     by_embedding = ", no pairs by embedding"
+elif thresholds["embedding_ratio"] is None:
+    by_embedding = f", embedding cosine at least {thresholds['min_cosine']} alone"
 else:
+    dim = thresholds["embedding_dimension"]
+    how = ("given" if thresholds["embedding_ratio_source"] == "given" else "the loosest allowed" if dim is None
+           else f"set for embeddings of intrinsic dimension about {dim:.1f}")
     by_embedding = (f", embedding cosine at least {thresholds['min_cosine']} and a distance under "
-                    f"{thresholds['embedding_relative']:g} of both images' distance to their "
-                    f"{thresholds['embedding_rank']}th nearest other image (the run's median nearest-neighbour "
-                    f"distance: {thresholds['nn_median_distance']:.2g})")
+                    f"{thresholds['embedding_ratio']:.2g} of both images' distance to their "
+                    f"{ui.ordinal(thresholds['embedding_rank'])} nearest other image ({how})")
 st.caption(f"{len(report['pairs']):,} pairs in {report['clusters']:,} clusters of {report['images']:,} images · "
            f"perceptual hash within {thresholds['phash_max_bits']} bits" + by_embedding)
 for note in report["notes"]:
     st.info(note[0].upper() + note[1:])
 for warning in report["warnings"]:
     st.warning(warning[0].upper() + warning[1:])
+if report["embedding_left_out"]:
+    left, shown = thresholds["embedding_left_out"], len(report["embedding_left_out"])
+    some = f", the {shown} nearest to the rule shown" if left > shown else ""
+    with st.expander(f"Pairs by embedding left out ({left:,}{some})"):
+        st.caption("Within the embedding cosine, but not under the ratio: `aivh duplicates --embedding-ratio R` "
+                   "keeps those whose ratio is under R.")
+        st.dataframe(pd.DataFrame(report["embedding_left_out"])[["a", "b", "distance", "ratio"]],
+                     hide_index=True, width="stretch")
 if not report["pairs"]:
     st.success("No exact or near copies found.")
     st.stop()

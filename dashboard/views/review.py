@@ -125,6 +125,12 @@ DECODE_NOTE = ("The map is computed here, on the CPU, from the file as Pillow de
                "the probability below can differ a little from the stored one.")
 
 
+def _article(n: int) -> str:
+    """ "an" before a number said with a vowel first (8, 11, 18, 80-89, 800...), else "a"."""
+    digits = str(n)
+    return "an" if digits.startswith("8") or (len(digits) % 3 == 2 and digits.startswith(("11", "18"))) else "a"
+
+
 def settings_text(s) -> str:
     """A saliency.Settings as a reader says it: the method and what shapes its map."""
     method = s.method.replace("_", " ")
@@ -133,7 +139,8 @@ def settings_text(s) -> str:
     if s.method == "smoothgrad":
         return f"{method}, {s.samples} noisy copies (noise {s.noise:g})"
     if s.method == "occlusion":
-        return f"{method}, " + (f"a {s.window} px window" if s.window else "a window an eighth of the image wide")
+        return f"{method}, " + (f"{_article(s.window)} {s.window} px window" if s.window
+                                else "a window an eighth of the image wide")
     return method
 
 

@@ -27,10 +27,14 @@ def cmd_duplicates(args) -> None:
         raise UsageError(f"--max-bits {args.max_bits}: give 0 to 16 (of 64 bits; copies are within 6)")
     if not 0 < args.min_cosine <= 1:
         raise UsageError(f"--min-cosine {args.min_cosine}: give a similarity in (0, 1]")
+    if args.embedding_ratio is not None and not args.embedding_ratio > 0:
+        raise UsageError(f"--embedding-ratio {args.embedding_ratio}: give a ratio above 0 (of both images' distance "
+                         "to their 32nd nearest other image)")
     if args.show < 0:
         raise UsageError("--show takes 0 or more pairs")
     result = find_duplicates(session_factory(), args.dataset, args.run, max_bits=args.max_bits,
-                                        min_cosine=args.min_cosine, progress=not args.json)
+                             min_cosine=args.min_cosine, embedding_ratio=args.embedding_ratio,
+                             progress=not args.json)
     lines = [f"{result['images']} images, {len(result['pairs'])} pairs of copies in {result['clusters']} "
              f"clusters (largest {result['largest_cluster']}); by match: "
              + ", ".join(f"{k} {v}" for k, v in result["matches"].items())]
@@ -71,6 +75,10 @@ def _duplicates_parser(sub, common) -> None:
                    help="perceptual-hash distance of a near copy, bits of 64 (%(default)s)")
     c.add_argument("--min-cosine", type=float, default=COSINE_MIN,
                    help="embedding similarity of a near copy, at least (%(default)s); the run's own scale "
-                        "can tighten it (a pair must also be far nearer than the run's typical neighbour)")
+                        "can tighten it (a pair must also be far nearer than each image's 32nd nearest other image)")
+    c.add_argument("--embedding-ratio", type=float, metavar="R",
+                   help="a pair by embedding must be under R of both images' distance to their 32nd nearest "
+                        "other image (default: set from the run's embeddings, at most 0.5; the pairs it left out "
+                        "are in --json's embedding_left_out, each with its ratio)")
     c.add_argument("--show", type=int, default=20, help="pairs printed without --json (%(default)s)")
     c.set_defaults(func=cmd_duplicates)
