@@ -14,6 +14,7 @@ from engine.config import PRETRAINED_LR, TrainConfig
 from engine.errors import WeightsError
 from engine.model import build_model, load_trained
 from tests.conftest import SAMPLE, aivh
+from tests.oof_check import fold_problems, spy_training
 
 LITE0 = "tf_efficientnet_lite0"
 
@@ -225,7 +226,7 @@ def test_probe_cli_records_a_run_that_predict_and_export_use_and_caches_features
     assert cfg["arch"] == LITE0 and cfg["probe"] is True and backbones.gradcam_layer(model) is model.bn2
 
 
-def test_audit_with_probe_folds_finds_planted_flips_and_computes_features_once(workspace):
+def test_audit_with_probe_folds_finds_planted_flips_and_computes_features_once(workspace, monkeypatch):
     """2 probe folds (frozen ImageNet Lite0 at 64 px) over the bundled sample's 300 training
     images with 15 labels flipped. Measured 2026-11-28 over flip seeds 0-4: the flips' AUC
     under cleanlab's label quality 0.832-0.910 (random 0.5); asserted above 0.70."""
@@ -238,6 +239,7 @@ def test_audit_with_probe_folds_finds_planted_flips_and_computes_features_once(w
 
     sessions = session_factory()
     import_dataset(sessions, SAMPLE, "sample", progress=False)
+    spied = spy_training(monkeypatch)
     rng = np.random.default_rng(0)
     with sessions.begin() as s:
         ds = queries.get_dataset(s, "sample")
@@ -254,6 +256,7 @@ def test_audit_with_probe_folds_finds_planted_flips_and_computes_features_once(w
         folds = evaluation.audit_runs(s, audit_id)
         assert [(r.kind, r.status, r.config["probe"]) for r in folds] == [("fold", "succeeded", True)] * 2
         computed = [r.progress["features_computed"] for r in folds]
+        assert fold_problems(s, audit_id, spied.trained_on) == []  # scored out of fold
     assert len(rows) == 300 and len({r.image_id for r in rows}) == 300
     assert computed == [300, 0]  # the first fold computes every image's features, the second reads them
     auc = roc_auc_score([r.image_id in flipped for r in rows], [-r.quality for r in rows])
