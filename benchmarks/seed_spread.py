@@ -54,8 +54,8 @@ def backbones(fold_seeds: int, init_seeds: int) -> dict:
     from tests.test_backbones import LITE0, _sample_features
 
     def probe_auc(x, y, fold_seed):  # the test's probe, its fold seed free
-        p = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000)), x, y,
-                              cv=StratifiedKFold(5, shuffle=True, random_state=fold_seed),
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+        p = cross_val_predict(model, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=fold_seed),
                               method="predict_proba")[:, 1]
         return float(roc_auc_score(y, p))
 
@@ -137,9 +137,10 @@ def ddp(seeds: list[int], workdir: Path) -> dict:
                        cwd=ROOT, capture_output=True, check=True)
         common = ["train", "--dataset", "tint", "--img-size", "32", "--lr", "2e-3", "--workers", "0",
                   "--val-fraction", "0.25", "--seed", str(seed), "--device", "cpu", "--json"]
-        single = _train(home, [*common, "--epochs", "5", "--patience", "5", "--batch-size", "32"])
-        two = _train(home, [*common, "--epochs", "5", "--patience", "5", "--batch-size", "16", "--nproc", "2"])
-        tr = _train(home, [*common, "--epochs", "3", "--patience", "3", "--batch-size", "16"], launcher=TORCHRUN)
+        five, three = ["--epochs", "5", "--patience", "5"], ["--epochs", "3", "--patience", "3"]
+        single = _train(home, [*common, *five, "--batch-size", "32"])
+        two = _train(home, [*common, *five, "--batch-size", "16", "--nproc", "2"])
+        tr = _train(home, [*common, *three, "--batch-size", "16"], launcher=TORCHRUN)
         for k, v in (("single", single), ("ddp", two), ("difference", abs(two - single)), ("torchrun", tr)):
             values[k].append(v)
         print(f"seed {seed}: single {single:.3f}  ddp {two:.3f}  |diff| {abs(two - single):.3f}  "
