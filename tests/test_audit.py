@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from engine import audit as au
 from engine.compare import compare_runs
 from engine.splits import assign_folds
 from tests.conftest import aivh, finished_audit, finished_run
+from tests.oof_check import (dataset_with_copies, fold_problems, must_stay_together, own_label_moves,
+                             spy_training)
 
 
 def test_folds_hold_out_every_image_once_and_balance_each_class():
@@ -149,11 +152,12 @@ def test_audit_cli_end_to_end_then_retrain_like_compare_and_export_history(works
     assert (history[-1]["author"], history[-1]["note"], history[-1]["source"]) == ("ana", "audit", "review")
 
 
-def test_an_audit_whose_fold_died_finishes_on_the_next_call(sessions, tiny_dataset):
+def test_an_audit_whose_fold_died_finishes_on_the_next_call(sessions, tiny_dataset, monkeypatch):
     from engine.config import TrainConfig
     from engine.ingest import import_dataset
 
     import_dataset(sessions, tiny_dataset, "tiny", progress=False)
+    spied = spy_training(monkeypatch)
     cfg = TrainConfig(epochs=1, img_size=32, batch_size=4, workers=0, device="cpu")
     with sessions.begin() as s:
         audit_id = au.create_audit(s, queries.get_dataset(s, "tiny"), cfg, 2).id
@@ -165,6 +169,8 @@ def test_an_audit_whose_fold_died_finishes_on_the_next_call(sessions, tiny_datas
         assert audit.status == "succeeded"
         assert [r.status for r in evaluation.audit_runs(s, audit_id)] == ["succeeded", "succeeded"]
         assert len(evaluation.audit_rows(s, audit_id)) == 8
+        assert len(spied.trained_on) == 2  # trained folds, out of fold too
+        assert fold_problems(s, audit_id, spied.trained_on) == []
 
 
 def test_audit_refuses_too_few_images_per_class(sessions, tiny_dataset):
@@ -174,3 +180,101 @@ def test_audit_refuses_too_few_images_per_class(sessions, tiny_dataset):
     import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     with sessions.begin() as s, pytest.raises(ValueError, match="at least 5 labelled images of each class"):
         au.create_audit(s, queries.get_dataset(s, "tiny"), TrainConfig(), 5)
+
+
+# --- out of fold, shown on a real audit (tests/oof_check.py) ------------------------------------
+
+PROBE_FOLDS = {"arch": "tf_efficientnet_lite0", "pretrained": None, "probe": True, "img_size": 32,
+               "device": "cpu", "workers": 0, "batch_size": 32}  # random weights: only the folds matter
+
+
+@pytest.fixture()
+def copies_audit(sessions, tmp_path, monkeypatch):
+    """The copies dataset imported; `create()` makes a 3-fold probe audit on it. Every fold run's
+    training set is recorded as `jobs.train_data` hands it to the engine (`trained_on`, run id ->
+    paths); `source` is what the spy reads from (a test plants a leak there)."""
+    from engine.config import TrainConfig
+    from engine.ingest import import_dataset
+
+    import_dataset(sessions, dataset_with_copies(tmp_path / "copies"), "copies", progress=False)
+    spied = spy_training(monkeypatch)
+
+    def create() -> int:
+        with sessions.begin() as s:
+            ds = queries.get_dataset(s, "copies")
+            return au.create_audit(s, ds, TrainConfig.from_dict(PROBE_FOLDS), 3).id
+
+    spied.create = create
+    return spied
+
+
+def test_a_real_probe_audit_scores_every_image_out_of_fold_and_keeps_copies_together(sessions, copies_audit):
+    audit_id = copies_audit.create()
+    au.run_audit(sessions, audit_id, progress=False)
+    trained_on = copies_audit.trained_on
+    with sessions() as s:
+        runs = evaluation.audit_runs(s, audit_id)
+        assert [r.status for r in runs] == ["succeeded"] * 3 and set(trained_on) == {r.id for r in runs}
+        assert len(evaluation.audit_rows(s, audit_id)) == 21
+        assert fold_problems(s, audit_id, trained_on) == []
+        ds = queries.get_dataset(s, "copies")
+        paths = dict(queries.image_paths(s, ds.id, "train"))
+        together = must_stay_together(Path(ds.root), paths)
+    names = {frozenset(Path(paths[i]).stem[-2:] if "copy" not in paths[i] else Path(paths[i]).stem
+                       for i in g) for g in together}  # the groups the check held together are real
+    assert names == {frozenset({"00", "copy0", "copy1"}), frozenset({"03", "copy2"}),
+                     frozenset({"04", "07"}), frozenset({"08", "09"})}
+    # a fold's held-out images relabelled: its predictions of them do not move (their labels never
+    # reached its fit); the probe is deterministic, so the same fit gives the same numbers
+    assert own_label_moves(sessions, audit_id, copies_audit.create) < 1e-9
+    # the check finds leaks planted in the store: a fold's score of an image it trained on ...
+    with sessions.begin() as s:
+        first, second = evaluation.audit_runs(s, audit_id)[:2]
+        seen = next(i for i in queries.run_image_ids(s, first.id, "train")
+                    if i in queries.run_image_ids(s, second.id, "train"))  # held out by the third fold
+        queries.upsert_predictions(s, first.id, [(seen, 0.5)])
+        # ... and an image held out by two folds (moved into the second fold's held-out images)
+        queries.set_run_images(s, second.id, {
+            "train": [i for i in queries.run_image_ids(s, second.id, "train") if i != seen],
+            "val": queries.run_image_ids(s, second.id, "val") + [seen]})
+    with sessions() as s:
+        found = fold_problems(s, audit_id, trained_on)
+    assert f"fold 0 scored image {seen}, which it trained on" in found
+    assert f"image {seen} held out by folds [1, 2]" in found
+
+
+def test_the_out_of_fold_check_catches_split_copies_and_a_fold_trained_on_its_held_out_images(
+        sessions, copies_audit, monkeypatch):
+    """Leaks planted in the engine, each caught: folds dealt without the groups (copies and twins
+    straddle folds), and a fold run handed its held-out images to train on (seen by the spy, and
+    by its held-out predictions moving with their own labels)."""
+    from engine.probe import execute_probe
+    from engine.splits import assign_folds as dealt
+    from engine.train import TrainData
+
+    monkeypatch.setattr(au, "assign_folds", lambda keys, strata, folds, seed, groups=None:
+                        dealt(keys, strata, folds, seed))  # the groups ignored
+    with sessions() as s:
+        split = fold_problems(s, copies_audit.create())
+    assert any("must stay together but are held out by folds" in p for p in split), split
+    monkeypatch.setattr(au, "assign_folds", dealt)  # the real folds, then a fold run that trains on them
+    handed = copies_audit.source
+
+    def leaky(s, run):
+        d, train_ids, val_ids = handed(s, run)
+        return (TrainData(d.root, d.train_paths + d.val_paths, d.train_labels + d.val_labels, d.val_paths,
+                          d.val_labels, d.stamps), train_ids + val_ids, val_ids)
+
+    copies_audit.source = leaky
+    audit_id = copies_audit.create()
+    with sessions() as s:
+        fold = evaluation.audit_runs(s, audit_id)[0]
+    assert execute_probe(fold.id, sessions=sessions, progress=False).status == "succeeded"
+    with sessions() as s:
+        held = {queries.get_image(s, i).rel_path for i in queries.run_image_ids(s, fold.id, "val")}
+        leaked = fold_problems(s, audit_id, copies_audit.trained_on)
+    assert held and [p for p in leaked if "trained on" in p] == [
+        f"fold 0 trained on {p}, which it scored" for p in sorted(held)]
+    moved = own_label_moves(sessions, audit_id, copies_audit.create)
+    print("held-out predictions moved by their own labels, leaking fold:", moved)
+    assert moved > 1e-3  # and relabelling its held-out images moves their predictions

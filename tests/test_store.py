@@ -73,12 +73,19 @@ def test_import_relabel_undo_and_history_on_each_backend(store_url):
     sessions = store.session_factory(store_url)
     run_id = finished_run(sessions)
     with sessions.begin() as s:
-        ds = queries.get_run(s, run_id).dataset_id
-        image_id = min(labelling.current_labels(s, ds))
-        first = labelling.current_labels(s, ds)[image_id]
+        run = queries.get_run(s, run_id)
+        ds = run.dataset_id
+        imported = labelling.current_labels(s, ds)
+        image_id = min(queries.run_image_ids(s, run_id, "val"))  # a scored validation image
+        first = imported[image_id]
         labelling.relabel(s, image_id, 1 - first, author="ana", note="looks generated")
     with sessions.begin() as s:
         assert labelling.current_labels(s, ds)[image_id] == 1 - first
+        # (image_id, rel_path, prob, label, reviews in force): the review shows on its image only
+        rows = queries.prediction_rows(s, queries.get_run(s, run_id), "val")
+        assert {r[0]: (r[3], r[4]) for r in rows} == {
+            i: ((1 - first, 1) if i == image_id else (imported[i], 0))
+            for i in queries.run_image_ids(s, run_id, "val")}
         assert labelling.import_labels(s, ds)[image_id] == first
         with pytest.raises(labelling.UndoRefused, match="nothing to undo: ben"):
             labelling.undo_last_review(s, image_id, author="ben")  # not ben's review to undo
@@ -90,7 +97,8 @@ def test_import_relabel_undo_and_history_on_each_backend(store_url):
         assert labelling.labels_changed(s, ds, history[0].id, history[1].id) == [image_id]
         assert labelling.labels_changed(s, ds, history[0].id, history[2].id) == []
         rows = queries.prediction_rows(s, queries.get_run(s, run_id), "val")
-        assert rows and all(r[4] >= 0 for r in rows)
+        # the undo cancels the review: back to the imported label, no review in force
+        assert rows and {r[0]: (r[3], r[4]) for r in rows} == {r[0]: (imported[r[0]], 0) for r in rows}
 
 
 def test_upsert_predictions_replaces_on_each_backend(store_url):
