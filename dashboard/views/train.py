@@ -79,17 +79,19 @@ def probe_ui(names: dict[int, str]) -> None:
         st.caption("A first baseline in seconds: the frozen pretrained backbone's features and a logistic "
                    "regression, recorded as a run (`aivh probe`).")
         c1, c2, c3 = st.columns(3)
-        dataset = c1.selectbox("Dataset", list(names), format_func=names.get, key="probe_dataset")
-        arch = c2.text_input("Architecture", value=d.arch, key="probe_arch")
-        weights = c3.selectbox("Starting weights", WEIGHTS[1:], key="probe_weights")
+        dataset = c1.selectbox("Probe dataset", list(names), format_func=names.get, key="probe_dataset")
+        arch = c2.text_input("Probe architecture", value=d.arch, key="probe_arch",
+                             help="the backbone whose frozen features are fitted (ImageNet Lite0 offline)")
+        weights = c3.selectbox("Probe weights", WEIGHTS[1:], key="probe_weights")
         c1, c2, c3 = st.columns(3)
-        weights_file = c1.text_input("Weights file (for 'a file')", placeholder="/path/to/weights.pth",
+        weights_file = c1.text_input("Probe weights file (for 'a file')", placeholder="/path/to/weights.pth",
                                      key="probe_weights_file")
-        img_size = c2.number_input("Image size (px, 0 = the architecture's)", value=0, step=16, key="probe_img_size")
-        limit = c3.number_input("Limit images (0 = all)", value=0, step=1, key="probe_limit")
+        img_size = c2.number_input("Probe image size (px, 0 = the architecture's)", value=0, step=16,
+                                   key="probe_img_size")
+        limit = c3.number_input("Probe limit images (0 = all)", value=0, step=1, key="probe_limit")
         c1, c2, _ = st.columns(3)
-        device = c1.selectbox("Device", DEVICES, index=DEVICES.index(d.device), key="probe_device")
-        workers = c2.number_input("Decoding workers", value=d.workers, step=1, key="probe_workers")
+        device = c1.selectbox("Probe device", DEVICES, index=DEVICES.index(d.device), key="probe_device")
+        workers = c2.number_input("Probe decoding workers", value=d.workers, step=1, key="probe_workers")
         if st.form_submit_button("Start a probe"):
             given = {**PROBE_DEFAULTS, "arch": arch.strip() or d.arch,
                      "pretrained": _pretrained(weights, weights_file), "device": device,
