@@ -50,7 +50,7 @@ def demo_config():
     weights extra, its frozen features and a logistic regression) at 64 px on the CPU. On the
     sample's 270 training images a probe is the best path measured: validation AUC 0.88-0.96
     over 5 split seeds, where Lite0 fine-tuned for 3 epochs stayed near chance (0.56) and B3
-    from scratch below it (0.46) (docs/benchmarks.md)."""
+    from scratch below it (0.45) (docs/benchmarks.md)."""
     from engine.config import PROBE_DEFAULTS, TrainConfig
 
     return TrainConfig.from_dict({**PROBE_DEFAULTS, "probe": True, "epochs": 1, "img_size": 64,
