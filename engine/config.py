@@ -144,3 +144,7 @@ class TrainConfig:
             raise ValueError(found[0])
         return self
 
+
+# a linear probe's own defaults (`aivh probe`, `aivh audit --probe`, the Train page's probe):
+# the offline pretrained Lite0 (engine.weights), a larger feature-extraction batch
+PROBE_DEFAULTS = {"arch": "tf_efficientnet_lite0", "pretrained": "imagenet", "batch_size": 64}

@@ -8,11 +8,34 @@ import torch
 from torch import nn
 
 
+def unavailable(name: str | None) -> str | None:
+    """Why device `name` cannot be used on this machine (one line), or None when it can: the
+    check made before a run is recorded or a command starts its work."""
+    if not name or name in ("auto", "cpu"):
+        return None
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"device {name}: no CUDA device is available on this machine (use cpu, or auto)"
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            return (f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                    f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if name == "mps" and not torch.backends.mps.is_available():
+        return f"device {name}: Apple's MPS is not available on this machine (use cpu, or auto)"
+    return None
+
+
+def require(name: str | None) -> None:
+    """unavailable() as an error: ValueError (one line) when the device cannot be used."""
+    problem = unavailable(name)
+    if problem:
+        raise ValueError(problem)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+    require(name)
     return torch.device(name)
 
 

@@ -143,7 +143,8 @@ def _called(share: float) -> str | None:
 def threshold_warnings(s: Session, run: Run, threshold: float, test_labels: list[int] | None = None,
                        *, val: tuple[np.ndarray, np.ndarray] | None = None) -> list[str]:
     """What is wrong with exporting at `threshold`: it calls (nearly) every validation or test
-    image one class, or the validation AUC says the model does no better than chance.
+    image one class, or the validation AUC says the model does no better than chance (or
+    validation is too small for any AUC to say otherwise).
 
     val: the run's labelled validation (labels, probabilities) when the caller has them loaded.
     """
@@ -162,7 +163,11 @@ def threshold_warnings(s: Session, run: Run, threshold: float, test_labels: list
     auc = _val_auc(s, run, y, p)
     if auc is not None and auc <= 0.5 + (margin := chance_margin(y)):
         on = f" on {y.size:,} labelled validation images" if y.size else ""
-        out.append(f"degenerate model: validation AUC {auc:.3f}, no better than chance (0.5 + {margin:.3f}{on})")
+        if 0.5 + margin >= 1.0:  # not even a perfect AUC would tell the model from chance
+            out.append(f"too few labelled validation images to judge the model: validation AUC {auc:.3f}"
+                       f"{on}, where chance alone reaches 0.5 + {margin:.3f}; validate on more images")
+        else:
+            out.append(f"degenerate model: validation AUC {auc:.3f}, no better than chance (0.5 + {margin:.3f}{on})")
     if test_labels:
         share = sum(test_labels) / len(test_labels)
         cls = _called(share)

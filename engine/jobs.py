@@ -23,6 +23,7 @@ from db import labelling, queries
 from db import runs as owners
 from db.models import Dataset, Epoch, Prediction, Run, RunKind, RunStatus
 from db.store import child_env, run_dir, session_factory
+from engine import device
 from engine.atomic import file_sha1
 from engine.backbones import DEFAULT_ARCH
 from engine.checkpoints import recover_checkpoints, torch_load
@@ -46,7 +47,9 @@ def recorded(cfg: TrainConfig) -> TrainConfig:
 
 
 def create_run(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
-    """A queued run, its config recording where its starting weights come from."""
+    """A queued run, its config recording where its starting weights come from. ValueError,
+    nothing recorded, when its device is not on this machine (say cuda without a GPU)."""
+    device.require(cfg.device)
     cfg = recorded(cfg)
     run = Run(dataset_id=dataset.id, kind=RunKind.TRAIN.value, status=RunStatus.QUEUED.value,
               config=cfg.to_dict(), labels_as_of=labelling.newest_label_id(s, dataset.id))
@@ -110,6 +113,8 @@ def _refuse_world(run: Run, world: int) -> None:
 def check_claim(run: Run, me: owners.Owner, *, resume: bool, world: int) -> None:
     """Why `me` may not take the run (ValueError, FileNotFoundError); nothing when it may."""
     run_id = run.id
+    if (problem := device.unavailable(run.config.get("device"))) is not None:
+        raise ValueError(f"run {run_id}: {problem}")
     if owners.owner_of(run) != me and owner_alive(run):
         raise ValueError(f"run {run_id} is already running ({owner_text(run)})")
     if resume:

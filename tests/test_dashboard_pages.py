@@ -293,11 +293,9 @@ def test_train_page_starts_a_probe_that_finishes_and_shows_its_arch_and_weights(
     weights) on the sample; the Runs page then lists its architecture and weights."""
     import time
 
-    at = page("train")
-    next(t for t in at.text_input if t.label == "Architecture").set_value("tf_efficientnet_lite0")
-    next(b for b in at.selectbox if b.label == "Starting weights").set_value("imagenet")
-    next(n for n in at.number_input if n.label.startswith("Image size")).set_value(32)
-    next(n for n in at.number_input if n.label == "Decoding workers").set_value(0)
+    at = page("train")  # the probe form starts at the probe's own defaults: pretrained Lite0
+    at.number_input(key="probe_img_size").set_value(32)
+    at.number_input(key="probe_workers").set_value(0)
     next(b for b in at.button if b.label.startswith("Start a probe")).click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     with sessions() as s:

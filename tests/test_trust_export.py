@@ -294,6 +294,19 @@ def test_chance_is_judged_by_the_size_of_validation():
     assert 0.005 < (aucs > 0.5 + chance_margin(small)).mean() < 0.05
 
 
+def test_too_few_validation_images_are_said_not_called_chance(sessions, tmp_path):
+    """6 labelled validation images (3 of each class): chance alone reaches AUC 0.5 + 0.509, so
+    even a perfect 1.000 cannot be told from it; the refusal says so, not "no better than chance"."""
+    root = _dataset(tmp_path / "data", n_train=6)
+    run_id = _run(sessions, root, val_auc=1.0)
+    with pytest.raises(ExportRefused) as refused:
+        export_run(sessions, run_id, tmp_path / "s.csv")
+    said = str(refused.value)
+    assert "too few labelled validation images to judge the model: validation AUC 1.000 on 6" in said
+    assert "0.5 + 0.509" in said and "no better than chance" not in said and "degenerate model" not in said
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_a_small_validation_with_auc_just_above_half_is_chance(sessions, tmp_path):
     root = _dataset(tmp_path / "data")  # 40 validation images: 0.5 + 0.185 is chance
     run_id = _run(sessions, root, val_auc=0.62)

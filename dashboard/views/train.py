@@ -8,7 +8,8 @@ import streamlit as st
 from dashboard import store, ui
 from engine import metrics
 from engine.choices import DECODES, DEVICES, RESIZE_MODES
-from engine.config import PRETRAINED_LR, SCRATCH_LR, TrainConfig
+from engine.config import PRETRAINED_LR, PROBE_DEFAULTS, SCRATCH_LR, TrainConfig
+from engine.device import unavailable as device_unavailable
 from engine.processes import last_line
 
 
@@ -22,6 +23,8 @@ WEIGHTS = ("none (from scratch)", "imagenet", "a file")
 def form_ui(names: dict[int, str], runs: dict) -> None:
     resumable = ui.resumable(runs)
     d = TrainConfig()  # the defaults of `aivh train` too
+    # no bounds on the numbers: a value out of range reaches TrainConfig.problems(), which names
+    # it (a bounded field would drop it without a word and start with the old value)
     with st.form("new_run"):
         st.subheader("New run")
         c1, c2, c3 = st.columns(3)
@@ -32,33 +35,28 @@ def form_ui(names: dict[int, str], runs: dict) -> None:
         weights = c3.selectbox("Starting weights", WEIGHTS)
         c1, c2, c3 = st.columns(3)
         weights_file = c1.text_input("Weights file (for 'a file')", placeholder="/path/to/weights.pth")
-        epochs = c2.number_input("Epochs", 1, 200, value=d.epochs)
-        freeze = c3.number_input("Freeze epochs (head only first)", 0, 199, value=d.freeze_epochs)
+        epochs = c2.number_input("Epochs", value=d.epochs, step=1)
+        freeze = c3.number_input("Freeze epochs (head only first)", value=d.freeze_epochs, step=1)
         c1, c2, c3 = st.columns(3)
-        img_size = c1.number_input("Image size (px, 0 = the architecture's)", 0, 1024, value=0, step=16)
-        batch_size = c2.number_input("Batch size", 1, 1024, value=d.batch_size)
-        lr = c3.number_input(f"Learning rate (0 = {_short(SCRATCH_LR)} from scratch, {_short(PRETRAINED_LR)} pretrained)", 0.0, 1.0, value=0.0,
-                             format="%.5f", step=1e-4)
+        img_size = c1.number_input("Image size (px, 0 = the architecture's)", value=0, step=16)
+        batch_size = c2.number_input("Batch size", value=d.batch_size, step=1)
+        lr = c3.number_input(f"Learning rate (0 = {_short(SCRATCH_LR)} from scratch, {_short(PRETRAINED_LR)} pretrained)",
+                             value=0.0, format="%.5f", step=1e-4)
         c1, c2, c3 = st.columns(3)
         device = c1.selectbox("Device", DEVICES, index=DEVICES.index(d.device))
-        limit = c2.number_input("Limit images (0 = all)", 0, 10_000_000, value=d.limit or 0)
-        workers = c3.number_input("Decoding workers", 0, 64, value=d.workers)
+        limit = c2.number_input("Limit images (0 = all)", value=d.limit or 0, step=1)
+        workers = c3.number_input("Decoding workers", value=d.workers, step=1)
         c1, c2, _ = st.columns(3)
         resize_mode = c1.selectbox("Resize mode", RESIZE_MODES, index=RESIZE_MODES.index(d.resize_mode))
         decode = c2.selectbox("JPEG decode", DECODES, index=DECODES.index(d.decode))
-        b1, b2 = st.columns(2)
-        train = b1.form_submit_button("Start training", type="primary")
-        probe = b2.form_submit_button("Start a probe (frozen features + logistic regression, seconds)")
-        if train or probe:
-            pretrained = {"imagenet": "imagenet", "a file": weights_file.strip() or "(no file given)"}.get(weights)
-            given = {"arch": arch.strip() or d.arch, "pretrained": pretrained, "epochs": int(epochs),
-                     "freeze_epochs": int(freeze), "batch_size": int(batch_size), "device": device,
-                     "limit": int(limit) or None, "workers": int(workers), "resize_mode": resize_mode,
-                     "decode": decode, **({"img_size": int(img_size)} if img_size else {}),
-                     **({"lr": float(lr)} if lr else {})}
-            if probe:  # what `aivh probe` sets: one pass, no epochs to freeze
-                given |= {"probe": True, "epochs": 1, "freeze_epochs": 0}
-            start_run(dataset, TrainConfig.from_dict(given), probe=bool(probe))
+        if st.form_submit_button("Start training", type="primary"):
+            given = {"arch": arch.strip() or d.arch, "pretrained": _pretrained(weights, weights_file),
+                     "epochs": int(epochs), "freeze_epochs": int(freeze), "batch_size": int(batch_size),
+                     "device": device, "limit": int(limit) or None, "workers": int(workers),
+                     "resize_mode": resize_mode, "decode": decode,
+                     **({"img_size": int(img_size)} if img_size else {}), **({"lr": float(lr)} if lr else {})}
+            start_run(dataset, given)
+    probe_ui(names)
     if resumable:
         c1, c2 = st.columns([3, 1])
         chosen = c1.selectbox("Resume a run that died", resumable, format_func=lambda i: f"#{i}")
@@ -72,14 +70,55 @@ def form_ui(names: dict[int, str], runs: dict) -> None:
                 st.rerun()
 
 
-def start_run(dataset_id: int, cfg: TrainConfig, *, probe: bool = False) -> None:
-    problems = cfg.problems() or store.weights_problems(cfg)  # the same checks as `aivh train`
+def probe_ui(names: dict[int, str]) -> None:
+    """A probe with `aivh probe`'s own defaults (the offline pretrained Lite0 at its native size),
+    not the training form's: a probe of random weights measures nothing."""
+    d = TrainConfig.from_dict({**PROBE_DEFAULTS, "probe": True})
+    with st.form("new_probe"):
+        st.subheader("New probe")
+        st.caption("A first baseline in seconds: the frozen pretrained backbone's features and a logistic "
+                   "regression, recorded as a run (`aivh probe`).")
+        c1, c2, c3 = st.columns(3)
+        dataset = c1.selectbox("Probe dataset", list(names), format_func=names.get, key="probe_dataset")
+        arch = c2.text_input("Probe architecture", value=d.arch, key="probe_arch",
+                             help="the backbone whose frozen features are fitted (ImageNet Lite0 offline)")
+        weights = c3.selectbox("Probe weights", WEIGHTS[1:], key="probe_weights")
+        c1, c2, c3 = st.columns(3)
+        weights_file = c1.text_input("Probe weights file (for 'a file')", placeholder="/path/to/weights.pth",
+                                     key="probe_weights_file")
+        img_size = c2.number_input("Probe image size (px, 0 = the architecture's)", value=0, step=16,
+                                   key="probe_img_size")
+        limit = c3.number_input("Probe limit images (0 = all)", value=0, step=1, key="probe_limit")
+        c1, c2, _ = st.columns(3)
+        device = c1.selectbox("Probe device", DEVICES, index=DEVICES.index(d.device), key="probe_device")
+        workers = c2.number_input("Probe decoding workers", value=d.workers, step=1, key="probe_workers")
+        if st.form_submit_button("Start a probe"):
+            given = {**PROBE_DEFAULTS, "arch": arch.strip() or d.arch,
+                     "pretrained": _pretrained(weights, weights_file), "device": device,
+                     "limit": int(limit) or None, "workers": int(workers), "probe": True, "epochs": 1,
+                     **({"img_size": int(img_size)} if img_size else {})}
+            start_run(dataset, given, probe=True)
+
+
+def _pretrained(weights: str, weights_file: str) -> str | None:
+    return {"imagenet": "imagenet", "a file": weights_file.strip() or "(no file given)"}.get(weights)
+
+
+def start_run(dataset_id: int, given: dict, *, probe: bool = False) -> None:
+    """Check the values as `aivh train` / `aivh probe` would, then start: every problem is said."""
+    cfg = TrainConfig.from_dict(given)
+    problems = cfg.problems() or [p for p in (device_unavailable(cfg.device),) if p] or store.weights_problems(cfg)
+    what = "Probe" if probe else "Run"
     if problems:
-        st.error("Not started: " + "; ".join(problems))
+        st.error(f"{what} not started: " + "; ".join(problems))
         return
-    run_id = (store.start_probe if probe else store.start_run)(dataset_id, cfg)
+    try:
+        run_id = (store.start_probe if probe else store.start_run)(dataset_id, cfg)
+    except (ValueError, FileNotFoundError) as e:  # refused before anything was recorded
+        st.error(f"{what} not started: {e}")
+        return
     st.query_params["watch"] = str(run_id)
-    st.success(f"{'Probe' if probe else 'Run'} #{run_id} started.")
+    st.toast(f"{what} #{run_id} started.")  # a toast: no box left behind once the run ends
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -89,8 +128,13 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 @st.fragment(run_every=2)
-def watch_ui(run_id: int) -> None:
+def watch_ui(run_id: int, shown: str, names: dict[int, str]) -> None:
+    """The watched run, re-read every 2 s; `shown`: its label in the selector above, drawn by the
+    last full run of the page. When the run has moved on (started, cancelled, ended), the whole
+    page runs again so the selector, and the start confirmation, never contradict this panel."""
     run, epochs = store.run_with_epochs(run_id)  # read only: a dead owner is shown, not written
+    if ui.run_label(run, names) != shown:
+        st.rerun()  # the app, not just this fragment
     prog, cfg = run.progress or {}, run.config
     st.subheader(f"Run #{run.id}: {ui.status_text(run)}")
     if run.status == "failed":
@@ -147,4 +191,4 @@ else:
         ids = list(reversed(runs))
         watched = st.selectbox("Watch run", ids, index=ui.url_index(ids, "watch"),
                                format_func=lambda i: ui.run_label(runs[i], names))
-        watch_ui(watched)
+        watch_ui(watched, ui.run_label(runs[watched], names), names)

@@ -13,8 +13,10 @@ from engine.errors import UsageError
 
 
 def cmd_predict(args) -> None:
+    from engine.device import require
     from engine.predict import predict_run
 
+    require(args.device)  # one line before the checkpoint is read
     result = predict_run(session_factory(), args.run, args.split, batch_size=args.batch_size,
                          device=args.device, workers=args.workers, progress=not args.json,
                          decode=args.decode)

@@ -15,6 +15,7 @@ from engine.errors import UsageError
 def cmd_train(args) -> None:
     from engine import distributed, jobs
 
+    require_device(args.device)  # before anything is recorded: one line, no run
     sessions = session_factory()
     launched = distributed.torchrun_rank()  # (rank, world) under torchrun, else None
     if launched is not None and args.nproc > 1:
@@ -39,6 +40,13 @@ def cmd_train(args) -> None:
     else:
         run = jobs.execute(run_id, resume=args.resume is not None, progress=not args.json)
     _report_run(args, sessions, run)
+
+
+def require_device(name: str | None) -> None:
+    """--device checked before anything is recorded (ValueError: one line, no run)."""
+    from engine.device import require
+
+    require(name)
 
 
 def _is_probe(sessions, run_id: int) -> bool:
@@ -72,6 +80,7 @@ def cmd_probe(args) -> None:
     from engine.config import TrainConfig
     from engine.probe import create_probe, execute_probe
 
+    require_device(args.device)
     sessions = session_factory()
     cfg = weights_checked(TrainConfig.from_dict({**PROBE_DEFAULTS, **given(args, PROBE_FLAGS), "probe": True,
                                                  "epochs": 1}).validate())
@@ -115,6 +124,7 @@ def _train_run_id(args, sessions) -> int:
 def cmd_audit(args) -> None:
     from engine import audit as au
 
+    require_device(args.device)
     sessions = session_factory()
     if args.list:
         with sessions() as s:
