@@ -108,7 +108,10 @@ def test_epoch_axes_tick_on_whole_epochs(sessions, run_id):
     at = page("sweep")
     assert not at.exception
     curves += [json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key == f"sweep_{sweep_id}_intermediate"]
-    assert len(curves) >= 2  # the Runs page's and the Sweep page's intermediate values (its steps are epochs)
+    at = page("train", watch=str(run_id))
+    assert not at.exception
+    curves += [json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.key == f"live_{run_id}"]
+    assert len(curves) >= 3  # the Runs page's, the Sweep page's intermediate values (its steps are epochs), Train's
     for f in curves:
         axis = f["layout"]["xaxis"]
         assert axis.get("tickformat") == "d" and isinstance(axis.get("dtick"), int) and axis["dtick"] >= 1, axis

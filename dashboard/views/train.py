@@ -171,6 +171,7 @@ def watch_ui(run_id: int, shown: str, names: dict[int, str]) -> None:
                             "train loss": e.train_loss, "val loss": e.val_loss} for e in epochs])
         fig = px.line(df.melt("epoch"), x="epoch", y="value", color="variable", markers=True)
         fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10})
+        ui.epoch_axis(fig)
         st.plotly_chart(fig, key=f"live_{run_id}")
     st.code(tail(store.run_dir(run_id) / "log.txt") or "(no log yet)", language=None)
     crash = tail(store.run_dir(run_id) / "process.txt", 15)
