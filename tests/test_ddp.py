@@ -34,8 +34,14 @@ def test_two_gloo_processes_train_like_one_and_only_rank_0_writes(workspace, tmp
     single = json.loads(aivh(*common, "--batch-size", "32", env_home=workspace).stdout.splitlines()[-1])
     ddp = json.loads(aivh(*common, "--batch-size", "16", "--nproc", "2", env_home=workspace).stdout.splitlines()[-1])
     assert single["status"] == ddp["status"] == "succeeded"
-    assert ddp["val_auc"] >= 0.85 and single["val_auc"] >= 0.85
-    assert abs(ddp["val_auc"] - single["val_auc"]) <= 0.1, (single, ddp)
+    # Spread over --seed (benchmarks/seed_spread.py ddp; 2026-12-04, 2-core x86 CPU, loaded), seeds
+    # 0-4: single 0.710 / 0.950 / 1.000 (min / median / max), two processes 0.745 / 0.902 / 0.993,
+    # |difference| 0.007 / 0.108 / 0.205. These short from-scratch trainings on 40 validation
+    # images vary widely by seed (the 0.85 floors held at seed 2 and failed at seeds 0, 3 and 4),
+    # so the floors only say both learned something: 0.62 (0.09 below the worst seed; chance is
+    # 0.5) and a difference within 0.30 (0.095 above the largest).
+    assert ddp["val_auc"] >= 0.62 and single["val_auc"] >= 0.62, (single, ddp)
+    assert abs(ddp["val_auc"] - single["val_auc"]) <= 0.30, (single, ddp)
     with session_factory()() as s:
         epochs = queries.epochs(s, ddp["run"])
         assert [e.epoch for e in epochs] == [1, 2, 3, 4, 5]  # one writer: no duplicate epochs
@@ -57,7 +63,10 @@ def test_torchrun_launch_makes_one_run_written_by_rank_0(workspace, tmp_path):
                 "--device", "cpu", "--batch-size", "16", "--json", env_home=workspace, launcher=TORCHRUN)
     payloads = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(payloads) == 1 and payloads[0]["status"] == "succeeded", proc.stdout  # rank 0 reports
-    assert payloads[0]["val_auc"] >= 0.85, payloads
+    # torchrun, 3 epochs, over --seed 0-4 (seed_spread.py ddp, 2026-12-04, 2-core x86 CPU): 0.637 /
+    # 0.838 / 0.945 (min / median / max); 0.85 held at seed 2 only by chance. Floor 0.55: 0.087
+    # below the worst seed, above chance (0.5) only: it catches a run that learned nothing.
+    assert payloads[0]["val_auc"] >= 0.55, payloads
     with session_factory()() as s:
         assert [r.id for r in queries.list_runs(s)] == [payloads[0]["run"]]  # one run, not one per process
         assert [e.epoch for e in queries.epochs(s, payloads[0]["run"])] == [1, 2, 3]
