@@ -20,12 +20,14 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-PAGES = {"runs": "", "train": "train", "evaluate": "evaluate", "review": "review", "export": "export"}
+PAGES = {"runs": "", "train": "train", "evaluate": "evaluate", "review": "review", "shift": "shift",
+         "export": "export", "duplicates": "duplicates", "map": "map", "sweep": "sweep"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=int, default=1)
+    ap.add_argument("--sweep", type=int, default=1, help="the sweep the Sweep page opens")
     ap.add_argument("--port", type=int, default=8765)
     args = ap.parse_args()
     out = ROOT / "docs" / "screenshots"
@@ -45,7 +47,7 @@ def main() -> None:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
             for name, path in PAGES.items():
-                page.goto(f"{base}/{path}?run={args.run}&watch={args.run}&reviewer=reviewer")
+                page.goto(f"{base}/{path}?run={args.run}&watch={args.run}&sweep={args.sweep}&reviewer=reviewer")
                 page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']",
                                        timeout=60_000)
                 page.wait_for_timeout(2500)  # plotly draws after the script ends

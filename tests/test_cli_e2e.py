@@ -22,7 +22,7 @@ def test_import_train_predict_export(workspace, tmp_path):
                          "--batch-size", "16", "--limit", "120", "--workers", "1", "--json",
                          env_home=workspace))
     assert tr["status"] == "succeeded" and tr["best_epoch"] in (1, 2)
-    assert 0.0 <= tr["val_best_f1"] <= 1.0 and tr["checkpoint"].endswith("best.pt")
+    assert tr["checkpoint"].endswith("best.pt")
 
     db = create_engine(f"sqlite:///{workspace / 'aivh.db'}")
     with db.connect() as c:
@@ -36,6 +36,17 @@ def test_import_train_predict_export(workspace, tmp_path):
             "select count(*) from predictions p join run_images ri on ri.image_id=p.image_id "
             "and ri.run_id=p.run_id where p.run_id=:r and ri.role='val'"), {"r": tr["run"]}).scalar()
         assert val_preds == 12
+        # the reported best-threshold F1 is the one the stored validation predictions give against
+        # the labels (sklearn's curve, independent of engine.metrics), not merely a number in [0, 1]
+        rows = c.execute(text(
+            "select p.prob, (select l.label from labels l where l.image_id=p.image_id order by l.id desc limit 1) "
+            "from predictions p join run_images ri on ri.image_id=p.image_id and ri.run_id=p.run_id "
+            "where p.run_id=:r and ri.role='val'"), {"r": tr["run"]}).all()
+    from sklearn.metrics import precision_recall_curve
+
+    prec, rec, _ = precision_recall_curve([y for _, y in rows], [p for p, _ in rows])
+    f1s = [2 * a * b / (a + b) for a, b in zip(prec, rec) if a + b > 0]
+    assert abs(tr["val_best_f1"] - max(f1s)) < 1e-6, (tr["val_best_f1"], max(f1s))
 
     refused = aivh("export", "--run", str(tr["run"]), "--out", str(tmp_path / "s.csv"),
                    env_home=workspace, check=False)

@@ -92,13 +92,6 @@ def test_the_train_page_refuses_cuda_without_a_gpu_before_recording_a_run(sessio
 # ---------------------------------------------------------------- the probe button
 
 
-def test_the_page_and_aivh_probe_share_the_probes_defaults():
-    from engine.cli.shared import PROBE_DEFAULTS
-    from engine.config import PROBE_DEFAULTS as PAGE_PROBE_DEFAULTS
-
-    assert PROBE_DEFAULTS == PAGE_PROBE_DEFAULTS
-
-
 def test_the_probe_button_probes_the_pretrained_lite0_as_aivh_probe_does(sessions, monkeypatch):
     finished_run(sessions)
     launched = _no_launch(monkeypatch)

@@ -8,7 +8,7 @@ from pathlib import Path
 from db import evaluation, queries
 from db.store import home, session_factory
 from engine.choices import GROUPINGS, RESIZE_MODES
-from engine.cli.shared import PROBE_DEFAULTS, emit, given, train_config, weights_checked
+from engine.cli.shared import emit, given, train_config, weights_checked
 from engine.errors import UsageError
 
 
@@ -77,7 +77,7 @@ PROBE_FLAGS = ("arch", "pretrained", "img_size", "device", "seed", "val_fraction
 def cmd_probe(args) -> None:
     import time
 
-    from engine.config import TrainConfig
+    from engine.config import PROBE_DEFAULTS, TrainConfig
     from engine.probe import create_probe, execute_probe
 
     require_device(args.device)

@@ -88,13 +88,11 @@ def given(args, flags=TRAIN_FLAGS) -> dict:
     return {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
 
 
-PROBE_DEFAULTS = {"arch": "tf_efficientnet_lite0", "pretrained": "imagenet", "batch_size": 64}
-
 
 def train_config(args, *, probe_defaults: bool = False):
     """TrainConfig from the flags given, checked (ValueError with its first problem). For a
     probe, the architecture and weights default to the offline pretrained Lite0."""
-    from engine.config import TrainConfig
+    from engine.config import PROBE_DEFAULTS, TrainConfig  # imports torch: off the --help path
     values = {**PROBE_DEFAULTS, **given(args), "probe": True} if probe_defaults else given(args)
     return weights_checked(TrainConfig.from_dict(values).validate())
 
