@@ -52,12 +52,14 @@ def test_cuda_asked_without_a_gpu_records_no_run_and_says_one_line(workspace, se
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for the command, on any machine
     for args in (["train", "--dataset", "sample", "--device", "cuda", "--epochs", "1", "--img-size", "32"],
                  ["probe", "--dataset", "sample", "--device", "cuda", "--img-size", "32"],
-                 ["audit", "--dataset", "sample", "--device", "cuda", "--epochs", "1", "--folds", "2"]):
+                 ["audit", "--dataset", "sample", "--device", "cuda", "--epochs", "1", "--folds", "2"],
+                 ["sweep", "--dataset", "sample", "--device", "cuda", "--trials", "1", "--epochs", "1"]):
         proc = aivh(*args, env_home=workspace, check=False)
         assert proc.returncode == 1, (args, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0, proc.stderr  # one line, no traceback
         assert "aivh: error: device cuda: no CUDA device is available on this machine" in proc.stderr
     assert _runs(sessions) == 0 and not (workspace / "runs").exists()
+    assert not (workspace / "aivh.optuna.db").exists()  # nor a sweep's study
 
 
 def test_a_cuda_run_resumed_without_a_gpu_is_refused_and_left_as_it_was(workspace, sessions, monkeypatch):

@@ -62,6 +62,9 @@ def cmd_sweep(args) -> None:
         rows = sweep_report.list_sweeps(reap=True)
         emit(args, rows, "\n".join(_text(r) for r in rows) or "no sweeps yet")
         return
+    from engine.device import require
+
+    require(getattr(args, "device", None))  # a device this machine lacks: one line, no sweep recorded
     sessions = session_factory()
     if args.resume is not None:
         if args.dataset or args.trials is not None or args.space or given(args):
