@@ -59,11 +59,13 @@ def create_probe(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
 
 def feature_space(cfg: TrainConfig, device_type: str = "cpu") -> str:
     """Names everything that changes an image's features: the cache file's name. Random
-    weights depend on the seed; CUDA computes in bf16, the CPU in fp32."""
+    weights depend on the seed; CUDA computes in bf16, the CPU in fp32. The JPEG rule: named
+    unless it is draft off CUDA, the one decode every key made before the rule stood for
+    (on CUDA, nvJPEG decoded the JPEGs draft now leaves to Pillow)."""
+    named = cfg.jpeg_scale != "draft" or device_type == "cuda"
     key = json.dumps([cfg.arch, cfg.weights_source, cfg.img_size, cfg.resize_mode, list(cfg.mean),
                       list(cfg.std), cfg.seed if cfg.pretrained is None else None, device_type]
-                     + ([cfg.jpeg_scale] if cfg.jpeg_scale != "draft" else []),  # draft: the keys before the rule
-                     sort_keys=True)
+                     + ([cfg.jpeg_scale] if named else []), sort_keys=True)
     return f"{cfg.arch}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
 
