@@ -12,6 +12,7 @@ __all__ = [
            "DECODES",
            "DEVICES",
            "GROUPINGS",
+           "JPEG_SCALES",
            "KEEP_EPOCH",
            "METHODS",
            "NEIGHBOUR_SPLITS",
@@ -25,6 +26,12 @@ __all__ = [
 # JPEG decode: Pillow in the loader's workers, or the model's device (nvJPEG on CUDA); auto:
 # device for validation and prediction on CUDA, workers for training (engine.loader.resolve_decode)
 DECODES = ("auto", "workers", "device")
+# how a JPEG is decoded before its resize to the model's size, one rule per run for every path
+# that feeds its model (TrainConfig.jpeg_scale, engine.images.load_for_model): "draft", libjpeg's
+# DCT scaling to the smallest of 1/2, 1/4, 1/8 still at least that size (fast; every run recorded
+# before the choice existed decoded so), or "full" resolution (exact; what nvJPEG does). Crop mode
+# always decodes at full resolution (native pixels are its point)
+JPEG_SCALES = ("draft", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # cuda:N also accepted
 RESIZE_MODES = ("resize", "crop")  # the whole image to size, or a size crop at native resolution
 # which epoch a run keeps: the best on validation (with early stopping), or the last (audit

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from engine.backbones import DEFAULT_ARCH, spec
-from engine.choices import DECODES, DEVICES, GROUPINGS, KEEP_EPOCH, RESIZE_MODES
+from engine.choices import DECODES, DEVICES, GROUPINGS, JPEG_SCALES, KEEP_EPOCH, RESIZE_MODES
 from engine.device import default_workers
 
 SCRATCH_LR, PRETRAINED_LR = 1e-3, 3e-4  # OneCycle peaks for AdamW: from random init / fine-tuning
@@ -36,6 +36,11 @@ class TrainConfig:
     # JPEG decode: "workers" (Pillow) or "device" (nvJPEG on CUDA); auto: device for validation
     # on CUDA, workers for training (see engine.loader.resolve_decode)
     decode: str = "auto"
+    # how JPEGs are decoded before the resize, by every path that feeds this run's model
+    # (training, validation, prediction, robustness, saliency, embeddings; images.load_for_model):
+    # "draft", DCT scaling to the smallest of 1/2, 1/4, 1/8 still at least img_size (fast), or
+    # "full" resolution (exact). A run stored without it trained with draft: read as "draft"
+    jpeg_scale: str = "draft"
     # the network: torchvision's efficientnet_b3 or any timm model name (engine.backbones)
     arch: str = DEFAULT_ARCH
     freeze_epochs: int = 0  # the first N epochs train the head only (for pretrained backbones)
@@ -118,6 +123,8 @@ class TrainConfig:
             found.append(f"resize mode must be one of {', '.join(RESIZE_MODES)} (got {self.resize_mode!r})")
         if self.keep_epoch not in KEEP_EPOCH:
             found.append(f"keep_epoch must be one of {', '.join(KEEP_EPOCH)} (got {self.keep_epoch!r})")
+        if self.jpeg_scale not in JPEG_SCALES:
+            found.append(f"JPEG scale must be one of {', '.join(JPEG_SCALES)} (got {self.jpeg_scale!r})")
         if self.decode not in DECODES:
             found.append(f"decode must be one of {', '.join(DECODES)} (got {self.decode!r})")
         if self.device.split(":")[0] not in DEVICES:

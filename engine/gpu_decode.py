@@ -45,6 +45,14 @@ def decode_on_device(jpegs: list[torch.Tensor], device: torch.device, size: int,
     None for prediction's whole-image fit. Returns (uint8 (N', 3, S, S) on the device, the
     kept positions in `jpegs`, (position, message) for each image that failed). A batch the
     decoder refuses is retried image by image, then with Pillow.
+
+    The run's JPEG rule (TrainConfig.jpeg_scale): the device decodes at full resolution only
+    (nvJPEG has no DCT scaling). Under "draft" the loader sends here only JPEGs that Pillow's
+    draft mode would decode at full size anyway (images.jpeg_for_device), so both paths follow
+    the rule and differ by the decoders alone: nvJPEG against Pillow on 768x512 JPEGs at 300 px,
+    0.27 mean / 5 max grey levels (H200, docs/benchmarks.md); torchvision's CPU decoder, this
+    same code, on a 2048x1536 JPEG under "full", 0.09 / 6 (tests/test_device_decode.py). Had
+    the large JPEG come here under "draft", the gap would be the rules' own: 1.66 / 27.
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 

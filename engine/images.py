@@ -1,4 +1,4 @@
-"""Image files: paths kept inside a dataset root, header probes, safe decoding, JPEG bytes for the device."""
+"""Image files: paths kept inside a dataset root, header probes, safe decoding (and the run's JPEG decode rule), JPEG bytes for the device."""
 from __future__ import annotations
 
 import functools
@@ -9,10 +9,12 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from engine.choices import JPEG_SCALES
 from engine.errors import UnreadableImage
 
 
@@ -279,20 +281,22 @@ def _when(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def load_rgb(path: Path, size: int, *, draft: bool = True) -> Image.Image:
+def load_rgb(path: Path | IO[bytes], size: int, *, draft: bool = True) -> Image.Image:
     """Decode as upright RGB; JPEG draft mode decodes at the smallest scale still >= size
-    (draft=False for crop mode, whose point is the native resolution).
+    (draft=False: full resolution). Paths that feed a model call load_for_model, which applies
+    the run's rule; this is for thumbnails and perceptual hashes.
 
     Any failure (missing, truncated, not an image, larger than the bomb limit) is an
     UnreadableImage naming the file; CMYK, grayscale, palette, alpha, 16-bit and animated
     images (first frame) become 8-bit RGB.
     """
+    name = path.name if isinstance(path, Path) else "image"  # bytes in memory: a perturbed copy
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
         if im.width * im.height > MAX_PIXELS:
-            raise UnreadableImage(f"{path.name}: image too large: {im.width}x{im.height} pixels")
+            raise UnreadableImage(f"{name}: image too large: {im.width}x{im.height} pixels")
         if im.format == "JPEG" and draft:
             im.draft("RGB", (size, size))
         im = ImageOps.exif_transpose(im)
@@ -300,7 +304,34 @@ def load_rgb(path: Path, size: int, *, draft: bool = True) -> Image.Image:
     except UnreadableImage:
         raise
     except Exception as e:
-        raise UnreadableImage(f"{path.name}: {type(e).__name__}: {e}".split("\n")[0][:300]) from e
+        raise UnreadableImage(f"{name}: {type(e).__name__}: {e}".split("\n")[0][:300]) from e
+
+
+def uses_draft(jpeg_scale: str, mode: str) -> bool:
+    """Whether a run's JPEGs are decoded in draft mode: its rule says "draft" and it resizes
+    the whole image (crop mode keeps native pixels, whatever the rule)."""
+    if jpeg_scale not in JPEG_SCALES:
+        raise ValueError(f"unknown JPEG scale {jpeg_scale!r}: choose one of {', '.join(JPEG_SCALES)}")
+    return jpeg_scale == "draft" and mode != "crop"
+
+
+def jpeg_scale_of(config: dict) -> str:
+    """A stored run's JPEG rule (TrainConfig.jpeg_scale). Runs recorded before the rule was
+    stored trained with draft mode, so "draft" is what they read as, and every path decodes
+    their images so (before, `aivh robustness` decoded them at full resolution)."""
+    return config.get("jpeg_scale") or "draft"
+
+
+def load_for_model(path: Path | IO[bytes], size: int, *, mode: str = "resize",
+                   jpeg_scale: str = "draft") -> Image.Image:
+    """The one decode of every path that feeds a run's model with Pillow: training and its
+    validation, prediction and embeddings in the loader's workers (engine.loader), robustness
+    (engine.robustness), saliency (engine.saliency). jpeg_scale: the run's recorded rule
+    (jpeg_scale_of); "draft" decodes a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) still
+    at least size x size, "full" at full resolution, and crop mode always at full resolution.
+    On a 2048x1536 JPEG at 300 px the two rules give the model pixels about 1 grey level apart
+    on average (docs/benchmarks.md), so a run is read back with the rule it trained with."""
+    return load_rgb(path, size, draft=uses_draft(jpeg_scale, mode))
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -312,12 +343,18 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def jpeg_for_device(path: Path) -> tuple[bytes, int, int] | None:
+def jpeg_for_device(path: Path, draft_size: int | None = None) -> tuple[bytes, int, int] | None:
     """The JPEG's bytes, up to and with its end-of-image marker, when the device decoder can take
     them: an RGB JPEG, upright, whole, within the pixel limit. What follows the marker (a
     camera's trailer, which may be another JPEG) is cut off, so the decoder sees one image.
     None when Pillow must decode it (CMYK, grayscale, EXIF-rotated, cut short, any other
-    format): only the header is parsed here."""
+    format): only the header is parsed here.
+
+    draft_size: the model's size when the run's rule is draft (uses_draft). The device decodes
+    at full resolution only (nvJPEG has no DCT scaling), so a JPEG that draft mode would
+    decode smaller (Pillow's own choice, asked of the header) is left to Pillow too: the
+    device then sees only files that draft would decode at full size anyway, and the rule
+    holds on both paths."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] != b"\xff\xd8" or (end := _jpeg_end(data)) is None:
@@ -330,6 +367,10 @@ def jpeg_for_device(path: Path) -> tuple[bytes, int, int] | None:
             if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation other than upright
                 return None
             w, h = im.size
+            if draft_size is not None:
+                im.draft("RGB", (draft_size, draft_size))  # header only: where libjpeg would scale
+                if im.size != (w, h):
+                    return None
     except Exception:  # noqa: BLE001 - Pillow's own decode reports it properly
         return None
     return data, w, h

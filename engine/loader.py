@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from engine.choices import DECODES
 from engine.errors import UnreadableImage
-from engine.images import check_unchanged, jpeg_for_device, load_rgb, resolve_inside, to_chw
+from engine.images import check_unchanged, jpeg_for_device, load_for_model, resolve_inside, to_chw, uses_draft
 from engine.transforms import MIN_SCALE, device_plan, transform
 
 
@@ -51,14 +51,18 @@ class ImageDataset:
     Yields (uint8 (3, S, S) tensor, position, label), or (None, position, message) for a file
     that fails to decode. With raw_jpeg, JPEGs the device can decode come back undecoded:
     (their bytes as a 1-D uint8 tensor, position, label, device_plan()) (CUDA: nvJPEG, with
-    the same augmentation done on the GPU).
+    the same augmentation done on the GPU). jpeg_scale: the run's JPEG rule (TrainConfig.jpeg_scale,
+    images.load_for_model); under "draft" a JPEG that draft mode would decode smaller stays with
+    Pillow even with raw_jpeg (images.jpeg_for_device), so both decoders follow the rule.
     """
 
     def __init__(self, root: Path, rel_paths: list[str], labels: list[int] | None, *,
                  size: int, train: bool, mode: str = "resize", seed: int = 0, raw_jpeg: bool = False,
                  stamps: dict[str, tuple[int | None, int | None]] | None = None,
-                 min_scale: float = MIN_SCALE):
+                 min_scale: float = MIN_SCALE, jpeg_scale: str = "draft"):
         self.root, self.rel_paths, self.labels = Path(root), rel_paths, labels
+        self.jpeg_scale = jpeg_scale
+        self._draft_size = size if uses_draft(jpeg_scale, mode) else None  # ValueError: an unknown rule
         # rel_path -> (bytes, mtime_ns) as import recorded them (queries.image_stamps): a file
         # that no longer matches was replaced after import and is skipped like an unreadable one
         self.stamps = stamps
@@ -82,15 +86,15 @@ class ImageDataset:
             path = resolve_inside(self.root, self.rel_paths[i])
             if self.stamps is not None and (stamp := self.stamps.get(self.rel_paths[i])) is not None:
                 check_unchanged(path, *stamp)
-            if self.raw_jpeg and (found := jpeg_for_device(path)) is not None:
+            if self.raw_jpeg and (found := jpeg_for_device(path, self._draft_size)) is not None:
                 data, w, h = found
                 plan = device_plan(w, h, self.size, train=self.train, mode=self.mode, rng=self._rng(i),
                                    min_scale=self.min_scale)
                 if plan is not None:
                     return (torch.frombuffer(bytearray(data), dtype=torch.uint8), i, y, plan)
             rng = self._rng(i)  # Pillow draws the same numbers afresh
-            im = transform(load_rgb(path, self.size, draft=self.mode != "crop"), self.size, train=self.train, mode=self.mode, rng=rng,
-                           min_scale=self.min_scale)
+            im = transform(load_for_model(path, self.size, mode=self.mode, jpeg_scale=self.jpeg_scale), self.size,
+                           train=self.train, mode=self.mode, rng=rng, min_scale=self.min_scale)
         except UnreadableImage as e:  # its message is words already
             return (None, i, f"{self.rel_paths[i]}: {e}")
         except Exception as e:  # noqa: BLE001 - a file deleted, replaced or corrupt after import
@@ -132,12 +136,13 @@ def resolve_decode(decode: str, device: torch.device, *, train: bool = False) ->
 def make_loader(root: Path, rel_paths: list[str], labels: list[int] | None, *, size: int,
                 batch_size: int, workers: int, device: torch.device, train: bool = False,
                 mode: str = "resize", seed: int = 0, sampler=None, decode: str = "auto",
-                stamps: dict | None = None, min_scale: float = MIN_SCALE) -> DataLoader:
+                stamps: dict | None = None, min_scale: float = MIN_SCALE, jpeg_scale: str = "draft") -> DataLoader:
     """With `decode` resolving to "device", workers only read JPEGs (and, for training, draw
-    the augmentation); decoding, resizing and flipping happen on the device (to_device)."""
+    the augmentation); decoding, resizing and flipping happen on the device (to_device).
+    jpeg_scale: the run's JPEG rule (TrainConfig.jpeg_scale; a stored run's: images.jpeg_scale_of)."""
     raw = resolve_decode(decode, device, train=train) == "device"
     ds = ImageDataset(root, rel_paths, labels, size=size, train=train, mode=mode, seed=seed, raw_jpeg=raw,
-                      stamps=stamps, min_scale=min_scale)
+                      stamps=stamps, min_scale=min_scale, jpeg_scale=jpeg_scale)
     return DataLoader(
         ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=device.type == "cuda", drop_last=train and len(ds) > batch_size,

@@ -49,6 +49,7 @@ def embed_run(sessions, run_id: int, split: str = "all", *, batch_size: int = 64
     from engine import backbones
     from engine.checkpoints import load_checkpoint
     from engine.device import default_workers, prepare, resolve_device
+    from engine.images import jpeg_scale_of
     from engine.infer import embed
     from engine.loader import make_loader
     from engine.predict import _split_images
@@ -70,7 +71,7 @@ def embed_run(sessions, run_id: int, split: str = "all", *, batch_size: int = 64
     workers = cfg.get("workers", default_workers(dev.type == "cuda")) if workers is None else workers
     loader = make_loader(root, [p for _, p in ims], None, size=cfg["img_size"], batch_size=batch_size,
                          workers=workers, device=dev, mode=cfg.get("resize_mode", "resize"), decode=decode,
-                         stamps=stamps)
+                         stamps=stamps, jpeg_scale=jpeg_scale_of(cfg))
     vectors: np.ndarray | None = None
     done = np.zeros(len(ims), dtype=bool)
     skipped = []

@@ -9,6 +9,7 @@ import torch
 from engine import backbones
 from engine.checkpoints import load_checkpoint
 from engine.device import default_workers, prepare, resolve_device
+from engine.images import jpeg_scale_of
 from engine.infer import infer
 from engine.loader import make_loader
 
@@ -42,7 +43,8 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
     workers = cfg.get("workers", default_workers(dev.type == "cuda")) if workers is None else workers
     loader = make_loader(Path(ds.root), [p for _, p in ims], None, size=cfg["img_size"],
                          batch_size=batch_size, workers=workers, device=dev,
-                         mode=cfg.get("resize_mode", "resize"), decode=decode, stamps=stamps)
+                         mode=cfg.get("resize_mode", "resize"), decode=decode, stamps=stamps,
+                         jpeg_scale=jpeg_scale_of(cfg))
     done, skipped = 0, []
     bar = tqdm(total=len(ims), desc=f"predict {split}", unit="img", disable=not progress,
                mininterval=0.5)

@@ -60,9 +60,13 @@ def create_probe(s: Session, dataset: Dataset, cfg: TrainConfig) -> Run:
 
 def feature_space(cfg: TrainConfig, device_type: str = "cpu") -> str:
     """Names everything that changes an image's features: the cache file's name. Random
-    weights depend on the seed; CUDA computes in bf16, the CPU in fp32."""
+    weights depend on the seed; CUDA computes in bf16, the CPU in fp32. The JPEG rule: named
+    unless it is draft off CUDA, the one decode every key made before the rule stood for
+    (on CUDA, nvJPEG decoded the JPEGs draft now leaves to Pillow)."""
+    named = cfg.jpeg_scale != "draft" or device_type == "cuda"
     key = json.dumps([cfg.arch, cfg.weights_source, cfg.img_size, cfg.resize_mode, list(cfg.mean),
-                      list(cfg.std), cfg.seed if cfg.pretrained is None else None, device_type], sort_keys=True)
+                      list(cfg.std), cfg.seed if cfg.pretrained is None else None, device_type]
+                     + ([cfg.jpeg_scale] if named else []), sort_keys=True)
     return f"{cfg.arch}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
 
@@ -80,7 +84,7 @@ def cached_features(model, cfg: TrainConfig, root: Path, paths: list[str], keys:
     if todo:
         loader = make_loader(root, [paths[i] for i in todo], None, size=cfg.img_size, batch_size=batch_size,
                              workers=cfg.workers, device=device, mode=cfg.resize_mode, decode=cfg.decode,
-                             stamps=stamps)
+                             stamps=stamps, jpeg_scale=cfg.jpeg_scale)
         bar = tqdm(total=len(todo), desc="features", unit="img", disable=not progress, mininterval=0.5)
         for idx, feats, failed in embed(model, loader, device, norm=(cfg.mean, cfg.std)):
             for pos, f in zip(idx.tolist(), feats.numpy()):

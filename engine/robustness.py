@@ -1,11 +1,15 @@
 """`aivh robustness`: a run's scores on a split after each everyday change to the files.
 
-Each image is decoded once, at full resolution, and each perturbation (a JPEG re-encode at
+Each image is decoded once at full resolution, and each perturbation (a JPEG re-encode at
 quality 95, 75 and 50, a downscale by 0.5, an upscale by 2, a centre crop of 0.8, a PNG round
-trip, and none) is applied in memory to both classes before the run's own resize and
-normalisation. A detector that learned generation traces keeps its F1 and AUC; one that
-learned file properties (JPEG quality, size) moves with them ("Fake or JPEG?", Grommelt et
-al. 2024; DIRE fell to chance on re-saved fakes).
+trip) is applied in memory to both classes; a re-encoded copy is then read as the run reads any
+file (its recorded JPEG rule, images.load_for_model: draft mode on a large JPEG when the run
+trained so), a rescaled or cropped one goes on as pixels, then the run's own resize and
+normalisation. `none` is the file itself through that same decode, so its row scores exactly
+the pixels training, validation and prediction with Pillow give the model. A detector that
+learned generation traces keeps its F1 and AUC; one that learned file properties (JPEG quality,
+size) moves with them ("Fake or JPEG?", Grommelt et al. 2024; DIRE fell to chance on re-saved
+fakes).
 
 The rows are stored as `robustness-<split>.json` in the run's folder (db.store.run_dir), beside
 the checkpoint they were computed from and naming its sha1: a small derived table, written once
@@ -35,17 +39,24 @@ from engine.checkpoints import load_checkpoint
 from engine.choices import SPLITS
 from engine.device import autocast, prepare, resolve_device
 from engine.errors import UnreadableImage
-from engine.images import check_unchanged, load_rgb, resolve_inside, to_chw
+from engine.images import (
+    check_unchanged,
+    jpeg_scale_of,
+    load_for_model,
+    load_rgb,
+    resolve_inside,
+    to_chw,
+    uses_draft,
+)
 from engine.transforms import normalize, transform
 
 
-def _reencode(fmt: str, **options) -> Callable[[Image.Image], Image.Image]:
-    def apply(im: Image.Image) -> Image.Image:
+def _reencode(fmt: str, **options) -> Callable[[Image.Image], bytes]:
+    """The image saved again: the new file's bytes, which the run's decode then reads."""
+    def apply(im: Image.Image) -> bytes:
         buf = io.BytesIO()
         im.save(buf, fmt, **options)
-        buf.seek(0)
-        with Image.open(buf) as out:
-            return out.convert("RGB")
+        return buf.getvalue()
     return apply
 
 
@@ -65,9 +76,11 @@ def _centre_crop(share: float) -> Callable[[Image.Image], Image.Image]:
     return apply
 
 
-# name -> what it does to a decoded RGB image; "none" first: the others are compared with it
-PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "none": lambda im: im,
+# name -> what it does to the full-resolution RGB image: a new file's bytes (decoded as the run
+# decodes files) or new pixels; "none" (None: the file itself, decoded as every other path
+# decodes it) first: the others are compared with it
+PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image | bytes] | None] = {
+    "none": None,
     "jpeg95": _reencode("JPEG", quality=95),
     "jpeg75": _reencode("JPEG", quality=75),
     "jpeg50": _reencode("JPEG", quality=50),
@@ -135,6 +148,7 @@ def score_run(sessions, run_id: int, split: str = "val", *, limit: int | None = 
     dev = resolve_device(device)
     model = prepare(model, dev).eval()
     size, mode, norm = cfg["img_size"], cfg.get("resize_mode", "resize"), backbones.norm_of(cfg)
+    jpeg_scale = jpeg_scale_of(cfg)
     probs: dict[str, list[float]] = {name: [] for name in PERTURBATIONS}
     scored, skipped = [], []
     bar = tqdm(total=len(ims), desc=f"robustness {split}", unit="img", disable=not progress, mininterval=0.5)
@@ -142,18 +156,21 @@ def score_run(sessions, run_id: int, split: str = "val", *, limit: int | None = 
         decoded = []
         for image_id, path in ims[start:start + batch_size]:
             try:
-                decoded.append((image_id, _decode(root, path, stamps.get(path))))
+                decoded.append((image_id, *_decode(root, path, stamps.get(path), size, mode, jpeg_scale)))
             except UnreadableImage as e:
                 skipped.append(f"{path}: {e}")
         for name, change in PERTURBATIONS.items():
             if decoded:
-                probs[name] += _predict(model, [change(im) for _, im in decoded], size, mode, norm, dev)
-        scored += [i for i, _ in decoded]
+                ims = [as_read if change is None else _read(change(full), size, mode, jpeg_scale)
+                       for _, as_read, full in decoded]
+                probs[name] += _predict(model, ims, size, mode, norm, dev)
+        scored += [i for i, *_ in decoded]
         bar.update(len(ims[start:start + batch_size]))
     bar.close()
     y = np.array([labels.get(i, -1) for i in scored])
     out = {"run": run_id, "split": split, "images": len(scored), "limit": limit, "seed": seed,
            "threshold": threshold, "threshold_source": source, "epoch": epoch, "checkpoint_sha1": sha1,
+           "jpeg_scale": jpeg_scale,
            "rows": _rows(y, {k: np.array(v) for k, v in probs.items()}, threshold, scored),
            "skipped": skipped, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
            "seconds": round(time.perf_counter() - t0, 2)}
@@ -161,15 +178,28 @@ def score_run(sessions, run_id: int, split: str = "val", *, limit: int | None = 
     return out
 
 
-def _decode(root: Path, path: str, stamp: tuple | None) -> Image.Image:
-    """Full resolution, upright RGB (no draft: a downscale must start from the file's pixels)."""
+def _decode(root: Path, path: str, stamp: tuple | None, size: int, mode: str, jpeg_scale: str,
+            ) -> tuple[Image.Image, Image.Image]:
+    """The file as the run reads it (its JPEG rule: what `none` scores), and at full resolution,
+    upright RGB (what the perturbations start from: a downscale starts from the file's pixels)."""
     try:
         file = resolve_inside(root, path)
     except PermissionError as e:
         raise UnreadableImage(str(e)) from None
     if stamp is not None:
         check_unchanged(file, *stamp)
-    return load_rgb(file, 0, draft=False)
+    full = load_rgb(file, 0, draft=False)
+    if uses_draft(jpeg_scale, mode):  # only then can the two differ
+        return load_for_model(file, size, mode=mode, jpeg_scale=jpeg_scale), full
+    return full, full
+
+
+def _read(changed: Image.Image | bytes, size: int, mode: str, jpeg_scale: str) -> Image.Image:
+    """A perturbation's result as the model will see it before the resize: a new file's bytes
+    through the run's decode, pixels as they are."""
+    if isinstance(changed, bytes):
+        return load_for_model(io.BytesIO(changed), size, mode=mode, jpeg_scale=jpeg_scale)
+    return changed
 
 
 @torch.no_grad()

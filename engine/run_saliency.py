@@ -11,7 +11,7 @@ from db import queries
 from db.models import Dataset
 from db.store import home
 from engine import backbones
-from engine.images import check_unchanged, resolve_inside
+from engine.images import check_unchanged, jpeg_scale_of, resolve_inside
 from engine.model import load_trained
 from engine.saliency import Attribution, Settings, checkpoint_key, explain
 
@@ -42,5 +42,6 @@ def explain_run_image(sessions, run_id: int, rel_path: str, settings: Settings, 
     if model is None:
         model, _ = load_trained(checkpoint)
     att = explain(model, path, cfg["img_size"], settings, mode=cfg.get("resize_mode", "resize"),
-                  cache=home() / "cache", cache_key=checkpoint_key(checkpoint), norm=backbones.norm_of(cfg))
+                  cache=home() / "cache", cache_key=checkpoint_key(checkpoint), norm=backbones.norm_of(cfg),
+                  jpeg_scale=jpeg_scale_of(cfg))
     return att, path

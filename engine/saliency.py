@@ -10,8 +10,9 @@ because Captum's hooks see corrupted gradients through them):
 - occlusion: logit drop when a sliding grey window hides a region
 
 Every map is (H, W), non-negative, at the size the model saw, over the same pixels as
-prediction with Pillow decoding (same decode, resize and normalisation; a CUDA prediction
-decodes JPEGs on the device, whose pixels can differ slightly). For display, `on_image` puts
+prediction with Pillow decoding (the same decode under the run's JPEG rule,
+images.load_for_model, the same resize and normalisation; a CUDA prediction decodes JPEGs on
+the device, whose pixels differ by the decoder's rounding, docs/benchmarks.md). For display, `on_image` puts
 the map back over the image at its own aspect ratio: resize mode squashes the whole picture
 into the square the model sees, so the map is stretched back over all of it; crop mode sees
 a centre square, so the map covers that square and the rest is dimmed.
@@ -31,7 +32,7 @@ from torch import nn
 from engine import backbones
 from engine.atomic import atomic_path
 from engine.choices import BASELINES, METHODS
-from engine.images import load_rgb
+from engine.images import load_for_model
 from engine.transforms import normalize, transform
 
 
@@ -78,15 +79,15 @@ def for_captum(model: nn.Module) -> nn.Module:
     return model
 
 
-def preprocess(path: Path, size: int, mode: str = "resize", norm: tuple | None = None,
-               ) -> tuple[np.ndarray, torch.Tensor]:
+def preprocess(path: Path, size: int, mode: str = "resize", norm: tuple | None = None, *,
+               jpeg_scale: str = "draft") -> tuple[np.ndarray, torch.Tensor]:
     """The exact prediction preprocessing: (H, W, 3) uint8 and the (1, 3, S, S) model input."""
-    pixels, x, _ = _decode(path, size, mode, norm)
+    pixels, x, _ = _decode(path, size, mode, norm, jpeg_scale)
     return pixels, x
 
 
-def _decode(path: Path, size: int, mode: str, norm: tuple | None = None):
-    decoded = load_rgb(path, size, draft=mode != "crop")
+def _decode(path: Path, size: int, mode: str, norm: tuple | None = None, jpeg_scale: str = "draft"):
+    decoded = load_for_model(path, size, mode=mode, jpeg_scale=jpeg_scale)
     im = transform(decoded, size, train=False, mode=mode, rng=None)
     pixels = np.asarray(im, dtype=np.uint8).copy()
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
@@ -197,17 +198,20 @@ def attribute(model: nn.Module, x: torch.Tensor, settings: Settings, norm: tuple
 
 
 def explain(model: nn.Module, path: Path, size: int, settings: Settings, *, mode: str = "resize",
-            cache: Path | None = None, cache_key: str = "", norm: tuple | None = None) -> Attribution:
+            cache: Path | None = None, cache_key: str = "", norm: tuple | None = None,
+            jpeg_scale: str = "draft") -> Attribution:
     """Attribution for one image file, from the on-disk cache when it was computed before.
-    norm: the architecture's input (mean, std), backbones.norm_of(config); ImageNet's when None."""
-    pixels, x, decoded = _decode(path, size, mode, norm)
+    norm: the architecture's input (mean, std), backbones.norm_of(config); ImageNet's when None.
+    jpeg_scale: the run's JPEG rule (images.jpeg_scale_of(config)), as its training decoded."""
+    pixels, x, decoded = _decode(path, size, mode, norm, jpeg_scale)
     picture, box = picture_view(decoded, size, mode)
     file = None
     if cache is not None:
         stamp = path.stat()  # a file replaced under the same name is not its old map
         digest = hashlib.sha1(json.dumps([cache_key, str(path), stamp.st_size, stamp.st_mtime_ns, size, mode,
                                           asdict(settings)]
-                                         + ([list(map(list, norm))] if norm is not None else []),
+                                         + ([list(map(list, norm))] if norm is not None else [])
+                                         + ([jpeg_scale] if jpeg_scale != "draft" else []),  # draft: keys as before
                                          sort_keys=True).encode()).hexdigest()
         file = cache / "saliency" / f"{digest}.npz"
         if file.is_file():

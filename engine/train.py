@@ -116,7 +116,8 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
     norm = (cfg.mean, cfg.std)
     loader_args = {"size": cfg.img_size, "batch_size": cfg.batch_size, "workers": cfg.workers,
                    "device": device, "mode": cfg.resize_mode, "seed": cfg.seed, "decode": cfg.decode,
-                   "stamps": data.stamps, "min_scale": cfg.aug_min_scale}
+                   "stamps": data.stamps, "min_scale": cfg.aug_min_scale,
+                   "jpeg_scale": cfg.jpeg_scale}
     sampler_gen = torch.Generator()
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler

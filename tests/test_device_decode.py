@@ -29,8 +29,8 @@ def images(tmp_path_factory):
     return root, names
 
 
-def batch_pixels(root, names, size, mode, raw, train=False):
-    ds = ImageDataset(root, names, None, size=size, train=train, mode=mode, raw_jpeg=raw, seed=3)
+def batch_pixels(root, names, size, mode, raw, train=False, **rule):
+    ds = ImageDataset(root, names, None, size=size, train=train, mode=mode, raw_jpeg=raw, seed=3, **rule)
     x, _y, idx, failed = collate([ds[i] for i in range(len(names))])
     x, rows, errors = to_device(x, CPU, size, mode)
     failed = failed + [(int(idx[r]), m) for r, m in errors]
@@ -40,16 +40,20 @@ def batch_pixels(root, names, size, mode, raw, train=False):
 
 @pytest.mark.parametrize("size,mode", [(64, "resize"), (300, "resize"), (64, "crop"), (300, "crop")])
 def test_device_decode_gives_pillows_pixels(images, size, mode):
+    """The decoders themselves, under the full-resolution rule (the device takes every JPEG)."""
     root, names = images
-    ds = ImageDataset(root, names, None, size=size, train=False, mode=mode, raw_jpeg=True)
+    ds = ImageDataset(root, names, None, size=size, train=False, mode=mode, raw_jpeg=True, jpeg_scale="full")
     assert all(ds[i][0].ndim == 1 for i in range(len(names)))  # every one went to the device undecoded
-    pil, f1 = batch_pixels(root, names, size, mode, raw=False)
-    dev, f2 = batch_pixels(root, names, size, mode, raw=True)
+    pil, f1 = batch_pixels(root, names, size, mode, raw=False, jpeg_scale="full")
+    dev, f2 = batch_pixels(root, names, size, mode, raw=True, jpeg_scale="full")
     assert not f1 and not f2 and pil.shape == dev.shape == (len(names), 3, size, size)
     diff = (pil - dev).abs()
     # rounding and IDCT differences only: under half a grey level on average
     assert diff.mean() < 0.6, float(diff.mean())
     assert diff.amax(dim=(1, 2, 3)).max() <= 16
+    if size == 64 and mode == "resize":  # the draft rule: 768x512 decodes at 1/8 for 64 px, with Pillow
+        ds = ImageDataset(root, names, None, size=size, train=False, mode=mode, raw_jpeg=True)
+        assert [ds[i][0].ndim for i in range(len(names))] == [3] * 3 + [1] * 4
 
 
 @pytest.mark.parametrize("size,mode", [(300, "resize"), (64, "crop")])
@@ -212,3 +216,45 @@ def test_the_feed_stops_its_thread_when_left_early_and_passes_errors_on(images):
     with pytest.raises(OSError, match="disk gone"):
         got.extend(device_batches(Broken(), CPU, ahead=2))
     assert len(got) == 1
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A 2048x1536 camera-sized JPEG (draft mode decodes it at 1/4 scale for 300 px) and a
+    768x512 one (draft leaves it whole at 300 px)."""
+    from tests.test_decode_rule import big_jpeg
+
+    root = tmp_path_factory.mktemp("big")
+    (root / "big.jpg").write_bytes(big_jpeg())
+    (root / "kaggle.jpg").write_bytes(base_jpegs(1)[0])
+    return root
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_under_the_draft_rule_the_device_leaves_to_pillow_what_draft_would_scale(big, train):
+    """The device decodes at full resolution only; a run's draft rule (the default, and every
+    run stored before the rule) would decode the big JPEG at 1/4 scale, so it stays with Pillow
+    and the model gets draft's pixels on both paths (before, the device path gave it full
+    decode's: 1.7 grey levels apart on average, up to 28). The 768x512 JPEG still goes to the
+    device, and training draws the same crop and flip on both paths."""
+    ds = ImageDataset(big, ["big.jpg", "kaggle.jpg"], None, size=300, train=train, raw_jpeg=True)
+    assert [ds[i][0].ndim for i in range(2)] == [3, 1]
+    pil, f1 = batch_pixels(big, ["big.jpg"], 300, "resize", raw=False, train=train)
+    dev, f2 = batch_pixels(big, ["big.jpg"], 300, "resize", raw=True, train=train)
+    assert not f1 and not f2 and torch.equal(pil, dev)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_under_the_full_rule_the_device_decodes_the_large_jpeg_as_pillow_does(big, train):
+    """jpeg_scale "full": the device takes the big JPEG and gives Pillow's full decode within
+    the decoders' own rounding (torchvision's libjpeg-turbo here; nvJPEG on a GPU: 0.27 mean, 5
+    max on 768x512, docs/benchmarks.md), far nearer than draft's pixels."""
+    ds = ImageDataset(big, ["big.jpg"], None, size=300, train=train, raw_jpeg=True, jpeg_scale="full")
+    assert ds[0][0].ndim == 1
+    full, f1 = batch_pixels(big, ["big.jpg"], 300, "resize", raw=False, train=train, jpeg_scale="full")
+    dev, f2 = batch_pixels(big, ["big.jpg"], 300, "resize", raw=True, train=train, jpeg_scale="full")
+    draft, _ = batch_pixels(big, ["big.jpg"], 300, "resize", raw=False, train=train)
+    assert not f1 and not f2
+    diff = (full - dev).abs()
+    assert diff.mean() < 0.6 and diff.max() <= 16, (float(diff.mean()), float(diff.max()))
+    assert (draft - dev).abs().mean() > 2 * diff.mean()

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from engine.choices import DECODES, GROUPINGS, RESIZE_MODES
+from engine.choices import DECODES, GROUPINGS, JPEG_SCALES, RESIZE_MODES
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample"  # the bundled CIFAKE sample
 
@@ -45,7 +45,7 @@ def json_parent() -> argparse.ArgumentParser:
 
 TRAIN_FLAGS = ("epochs", "img_size", "batch_size", "lr", "val_fraction", "seed", "device", "limit",
                "pretrained", "workers", "compile", "resize_mode", "patience", "decode", "arch", "freeze_epochs", "group",
-               "aug_min_scale")
+               "aug_min_scale", "jpeg_scale")
 
 
 def training_parent() -> argparse.ArgumentParser:
@@ -72,6 +72,10 @@ def training_parent() -> argparse.ArgumentParser:
     t.add_argument("--decode", choices=DECODES,
                    help="JPEG decode: Pillow in the workers, or the device (nvJPEG on CUDA, augmentation on "
                         "the GPU); auto: workers for training, device for validation on CUDA")
+    t.add_argument("--jpeg-scale", choices=JPEG_SCALES,
+                   help="how JPEGs are decoded before the resize, by every path that feeds the run's model "
+                        "(recorded with the run): draft, DCT scaling to the smallest of 1/2, 1/4, 1/8 still at "
+                        "least the image size (fast; the default), or full resolution (exact)")
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--resize-mode", choices=RESIZE_MODES, help="(resize)")
     t.add_argument("--patience", type=int, help="early-stopping patience in epochs (3)")
