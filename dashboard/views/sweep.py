@@ -70,9 +70,9 @@ def best_ui(r: dict) -> None:
     if r["best_run"] is None:
         return
     c1, c2, _ = st.columns([1, 1, 3])
-    if c1.button(f"Open best run (#{r['best_run']})", icon="📊"):
+    if c1.button(f"Open best run (#{r['best_run']})"):
         st.switch_page("views/evaluate.py", query_params={"run": str(r["best_run"])})
-    if c2.button(f"Export best run (#{r['best_run']})", icon="📤"):
+    if c2.button(f"Export best run (#{r['best_run']})"):
         st.switch_page("views/export.py", query_params={"run": str(r["best_run"])})
 
 
