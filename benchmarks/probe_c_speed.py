@@ -12,7 +12,7 @@ shift: `aivh shift --run`'s run-features-alone model, engine.shortcuts.features_
 before) on the same folds: seconds and out-of-fold AUC.
 
 The features: |N(0, 1)| (pooled activations are non-negative), 64 dimensions shifted by 0.3
-standard deviations for class 1, and every 4th row a jittered copy of the row before it (a
+standard deviations (`--signal`) for class 1, and every 4th row a jittered copy of the row before it (a
 group of two). One JSON line per seed.
 """
 from __future__ import annotations
@@ -28,11 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def features(rows: int, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def features(rows: int, dims: int, seed: int, signal: float = 0.3,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, rows)
     x = np.abs(rng.normal(size=(rows, dims)))
-    x[:, :64] += 0.3 * y[:, None]
+    x[:, :64] += signal * y[:, None]
     groups = np.arange(rows)
     copies = np.arange(3, rows, 4)
     x[copies] = x[copies - 1] + rng.normal(0, 0.05, (len(copies), dims))
@@ -72,20 +73,21 @@ def probe(rows: int, dims: int, seeds: list[int]) -> None:
                           "new_s": round(new, 1), "old_c": c_old, "new_c": c_new}), flush=True)
 
 
-def shift(rows: int, dims: int, seeds: list[int]) -> None:
+def shift(rows: int, dims: int, seeds: list[int], signal: float = 0.3) -> None:
     from sklearn.metrics import roc_auc_score
 
     from engine.shortcuts import features_alone_oof, out_of_fold
 
     for seed in seeds:
-        x, y, groups = features(rows, dims, seed)
+        x, y, groups = features(rows, dims, seed, signal)
         t0 = time.perf_counter()
         p_new = features_alone_oof(x, y, groups=groups, seed=seed)
         new = time.perf_counter() - t0
         t0 = time.perf_counter()
         p_old = out_of_fold(x, y, groups=groups, seed=seed)
         old = time.perf_counter() - t0
-        print(json.dumps({"what": "shift", "rows": rows, "dims": dims, "seed": seed, "boosting_s": round(old, 1),
+        print(json.dumps({"what": "shift", "rows": rows, "dims": dims, "seed": seed, "signal": signal,
+                          "boosting_s": round(old, 1),
                           "logistic_s": round(new, 1), "boosting_auc": round(roc_auc_score(y, p_old), 4),
                           "logistic_auc": round(roc_auc_score(y, p_new), 4)}), flush=True)
 
@@ -96,8 +98,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--dims", type=int, default=1280)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--signal", type=float, default=0.3, help="shift: class 1's shift of 64 dimensions")
     args = parser.parse_args()
-    (probe if args.what == "probe" else shift)(args.rows, args.dims, args.seeds)
+    if args.what == "probe":
+        probe(args.rows, args.dims, args.seeds)
+    else:
+        shift(args.rows, args.dims, args.seeds, args.signal)
 
 
 if __name__ == "__main__":

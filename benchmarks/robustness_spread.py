@@ -25,7 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drawings", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--probe-seeds", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "aivh-robustness-spread")
+    parser.add_argument("--workdir", type=Path,
+                        default=Path(tempfile.gettempdir()) / "aivh-robustness-spread")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.environ["AIVH_HOME"] = str(args.workdir / "home")
@@ -44,20 +45,22 @@ def main() -> None:
         name = f"d{drawing}"
         import_dataset(sessions, _noise_or_smooth(args.workdir / name, seed=drawing), name, progress=False)
         for seed in args.probe_seeds:
-            cfg = TrainConfig.from_dict({"arch": "tf_efficientnet_lite0", "pretrained": "imagenet", "probe": True,
-                                         "img_size": 64, "device": "cpu", "workers": 0, "batch_size": 64,
+            cfg = TrainConfig.from_dict({"arch": "tf_efficientnet_lite0", "pretrained": "imagenet",
+                                         "probe": True, "img_size": 64, "device": "cpu", "workers": 0, "batch_size": 64,
                                          "val_fraction": 0.5, "seed": seed})
             with sessions.begin() as s:
                 run_id = create_probe(s, queries.get_dataset(s, name), cfg).id
             execute_probe(run_id, sessions=sessions, progress=False)
-            out = {r["perturbation"]: r for r in score_run(sessions, run_id, device="cpu", progress=False)["rows"]}
+            scored = score_run(sessions, run_id, device="cpu", progress=False)
+            out = {r["perturbation"]: r for r in scored["rows"]}
             none, q50 = out["none"], out["jpeg50"]
             row = {"drawing": drawing, "probe_seed": seed, "none_f1": none["f1"], "none_auc": none["auc"],
                    "jpeg50_f1_under_none": none["f1"] - q50["f1"], "jpeg50_flipped": q50["flipped"],
                    "jpeg50_change": q50["mean_abs_change"], "jpeg95_change": out["jpeg95"]["mean_abs_change"],
                    "jpeg75_change": out["jpeg75"]["mean_abs_change"]}
             rows.append(row)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                  flush=True)
     summary = {k: [min(r[k] for r in rows), max(r[k] for r in rows)] for k in rows[0] if k not in
                ("drawing", "probe_seed")}
     summary["ordered"] = sum(r["jpeg95_change"] < r["jpeg75_change"] < r["jpeg50_change"] for r in rows)

@@ -126,8 +126,9 @@ def _noise_features(sessions, name: str, seed: int, dims: int = 1000) -> shortcu
 # Noise features (1,000 dimensions) beside pure-noise file properties, 100 training and 40 test
 # images. Measured over seeds 0-5 (2026-12-05): the features alone, out of fold (standardised
 # logistic regression; 0.44-0.62 by gradient boosting before), AUC 0.40-0.52; with the file
-# properties 0.44-0.59; the file properties alone 0.43-0.60, the best one alone 0.53-0.63. The best 10 of the 1,000 dimensions each scored in sample and oriented to its
-# maximum, as `shift --run` listed them before: 0.66-0.70 for the first, 0.63-0.65 for the 10th.
+# properties 0.44-0.59; the file properties alone 0.43-0.60, the best one alone 0.53-0.63. The
+# best 10 of the 1,000 dimensions each scored in sample and oriented to its maximum, as
+# `shift --run` listed them before: 0.66-0.70 for the first, 0.63-0.65 for the 10th.
 @pytest.mark.parametrize("seed", [0, 1])
 def test_shift_scores_a_runs_features_out_of_fold_not_dimension_by_dimension(sessions, tmp_path, seed):
     root = planted(tmp_path / "n", seed, plant=False)
@@ -251,7 +252,8 @@ def test_a_fold_that_would_train_on_one_class_is_refused_in_one_line(sessions, t
         group_folds(y, g, 5, 1)
     with pytest.raises(ValueError, match="would train on class 0 only"):
         shortcuts.out_of_fold(x, y, groups=g, seed=1)
-    with pytest.raises(ValueError, match=r"^the probe cannot choose C on its training images: .*group column$"):
+    refusal = r"^the probe cannot choose C on its training images: .*group column$"
+    with pytest.raises(ValueError, match=refusal):
         fit_head(x, y, 1, g)
 
     root = planted(tmp_path / "m", 0, plant=False, per_class=4, tests=2)
@@ -286,7 +288,8 @@ def test_shortcuts_and_shift_report_the_folds_they_used(workspace, tmp_path):
     root = planted(tmp_path / "f", 0, plant=False, per_class=3, tests=3)
     aivh("import", str(root), "--name", "f", env_home=workspace)
     for command in ("shortcuts", "shift"):
-        out = json.loads(aivh(command, "--dataset", "f", "--json", env_home=workspace).stdout.splitlines()[-1])
+        proc = aivh(command, "--dataset", "f", "--json", env_home=workspace)
+        out = json.loads(proc.stdout.splitlines()[-1])
         assert out["folds"] == 3, out
         text = aivh(command, "--dataset", "f", "--folds", "2", env_home=workspace).stdout
         assert " images, 2 folds" in text, text
@@ -323,7 +326,8 @@ def test_the_shift_pages_report_follows_the_groups_a_re_import_records(sessions,
         with open(root / "train.csv", "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["", "file_name", "label", "group"])
-            w.writerows([n, r["file_name"], r["label"], groups[n] if n < 2 else ""] for n, r in enumerate(rows))
+            w.writerows([n, r["file_name"], r["label"], groups[n] if n < 2 else ""]
+                        for n, r in enumerate(rows))
         import_dataset(sessions, root, "g", progress=False, apply_group_changes=True)
         reports.shortcut_report(ds)
     reports.shortcut_report(ds)
