@@ -347,6 +347,23 @@ def images_version(s: Session, dataset_id: int, split: str) -> tuple:
     return tuple(s.execute(q.where(Image.dataset_id == dataset_id, Image.split == split)).one())
 
 
+def groups_version(s: Session, dataset_id: int) -> tuple:
+    """Changes when the train.csv groups recorded with the dataset's images do (recorded by a
+    re-import for rows imported before groups were, changed by `aivh import
+    --apply-group-changes`): how many are unrecorded, and a sha1 of every (image id, group) that
+    is not empty (an edit that keeps the count and the longest name changes it too). Reads only
+    the rows with a group: nothing on a dataset without the column."""
+    import hashlib
+
+    unrecorded = s.scalar(select(func.count()).select_from(Image).where(
+        Image.dataset_id == dataset_id, Image.csv_group.is_(None)))
+    digest = hashlib.sha1()
+    q = select(Image.id, Image.csv_group).where(Image.dataset_id == dataset_id, Image.csv_group != "")
+    for i, group in s.execute(q.order_by(Image.id)):
+        digest.update(f"{i}\t{group}\n".encode())
+    return unrecorded, digest.hexdigest()
+
+
 def phashes(s: Session, dataset_id: int, *, failed: bool = False) -> dict[int, str]:
     """image id -> stored perceptual hash, for readable images that have one (migration 0005);
     failed: also those stored as "" (could not be hashed)."""

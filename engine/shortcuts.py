@@ -14,11 +14,14 @@ trained on from the others, which is not shift); the run's features are scored t
 alone, not dimension by dimension (the best of D dimensions looks like a finding on noise).
 
 Every AUC here is of out-of-fold predictions (stratified group k-fold, shuffled with the seed;
-copies held out together, as the split keeps them: image_groups): all features together
-by scikit-learn's HistGradientBoostingClassifier (it handles missing values, a PNG's JPEG
-quality, and categories itself), each feature alone by its bins' class rates (feature_alone).
-Either way the direction is learned, so 0.5 is useless and 1 perfect whichever way round a
-feature works (a little under 0.5 is noise).
+copies held out together, as the split keeps them: image_groups; fewer folds than asked when a
+class has fewer groups, the number used reported as `folds`): all features together by
+scikit-learn's HistGradientBoostingClassifier (it handles missing values, a PNG's JPEG quality,
+and categories itself), each feature alone by its bins' class rates (feature_alone), a run's
+features alone by a standardised logistic regression (features_alone_oof: linear, as a probe
+reads them, and a fraction of the booster's time on 1,280 columns). Either way the direction
+is learned, so 0.5 is useless and 1 perfect whichever way round a feature works (a little under
+0.5 is noise).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from db import labelling, queries
 from db.models import Dataset
-from engine.folds import codes, group_folds
+from engine.folds import FoldError, codes, group_folds
 
 # name -> kind: "num" (numbers; None is missing), "cat" (categories), "bool"
 FEATURES = {"width": "num", "height": "num", "aspect_ratio": "num", "bytes": "num",
@@ -89,22 +92,48 @@ def _codes(column) -> np.ndarray:
     return np.array([np.nan if v is None else float(index[v]) for v in column])
 
 
-def image_groups(s: Session, dataset_id: int, ids: list[int]) -> np.ndarray:
+def image_groups(s: Session, dataset_id: int, ids: list[int], group: str | None = None) -> np.ndarray:
     """A group number per image of `ids`, as the split keeps them together: training images by
-    engine.duplicates.split_groups (byte-identical copies, train.csv's `group` column); any other
-    image joins the group of a training image it is a byte copy of, else its own copies' group.
-    Cross-validation holds a group out whole, so a copy never scores its twin."""
-    from engine.duplicates import split_groups
+    engine.duplicates.split_groups (byte-identical copies, train.csv's `group` column, and with
+    group "near-duplicates", a run's --group, perceptual-hash near copies); any image joins the
+    group of every image it is a byte copy of (and, with "near-duplicates", a near copy of), in
+    any split. Cross-validation holds a group out whole, so a copy never scores its twin.
+    Without `group` (`aivh shortcuts`, `aivh shift` without a run) near copies are not grouped."""
+    from engine.duplicates import clusters, split_groups
 
     ds = s.get(Dataset, dataset_id)
     content = queries.content_keys(s, dataset_id, None)
     training = queries.content_keys(s, dataset_id, "train")
     train_ids = [i for i in ids if i in training]
-    grouped, _how = split_groups(s, dataset_id, Path(ds.root), train_ids, group=None, progress=False)
-    by_content = {content[i]: grouped[i] for i in train_ids}
-    own = {i: content.get(i, f"id:{i}") for i in ids}
-    keys = [grouped[i] if i in grouped else by_content.get(own[i], own[i]) for i in ids]
-    return codes(keys)
+    grouped, _how = split_groups(s, dataset_id, Path(ds.root), train_ids, group=group, progress=False)
+    first: dict[str, int] = {}
+    edges = []
+    for pos, i in enumerate(ids):
+        for key in (f"group {grouped[i]}" if i in grouped else None, f"content {content.get(i, i)}"):
+            if key is not None:
+                edges.append((first.setdefault(key, pos), pos))
+    edges += _near_edges(s, dataset_id, ids) if group == "near-duplicates" else []
+    a, b = (np.array(side, np.int64) for side in zip(*edges)) if edges else (np.zeros(0, np.int64),) * 2
+    joined = clusters(len(ids), a, b)
+    # each group named by its training images' split group, else its first image's content key
+    name: dict[int, str] = {}
+    for pos, i in enumerate(ids):
+        if i in grouped:
+            name.setdefault(int(joined[pos]), grouped[i])
+    for pos, i in enumerate(ids):
+        name.setdefault(int(joined[pos]), content.get(i, f"id:{i}"))
+    return codes([name[int(c)] for c in joined])
+
+
+def _near_edges(s: Session, dataset_id: int, ids: list[int]) -> list[tuple[int, int]]:
+    """Positions in `ids` of the perceptual-hash near copies (engine.duplicates.PHASH_MAX bits),
+    in any split; hashes missing so far are computed and written in the caller's transaction."""
+    from engine.duplicates import ensure_phashes, phash_pairs
+
+    hashes = ensure_phashes(s, dataset_id, Path(s.get(Dataset, dataset_id).root), progress=False)
+    hashed = [pos for pos, i in enumerate(ids) if hashes.get(i)]
+    a, b, _ = phash_pairs([hashes[ids[pos]] for pos in hashed])
+    return [(hashed[x], hashed[y]) for x, y in zip(a.tolist(), b.tolist())]
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None,
@@ -119,10 +148,32 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = Non
     cat = categorical if categorical is not None and categorical.any() else None
     model = HistGradientBoostingClassifier(max_iter=60, learning_rate=0.1, early_stopping=False,
                                            categorical_features=cat, random_state=seed)
-    cv, groups = group_folds(y, groups, folds, seed)
+    cv = group_folds(y, groups, folds, seed)
     with threadpool_limits(1), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a fold where a category is constant
-        return cross_val_predict(model, x, y, groups=groups, cv=cv, method="predict_proba")[:, 1]
+        return cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
+
+
+FEATURES_C = 0.01  # the regression's inverse regularisation on standardised run features (features_alone_oof)
+
+
+def features_alone_oof(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None, folds: int = 5,
+                       seed: int = 0) -> np.ndarray:
+    """Out-of-fold probability of class 1 from a run's pooled features alone: a logistic
+    regression (C FEATURES_C, fixed, not tuned on the held-out rows) on features standardised on
+    each fold's training part (missing rows, images that failed to decode, at the training part's
+    means), the folds as out_of_fold's. Linear, as a probe reads the features; on 4,000 x 1,280
+    features a fraction of gradient boosting's time (docs/benchmarks.md)."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler(),
+                          LogisticRegression(C=FEATURES_C, max_iter=5000))
+    cv = group_folds(y, groups, folds, seed)
+    return cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -158,8 +209,7 @@ def feature_alone(col: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None =
     if np.unique(bins).size < 2:
         return 0.5
     p = np.empty(len(y))
-    cv, groups = group_folds(y, groups, folds, seed)
-    for fit, held in cv.split(col.reshape(-1, 1), y, groups):
+    for fit, held in group_folds(y, groups, folds, seed):
         n = np.bincount(bins[fit], minlength=bins.max() + 1)
         k = np.bincount(bins[fit], weights=y[fit], minlength=bins.max() + 1)
         prior = y[fit].mean()
@@ -185,18 +235,30 @@ def _labelled(s: Session, dataset_id: int) -> tuple[MetaTable, np.ndarray]:
     return sub, np.array([labels[i] for i in sub.ids], dtype=int)
 
 
+def _folds_used(y: np.ndarray, groups: np.ndarray, folds: int, seed: int, dataset: str, what: str) -> int:
+    """How many folds group_folds deals (fewer than asked when a class has fewer groups); a fold
+    whose training part lacks a class refused in one line naming the dataset."""
+    try:
+        return len(group_folds(y, groups, folds, seed))
+    except FoldError as e:
+        raise ValueError(f"dataset {dataset!r}, {what}: {e}; try fewer --folds (2 at least) or another "
+                         "--seed, or check train.csv's group column") from None
+
+
 def audit_shortcuts(s: Session, dataset: str, *, folds: int = 5, seed: int = 0) -> dict:
-    """How well file properties predict the training label: each alone and all together."""
+    """How well file properties predict the training label: each alone and all together. `folds`
+    in the result: the number of folds used."""
     ds = queries.get_dataset(s, dataset)
     table, y = _labelled(s, ds.id)
     groups = image_groups(s, ds.id, table.ids)
+    used = _folds_used(y, groups, folds, seed, dataset, "label against file properties")
     together = _auc(y, out_of_fold(table.x, y, groups=groups, categorical=table.categorical, folds=folds,
                                    seed=seed))
     features = feature_aucs(table, y, groups=groups, folds=folds, seed=seed)
     worst = max(together, features[0]["auc"])  # one feature alone can say it as loudly as all together
     verdict = "shortcut" if worst >= SHORTCUT_AUC else "weak" if worst >= WEAK_AUC else "none"
     return {"dataset": dataset, "images": len(y), "ai": int(y.sum()), "metadata_auc": round(together, 4),
-            "features": features, "verdict": verdict,
+            "features": features, "verdict": verdict, "folds": used,
             "sentence": shortcut_sentence(together, features[0], verdict)}
 
 
@@ -218,7 +280,8 @@ class RunFeatures:
     run_id: int
     ids: list[int]  # image ids, in meta_table's order
     feats: np.ndarray  # (len(ids), D)
-    excluded: int  # images left out: the run's training images and their byte-identical copies
+    excluded: int  # images left out: the run's training images and their copies (trained_on)
+    group: str | None = None  # the run's --group: "near-duplicates" groups near copies too
 
 
 @dataclass
@@ -234,6 +297,7 @@ class Shift:
     metadata_auc: float | None = None  # with a run's features: the file properties' alone
     pooled_auc: float | None = None  # with a run's features: theirs alone
     excluded: int = 0  # with a run's features: images it trained on (or copies of them), left out
+    folds: int = 0  # cross-validation folds used (fewer than asked when a split has fewer groups)
 
     def most_test_like(self, n: int) -> list[int]:
         """Positions in train_ids, most test-like first (ties by image id)."""
@@ -245,7 +309,8 @@ def measure_shift(s: Session, dataset_id: int, *, pooled: RunFeatures | None = N
     """Train against test on file properties and, with `pooled` (run_features), on the run's
     features too, over the images the run never trained on only: a model's features tell the
     images it was trained on from the others, which is not shift. Every AUC out of fold, copies
-    held out together (image_groups)."""
+    held out together (image_groups; near copies too when the run grouped them); the run's
+    features alone by features_alone_oof, with the file properties by gradient boosting."""
     table = meta_table(s, dataset_id)
     if pooled is not None:
         keep = set(pooled.ids)
@@ -259,28 +324,45 @@ def measure_shift(s: Session, dataset_id: int, *, pooled: RunFeatures | None = N
     if y.sum() == 0 or y.sum() == len(y):
         raise ValueError("shift needs both training and test images" + (
             f" the run never trained on ({pooled.excluded} it trained on left out)" if pooled else ""))
-    groups = image_groups(s, dataset_id, table.ids)
+    groups = image_groups(s, dataset_id, table.ids, None if pooled is None else pooled.group)
+    used = _folds_used(y, groups, folds, seed, s.get(Dataset, dataset_id).name,
+                       "training against test images")
     p_meta = out_of_fold(table.x, y, groups=groups, categorical=table.categorical, folds=folds, seed=seed)
     features = feature_aucs(table, y, groups=groups, folds=folds, seed=seed)
     p, meta_auc, pooled_auc = p_meta, None, None
     if pooled is not None:
         meta_auc = round(_auc(y, p_meta), 4)
-        pooled_auc = round(_auc(y, out_of_fold(pooled.feats, y, groups=groups, folds=folds, seed=seed)), 4)
+        alone = features_alone_oof(pooled.feats, y, groups=groups, folds=folds, seed=seed)
+        pooled_auc = round(_auc(y, alone), 4)
         x = np.column_stack([table.x, pooled.feats])
         cat = np.concatenate([table.categorical, np.zeros(pooled.feats.shape[1], bool)])
         p = out_of_fold(x, y, groups=groups, categorical=cat, folds=folds, seed=seed)
     train = np.flatnonzero(y == 0)
     return Shift(round(_auc(y, p), 4), features, [table.ids[i] for i in train],
                  [table.paths[i] for i in train], p[train], int(y.sum()), meta_auc, pooled_auc,
-                 0 if pooled is None else pooled.excluded)
+                 0 if pooled is None else pooled.excluded, used)
 
 
 def trained_on(s: Session, run_id: int) -> set[int]:
-    """The images a run trained on and every byte-identical copy of them, in any split."""
+    """The images a run trained on and every byte-identical copy of them, in any split; for a
+    run trained with --group near-duplicates, every perceptual-hash near copy too (joined
+    transitively, as its split joined them; hashes missing so far are written in the caller's
+    transaction). A run without it kept only byte copies apart: its near copies are not left out."""
     run = queries.get_run(s, run_id)
     content = queries.content_keys(s, run.dataset_id, None)
-    seen = {content[i] for i in queries.run_image_ids(s, run_id, "train") if i in content}
+    trained = queries.run_image_ids(s, run_id, "train")
+    if _run_group(run) == "near-duplicates":
+        ids = list(content)
+        joined = image_groups(s, run.dataset_id, ids, "near-duplicates")
+        pos = {i: p for p, i in enumerate(ids)}
+        seen = {int(joined[pos[i]]) for i in trained if i in pos}
+        return {i for i, g in zip(ids, joined.tolist()) if g in seen}
+    seen = {content[i] for i in trained if i in content}
     return {i for i, k in content.items() if k in seen}
+
+
+def _run_group(run) -> str | None:
+    return (run.config or {}).get("group")
 
 
 def run_features(sessions, run_id: int, *, device: str = "auto", batch_size: int = 64,
@@ -295,13 +377,14 @@ def run_features(sessions, run_id: int, *, device: str = "auto", batch_size: int
     from engine.device import resolve_device
     from engine.probe import cached_features
 
-    with sessions() as s:
+    with sessions.begin() as s:  # trained_on may store perceptual hashes
         run = queries.get_run(s, run_id)
         if not run.checkpoint:
             raise ValueError(f"run {run_id} has no checkpoint yet (status {run.status})")
         ds = s.get(Dataset, run.dataset_id)
         table = meta_table(s, ds.id)
         seen = trained_on(s, run_id)
+        group = _run_group(run)
         keys = queries.content_keys(s, ds.id, None)
         stamps = queries.image_stamps(s, ds.id)
     rows = [n for n, i in enumerate(table.ids) if i not in seen]
@@ -313,14 +396,14 @@ def run_features(sessions, run_id: int, *, device: str = "auto", batch_size: int
     feats, _computed = cached_features(model.to(dev).eval(), cfg, Path(ds.root),
                                        [table.paths[n] for n in rows], [keys[i] for i in ids], device=dev,
                                        batch_size=batch_size, stamps=stamps, progress=progress)
-    return ds.id, RunFeatures(run_id, ids, feats, len(table.ids) - len(rows))
+    return ds.id, RunFeatures(run_id, ids, feats, len(table.ids) - len(rows), group)
 
 
 def shift_report(shift: Shift, dataset: str, labels: dict[int, int], *, run: int | None = None) -> dict:
     top = shift.most_test_like(10)
     return {"dataset": dataset, "run": run, "auc": shift.auc, "metadata_auc": shift.metadata_auc,
             "pooled_auc": shift.pooled_auc, "features": shift.features, "train": len(shift.train_ids),
-            "test": shift.test_images, "excluded": shift.excluded,
+            "test": shift.test_images, "excluded": shift.excluded, "folds": shift.folds,
             "most_test_like": [{"file_name": shift.train_paths[i], "label": labels.get(shift.train_ids[i]),
                                 "test_likeness": round(float(shift.test_likeness[i]), 4)} for i in top],
             "sentence": shift_sentence(shift)}

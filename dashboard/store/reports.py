@@ -36,10 +36,12 @@ def _shortcut_report(url: str, dataset_id: int, version: tuple) -> dict:
 
 
 def shortcut_report(dataset_id: int) -> dict:
-    """`aivh shortcuts` and `aivh shift` (file properties only) for a dataset, cached on its images
-    and on its labels (the shortcut audit predicts the current training labels)."""
+    """`aivh shortcuts` and `aivh shift` (file properties only) for a dataset, cached on its images,
+    on its labels (the shortcut audit predicts the current training labels) and on the train.csv
+    groups recorded with them (the folds keep a group together; unrecorded ones are refused)."""
     with read() as s:
-        version = (_images_key(s, dataset_id), labelling.newest_label_id(s, dataset_id))
+        version = (_images_key(s, dataset_id), labelling.newest_label_id(s, dataset_id),
+                   queries.groups_version(s, dataset_id))
     return _shortcut_report(db_url(), dataset_id, version)
 
 

@@ -20,7 +20,8 @@ def cmd_shortcuts(args) -> None:
     with session_factory()() as s:
         result = audit_shortcuts(s, args.dataset, folds=args.folds, seed=args.seed)
     emit(args, result, f"{result['sentence']}\nall file properties together: AUC {result['metadata_auc']:.3f} "
-          f"({result['images']} labelled training images)\neach alone, worst first:\n{_table(result['features'])}")
+          f"({result['images']} labelled training images, {result['folds']} folds)\neach alone, worst first:\n"
+          f"{_table(result['features'])}")
 
 
 def cmd_shift(args) -> None:
@@ -48,7 +49,8 @@ def cmd_shift(args) -> None:
     left_out = (f"; {shift.excluded} images the run trained on (or copies of them) left out"
                 if args.run is not None else "")
     emit(args, result, f"{result['sentence']}\ntrain vs test: AUC {shift.auc:.3f}{meta}, {result['train']} "
-          f"training and {result['test']} test images{left_out}\nfile properties shifting most:\n"
+          f"training and {result['test']} test images, {result['folds']} folds{left_out}\n"
+          "file properties shifting most:\n"
           f"{_table(result['features'])}")
 
 
