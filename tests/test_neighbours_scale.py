@@ -216,18 +216,9 @@ def test_a_cluster_swallowing_most_images_is_warned_on_the_cli_json_and_page(ses
 
 
 def test_the_page_says_when_the_embeddings_do_not_separate_images(sessions, sample):
-    from engine import embeddings
-    from engine.duplicates import ensure_phashes
 
     run_id, ids = sample
-    embeddings.save(run_id, ids, collapsed(len(ids), 0.0, 1))  # every image the same vector
-    with sessions.begin() as s:
-        ds = queries.get_dataset(s, "sample")
-        ensure_phashes(s, ds.id, Path(ds.root), progress=False)
-    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "duplicates.py"), default_timeout=60)
-    at.query_params["run"] = str(run_id)
-    at.run()
-    assert not at.exception
+    at = _duplicates_page(sessions, run_id, ids, collapsed(len(ids), 0.0, 1))  # every image the same vector
     assert any("do not separate images" in i.value for i in at.info)
     assert any("no pairs by embedding" in c.value for c in at.caption)
     assert not any(m.label == "train-val" and m.value != "0" for m in at.metric)
@@ -258,13 +249,25 @@ def test_the_cli_lists_left_out_pairs_and_takes_an_embedding_ratio(sessions, sam
 
 def test_the_page_says_the_rule_in_words_and_lists_the_left_out_pairs(sessions, sample):
     from dashboard.ui import ordinal
-    from engine import embeddings
-    from engine.duplicates import ensure_phashes
 
     assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 32, 101, 111)] == \
         ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "32nd", "101st", "111th"]
     run_id, ids = sample
-    embeddings.save(run_id, ids, with_group(40))
+    at = _duplicates_page(sessions, run_id, ids, with_group(40))
+    caption = next(c.value for c in at.caption if "embedding cosine" in c.value)
+    assert "under 0.5 of both images' distance to their 32nd nearest other image (set for embeddings of " \
+           "intrinsic dimension about" in caption, caption
+    left = next(e for e in at.expander if e.label.startswith("Pairs by embedding left out"))
+    assert left.label.endswith(", the 50 nearest to the rule shown)")
+    assert len(left.dataframe[0].value) == 50
+
+
+def _duplicates_page(sessions, run_id, ids, vectors):
+    """The Duplicates page over the run's embeddings `vectors`, the sample hashed first."""
+    from engine import embeddings
+    from engine.duplicates import ensure_phashes
+
+    embeddings.save(run_id, ids, vectors)
     with sessions.begin() as s:
         ds = queries.get_dataset(s, "sample")
         ensure_phashes(s, ds.id, Path(ds.root), progress=False)
@@ -272,9 +275,4 @@ def test_the_page_says_the_rule_in_words_and_lists_the_left_out_pairs(sessions, 
     at.query_params["run"] = str(run_id)
     at.run()
     assert not at.exception
-    caption = next(c.value for c in at.caption if "embedding cosine" in c.value)
-    assert "under 0.5 of both images' distance to their 32nd nearest other image (set for embeddings of " \
-           "intrinsic dimension about" in caption, caption
-    left = next(e for e in at.expander if e.label.startswith("Pairs by embedding left out"))
-    assert left.label.endswith(", the 50 nearest to the rule shown)")
-    assert len(left.dataframe[0].value) == 50
+    return at
