@@ -287,21 +287,26 @@ def test_robustness_rows_show_a_perturbation_that_washes_out_what_the_run_detect
     assert list(rows) == ["none", "jpeg95", "jpeg75", "jpeg50", "downscale0.5", "upscale2", "crop0.8", "png"]
     assert all(set(r) >= {"perturbation", "f1", "auc", "called_ai"} for r in out["rows"])
     assert out["images"] == 30
-    # Deterministic on the CPU for one drawing; over drawings and probe seeds 0-9 (2026-11-28,
-    # 30 validation images each): none F1 0.968-1.0, AUC 0.947-1.0, called AI 0.50-0.53;
-    # jpeg50 F1 0.11-0.80 (0.17-0.89 under none's), AUC 0.38-0.84, mean change 0.21-0.56, 6-17
-    # calls changed, called AI from 0.13 above none's to 0.43 below it (so no direction is
-    # asserted); mean change jpeg95 0.00-0.08 < jpeg75 0.15-0.49 < jpeg50 on every seed. This
-    # drawing (seed 3, probe seed 0): none F1 1.0, AUC 1.0; jpeg50 F1 0.42, AUC 0.57, mean
-    # change 0.37, 11 calls changed. The bounds leave 0.05 or more (3 calls) beyond the spread.
+    # Deterministic on the CPU for one drawing. Measured (30 validation images each):
+    # - paired, drawing = probe seed, 0-9 (2026-11-28): none F1 0.968-1.0, AUC 0.947-1.0, called
+    #   AI 0.50-0.53; jpeg50 F1 0.11-0.80 (0.17-0.89 under none's), AUC 0.38-0.84, mean change
+    #   0.21-0.56, 6-17 calls changed, called AI from 0.13 above none's to 0.43 below it (so no
+    #   direction is asserted); mean change jpeg95 0.00-0.08 < jpeg75 0.15-0.49 < jpeg50;
+    # - crossed, drawings 0-9 x probe seeds 0, 5, 9 (2026-12-05, benchmarks/robustness_spread.py):
+    #   none F1 0.909-1.0, AUC 0.82-1.0 (drawing 4, probe seed 0; drawing 5 with seed 9: 0.94);
+    #   jpeg50 F1 0.24-0.875 under none's, 7-21 calls changed, mean change 0.22-0.60; jpeg95
+    #   0.000-0.062, jpeg75 0.12-0.42: jpeg75 under jpeg50 on 29 of 30 (drawing 2, seed 5: 0.42
+    #   against 0.27), so only jpeg95 under both is asserted.
+    # This drawing (seed 3, probe seed 0): none F1 1.0, AUC 1.0; jpeg50 F1 0.42, AUC 0.57, mean
+    # change 0.37, 11 calls changed. The bounds leave 0.05 or more (3 calls) beyond all of it.
     none = rows["none"]
-    assert none["auc"] >= 0.9 and none["f1"] >= 0.9, none  # the probe sees the grain
+    assert none["auc"] >= 0.75 and none["f1"] >= 0.85, none  # the probe sees the grain
     # a PNG round trip is lossless: the very same scores
     assert rows["png"]["mean_abs_change"] < 1e-5 and rows["png"]["called_ai"] == none["called_ai"]
     q50 = rows["jpeg50"]  # JPEG at quality 50 washes the grain out
     assert q50["f1"] <= none["f1"] - 0.1 and q50["flipped"] >= 3, rows
     assert q50["mean_abs_change"] > 0.15, q50
-    assert rows["jpeg95"]["mean_abs_change"] < rows["jpeg75"]["mean_abs_change"] < q50["mean_abs_change"]
+    assert rows["jpeg95"]["mean_abs_change"] < min(rows["jpeg75"]["mean_abs_change"], q50["mean_abs_change"])
     from engine.robustness import stored
 
     kept = stored(run_id, "val")["rows"]  # kept with the run, with the images behind each row
