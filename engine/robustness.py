@@ -153,19 +153,20 @@ def score_run(sessions, run_id: int, split: str = "val", *, limit: int | None = 
     scored, skipped = [], []
     bar = tqdm(total=len(ims), desc=f"robustness {split}", unit="img", disable=not progress, mininterval=0.5)
     for start in range(0, len(ims), batch_size):
+        batch = ims[start:start + batch_size]
         decoded = []
-        for image_id, path in ims[start:start + batch_size]:
+        for image_id, path in batch:
             try:
                 decoded.append((image_id, *_decode(root, path, stamps.get(path), size, mode, jpeg_scale)))
             except UnreadableImage as e:
                 skipped.append(f"{path}: {e}")
         for name, change in PERTURBATIONS.items():
             if decoded:
-                ims = [as_read if change is None else _read(change(full), size, mode, jpeg_scale)
-                       for _, as_read, full in decoded]
-                probs[name] += _predict(model, ims, size, mode, norm, dev)
+                pictures = [as_read if change is None else _read(change(full), size, mode, jpeg_scale)
+                            for _, as_read, full in decoded]
+                probs[name] += _predict(model, pictures, size, mode, norm, dev)
         scored += [i for i, *_ in decoded]
-        bar.update(len(ims[start:start + batch_size]))
+        bar.update(len(batch))
     bar.close()
     y = np.array([labels.get(i, -1) for i in scored])
     out = {"run": run_id, "split": split, "images": len(scored), "limit": limit, "seed": seed,

@@ -282,7 +282,8 @@ def test_robustness_rows_show_a_perturbation_that_washes_out_what_the_run_detect
                                      "val_fraction": 0.5})
         run_id = create_probe(s, queries.get_dataset(s, "n"), cfg).id
     execute_probe(run_id, sessions=sessions, progress=False)
-    out = _last_json(aivh("robustness", "--run", str(run_id), "--json", env_home=workspace))
+    # batches of 7: the 30 images span five, so every batch must be scored (not the first alone)
+    out = _last_json(aivh("robustness", "--run", str(run_id), "--batch-size", "7", "--json", env_home=workspace))
     rows = {r["perturbation"]: r for r in out["rows"]}
     assert list(rows) == ["none", "jpeg95", "jpeg75", "jpeg50", "downscale0.5", "upscale2", "crop0.8", "png"]
     assert all(set(r) >= {"perturbation", "f1", "auc", "called_ai"} for r in out["rows"])
