@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from db import queries
 from db.models import Image, Label
 from engine.errors import CsvError
-from engine.ingest import import_dataset
+from engine.ingest import NothingImported, import_dataset
 from tests.conftest import draw_jpeg
 
 NAMES = ["train_data/a.jpg", "train_data/b.jpg", "test_data_v2/c.jpg", "test_data_v2/d.jpg"]
@@ -65,6 +65,11 @@ def test_any_csv_imports_cleanly_or_fails_with_one_clear_error(sessions, head, r
             message = str(e)
             assert "\n" not in message and ("train.csv" in message or "test.csv" in message), message
             assert counts(sessions) == before  # nothing half-written
+            return
+        except NothingImported as e:  # every row rejected: one line, nothing written, each row named
+            assert "\n" not in str(e) and counts(sessions) == before, str(e)
+            assert e.result.rejects and all(r.csv in ("train.csv", "test.csv") and r.line >= 1 and r.reason
+                                            for r in e.result.rejects)
             return
         for r in result.rejects:  # every skipped row names its file, line and reason
             assert r.csv in ("train.csv", "test.csv") and r.line >= 1 and r.reason
