@@ -48,12 +48,12 @@ def test_csv_ids(s: Session, run: Run) -> list[str]:
     """The ids of the dataset's test.csv as the file is now, refusing unless they are exactly the
     store's test images in the same order (rows rejected at import never entered the store, and
     the file may have changed since)."""
-    from engine.kaggle import TEST_CSV, _read_rows
+    from engine.kaggle import TEST_CSV, read_rows
 
     ds = s.get(Dataset, run.dataset_id)
     path = Path(ds.root) / TEST_CSV
     try:
-        ids = [r["id"].strip() for _, r in _read_rows(path, need=("id",))]
+        ids = [r["id"].strip() for _, r in read_rows(path, need=("id",))]
     except ValueError as e:
         raise ExportRefused(f"cannot read the dataset's test.csv: {e}") from None
     stored = [im.rel_path for im in queries.images(s, run.dataset_id, "test", ok_only=False)]

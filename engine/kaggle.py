@@ -41,7 +41,7 @@ def _parse_label(text: str) -> int | None:
     return int(value) if value in (0.0, 1.0) else None
 
 
-def _read_rows(path: Path, *, need: tuple[str, ...],
+def read_rows(path: Path, *, need: tuple[str, ...],
                optional: tuple[str, ...] = ()) -> list[tuple[int, dict[str, str]]]:
     if not path.is_file():
         raise CsvError(f"{path}: file not found (the Kaggle layout has train.csv and test.csv)")
@@ -73,8 +73,8 @@ def read_kaggle_csvs(root: Path) -> tuple[list[Row], list[Reject]]:
     Raises CsvError before yielding anything if either CSV or a needed column is missing,
     so a broken folder writes nothing.
     """
-    train = list(_read_rows(root / TRAIN_CSV, need=("file_name", "label"), optional=("group",)))
-    test = list(_read_rows(root / TEST_CSV, need=("id",)))
+    train = list(read_rows(root / TRAIN_CSV, need=("file_name", "label"), optional=("group",)))
+    test = list(read_rows(root / TEST_CSV, need=("id",)))
     rows: list[Row] = []
     rejects: list[Reject] = []
     seen: dict[str, str] = {}

@@ -52,7 +52,7 @@ def embed_run(sessions, run_id: int, split: str = "all", *, batch_size: int = 64
     from engine.images import jpeg_scale_of
     from engine.infer import embed
     from engine.loader import make_loader
-    from engine.predict import _split_images
+    from engine.predict import run_split_images
 
     t0 = time.perf_counter()
     with sessions() as s:
@@ -61,7 +61,7 @@ def embed_run(sessions, run_id: int, split: str = "all", *, batch_size: int = 64
             raise ValueError(f"run {run_id} has no checkpoint yet (status {run.status}): "
                              "train it, or make a probe run (`aivh probe`) for a pretrained backbone's features")
         root = Path(s.get(Dataset, run.dataset_id).root)
-        ims = _split_images(s, run, split)
+        ims = run_split_images(s, run, split)
         stamps = queries.image_stamps(s, run.dataset_id)
     if not ims:
         raise ValueError(f"run {run_id}: no readable {split} images to embed")
@@ -302,7 +302,8 @@ def nearest(emb: embeddings.Embeddings, image_id: int, k: int = 12) -> list[tupl
 MAP_FILE = "embedding_map.npz"
 
 
-def _source(run_id: int) -> str:
+def embeddings_stamp(run_id: int) -> str:
+    """The run's embeddings file as it is now (size, modification time): what the cached map is keyed on."""
     st = embeddings.path(run_id).stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
 
@@ -317,7 +318,7 @@ def embedding_map(run_id: int, *, method: str | None = None, seed: int = 0) -> t
     if not embeddings.exists(run_id):
         embeddings.load(run_id)  # the LookupError that names `aivh embed`
     file = embeddings.path(run_id).with_name(MAP_FILE)
-    source = _source(run_id)
+    source = embeddings_stamp(run_id)
     if file.is_file():  # the embeddings are read only when the map must be computed
         with np.load(file, allow_pickle=False) as z:
             if str(z["source"]) == source and (method == "auto" or str(z["method"]) == method):

@@ -35,7 +35,7 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
         if not run.checkpoint:
             raise ValueError(f"run {run_id} has no checkpoint yet (status {run.status})")
         ds = s.get(Dataset, run.dataset_id)
-        ims = _split_images(s, run, split)
+        ims = run_split_images(s, run, split)
         stamps = queries.image_stamps(s, run.dataset_id)  # a file replaced since import is skipped
     model, cfg, epoch, sha1 = load_checkpoint(Path(run.checkpoint))
     dev = resolve_device(device)
@@ -61,7 +61,7 @@ def predict_run(sessions, run_id: int, split: str = "test", *, batch_size: int =
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _split_images(s, run, split: str) -> list[tuple[int, str]]:
+def run_split_images(s, run, split: str) -> list[tuple[int, str]]:
     """(image id, path) to predict: plain tuples, so 80,000 images cost a few MB, not ORM objects."""
     from db import queries
 

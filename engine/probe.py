@@ -45,7 +45,7 @@ from engine.loader import make_loader
 from engine.model import build_model
 from engine.processes import this_process
 from engine.recording import StoreCallbacks
-from engine.train import _epoch_result
+from engine.train import epoch_result
 
 log = logging.getLogger("aivh.probe")
 CS = np.logspace(-3, 2, 11)  # inverse regularisation strengths tried by 5-fold cross-validation (fit_head)
@@ -200,7 +200,7 @@ def execute_probe(run_id: int, *, sessions: sessionmaker[Session] | None = None,
         val_p[good] = expit(x_val[good] @ w + b)
         seconds = time.perf_counter() - t0
         skipped = int((~ok).sum() + (~good).sum())
-        er = _epoch_result(1, _bce(y_train[ok], train_p), _bce(y_val, val_p), y_val, val_p, 0.0,
+        er = epoch_result(1, _bce(y_train[ok], train_p), _bce(y_val, val_p), y_val, val_p, 0.0,
                            int(ok.sum()), seconds, skipped)  # no learning rate (0): C is in the progress
         fc = head(model)
         with torch.no_grad():

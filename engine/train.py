@@ -170,7 +170,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, callbacks: Callbacks
             recalibrate_bn(model, bn_loader, device, norm)  # the eager module: no recompiles for BN mode
             probs, val_loss, val_skipped = _validate(eval_model, val_loader, device, val_y, loss_fn, norm,
                                                      lambda b, n, e=epoch: cb.on_batch(e, b, n, 0.0, "val"))
-            er = _epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0],
+            er = epoch_result(epoch, train_loss, val_loss, val_y, probs, sched.get_last_lr()[0],
                                seen * world, time.perf_counter() - t0, skipped + val_skipped)
             result.history.append(er)
             is_best = cfg.keep_epoch == "last" or result.best is None or epoch_score(er) > epoch_score(result.best)
@@ -209,7 +209,7 @@ def _end_epoch(out_dir: Path, model, opt, sched, cfg: TrainConfig, result: Train
     promote_checkpoints(out_dir)
 
 
-def _epoch_result(epoch, train_loss, val_loss, val_y, probs, lr, seen, seconds, skipped) -> EpochResult:
+def epoch_result(epoch, train_loss, val_loss, val_y, probs, lr, seen, seconds, skipped) -> EpochResult:
     keep = ~np.isnan(probs)  # undecodable validation images are left out of the metrics
     s = metrics.summary(val_y[keep], probs[keep]) if keep.any() else {}
     # one class (or none) in validation: every cut scores the same F1, no threshold is chosen

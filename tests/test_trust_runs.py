@@ -377,7 +377,7 @@ def test_precise_bn_uses_a_seeded_random_sample_of_the_training_images(tmp_path,
 def test_with_one_class_in_validation_no_threshold_is_stored_and_the_run_says_why(sessions, tmp_path, present):
     val_y = np.full(6, present)
     probs = np.linspace(0.1, 0.9, 6)
-    er = tr._epoch_result(1, 0.5, 0.5, val_y, probs, 1e-3, 10, 1.0, 0)
+    er = tr.epoch_result(1, 0.5, 0.5, val_y, probs, 1e-3, 10, 1.0, 0)
     assert np.isnan(er.val_best_threshold)
     ds = _dataset(sessions, tmp_path, 4)
     run_id = _run(sessions, ds, status="running")

@@ -165,13 +165,13 @@ def more_like_this(dataset_id: int, run_id: int, image_id: int, k: int = 12) -> 
 
 def map_ready(run_id: int) -> bool:
     """True when the run's 2-D map is cached for its current embeddings."""
-    from engine.neighbours import MAP_FILE, _source
+    from engine.neighbours import MAP_FILE, embeddings_stamp
 
     file = embeddings.path(run_id).with_name(MAP_FILE)
     if not (file.is_file() and embeddings.exists(run_id)):
         return False
     with np.load(file, allow_pickle=False) as z:
-        return str(z["source"]) == _source(run_id)
+        return str(z["source"]) == embeddings_stamp(run_id)
 
 
 def compute_map(run_id: int) -> str:
