@@ -187,3 +187,19 @@ def finished_audit(sessions, *, flips: int = 15, folds: int = 2, seed: int = 0) 
         audit_id = audit.id
     au.run_audit(sessions, audit_id, progress=False)  # every fold succeeded: only scores
     return audit_id, flipped
+
+
+def predict_every_image(sessions, dataset: str) -> tuple[int, int, list[int]]:
+    """A succeeded run recorded with a prediction (0.5) for every image of the dataset, as if made
+    from the files' content at import: (run id, dataset id, image ids)."""
+    from db import queries
+    from db.models import Run
+
+    with sessions.begin() as s:
+        ds_id = queries.get_dataset(s, dataset).id
+        run = Run(dataset_id=ds_id, status="succeeded", config={})
+        s.add(run)
+        s.flush()
+        ids = [im.id for im in queries.images(s, ds_id)]
+        queries.upsert_predictions(s, run.id, [(i, 0.5) for i in ids], epoch=1, checkpoint_sha1="c" * 40)
+        return run.id, ds_id, ids

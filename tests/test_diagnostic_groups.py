@@ -148,7 +148,6 @@ def test_shift_with_a_run_leaves_out_the_images_it_trained_on_and_their_copies(w
     training image counts as trained on), lists file properties alone and the run's features as
     one out-of-fold AUC (pooled_auc), no dimension by itself."""
     import csv
-    import json
 
     from db import store
     from tests.conftest import aivh
@@ -165,13 +164,10 @@ def test_shift_with_a_run_leaves_out_the_images_it_trained_on_and_their_copies(w
         copies[copy] = name
     write_kaggle(root, train, test + list(copies))
 
-    def last(*argv):
-        return json.loads(aivh(*argv, env_home=workspace).stdout.strip().splitlines()[-1])
-
-    last("import", str(root), "--name", "r", "--json")
-    run = last("probe", "--dataset", "r", "--img-size", "64", "--device", "cpu", "--workers", "0",
+    _last(workspace, "import", str(root), "--name", "r", "--json")
+    run = _last(workspace, "probe", "--dataset", "r", "--img-size", "64", "--device", "cpu", "--workers", "0",
                "--val-fraction", "0.5", "--json")["run"]
-    out = last("shift", "--dataset", "r", "--run", str(run), "--device", "cpu", "--out",
+    out = _last(workspace, "shift", "--dataset", "r", "--run", str(run), "--device", "cpu", "--out",
                str(tmp_path / "like.csv"), "--json")
     with store.session_factory()() as s:
         trained = {queries.get_image(s, i).rel_path for i in queries.run_image_ids(s, run, "train")}
@@ -340,12 +336,11 @@ def test_shift_with_a_near_duplicates_run_leaves_out_near_copies_of_its_training
     """A run trained with --group near-duplicates kept near copies on one side of its split;
     `shift --run` leaves its training images' near copies out with them (a brightened,
     re-encoded copy: perceptual hashes 0 bits apart)."""
-    import json
 
     from PIL import Image
 
     from db import store
-    from tests.conftest import aivh, draw_jpeg
+    from tests.conftest import draw_jpeg
 
     root = tmp_path / "near"
     train = [(f"train_data/{i:03d}.jpg", i % 2) for i in range(20)]
@@ -362,16 +357,22 @@ def test_shift_with_a_near_duplicates_run_leaves_out_near_copies_of_its_training
         copies[copy] = name
     write_kaggle(root, train, test + list(copies))
 
-    def last(*argv):
-        return json.loads(aivh(*argv, env_home=workspace).stdout.strip().splitlines()[-1])
-
-    last("import", str(root), "--name", "near", "--json")
-    run = last("probe", "--dataset", "near", "--img-size", "64", "--device", "cpu", "--workers", "0",
+    _last(workspace, "import", str(root), "--name", "near", "--json")
+    run = _last(workspace, "probe", "--dataset", "near", "--img-size", "64", "--device", "cpu", "--workers", "0",
                "--val-fraction", "0.5", "--group", "near-duplicates", "--json")["run"]
-    out = last("shift", "--dataset", "near", "--run", str(run), "--device", "cpu", "--json")
+    out = _last(workspace, "shift", "--dataset", "near", "--run", str(run), "--device", "cpu", "--json")
     with store.session_factory()() as s:
         trained = {queries.get_image(s, i).rel_path for i in queries.run_image_ids(s, run, "train")}
     near = {c for c, source in copies.items() if source in trained}
     assert len(trained) == 10 and 0 < len(near) < len(copies)
     assert out["excluded"] == len(trained) + len(near)
     assert out["test"] == 6 + len(copies) - len(near) and out["train"] == 10
+
+
+def _last(workspace, *argv) -> dict:
+    """The JSON object an `aivh` command prints last."""
+    import json
+
+    from tests.conftest import aivh
+
+    return json.loads(aivh(*argv, env_home=workspace).stdout.strip().splitlines()[-1])

@@ -11,7 +11,7 @@ from db import labelling, queries, store
 from db.models import Image, Label
 from engine import duplicates, splits
 from engine.ingest import import_dataset
-from tests.conftest import draw_jpeg, write_kaggle
+from tests.conftest import draw_jpeg, predict_every_image, write_kaggle
 
 
 def _rewrite_train(root, edit) -> None:
@@ -148,16 +148,7 @@ def test_a_label_given_after_the_replacement_ends_the_report(sessions, tiny_data
 # --- item: only other bytes are a replaced file ---------------------------------------------
 
 def _predict_all(sessions):
-    from db.models import Run
-
-    with sessions.begin() as s:
-        ds_id = queries.get_dataset(s, "tiny").id
-        run = Run(dataset_id=ds_id, status="succeeded", config={})
-        s.add(run)
-        s.flush()
-        ids = [im.id for im in queries.images(s, ds_id)]
-        queries.upsert_predictions(s, run.id, [(i, 0.5) for i in ids], epoch=1, checkpoint_sha1="c" * 40)
-        return len(ids)
+    return len(predict_every_image(sessions, "tiny")[2])
 
 
 def _predictions(sessions) -> int:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from db import evaluation, labelling, queries
 from engine.ingest import import_dataset
-from tests.conftest import aivh, draw_jpeg, write_kaggle
+from tests.conftest import aivh, draw_jpeg, predict_every_image, write_kaggle
 
 
 def _jpeg_bytes(seed: int, size=(48, 40)) -> bytes:
@@ -265,20 +265,14 @@ def test_a_file_replaced_after_import_is_skipped_then_reprobed_by_import(session
 
     from sqlalchemy import select
 
-    from db.models import Prediction, Run
+    from db.models import Prediction
 
-    with sessions.begin() as s:  # a run had predicted every image from the old content
-        ds_id = queries.get_dataset(s, "tiny").id
-        run = Run(dataset_id=ds_id, status="succeeded", config={})
-        s.add(run)
-        s.flush()
-        ids = [im.id for im in queries.images(s, ds_id)]
-        queries.upsert_predictions(s, run.id, [(i, 0.5) for i in ids], epoch=1, checkpoint_sha1="c" * 40)
+    run_id, ds_id, ids = predict_every_image(sessions, "tiny")  # made from the old content
     again = import_dataset(sessions, tiny_dataset, "tiny", progress=False)
     assert again.changed == [name] and again.added == 0
     assert again.predictions_dropped == 1 and again.to_json()["predictions_dropped"] == 1
     with sessions() as s:  # the changed file's prediction is gone (another picture's), the rest kept
-        kept = set(s.scalars(select(Prediction.image_id).where(Prediction.run_id == run.id)))
+        kept = set(s.scalars(select(Prediction.image_id).where(Prediction.run_id == run_id)))
         assert kept == set(ids) - {queries.image_by_path(s, ds_id, name).id}
     with sessions() as s:
         im = queries.image_by_path(s, queries.get_dataset(s, "tiny").id, name)
